@@ -1,0 +1,189 @@
+"""DRR rendering: HU volume + projection geometry -> line-integral images [angles, H, W].
+
+Two renderers share one geometry: ``exact`` (Siddon, the reference) and ``fast`` (Joseph;
+numba on the CPU, PyTorch on CUDA). Work is split into chunks of angles, with an optional
+tqdm bar; rays are generated inside the kernels, so memory is the volume plus the output.
+:func:`project` is the differentiable entry point for training and reconstruction.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..geometry import ProjectionGeometry
+from ..volume import Volume
+from . import joseph, siddon
+from .joseph_torch import joseph_project_torch
+from .rays import RayTable, dominant_axes
+from .support import support_box
+
+DEFAULT_MU_WATER = 0.02  # linear attenuation of water, 1/mm, at a typical effective energy
+METHODS = ("fast", "exact")
+
+
+def hu_to_mu(hu, mu_water: float = DEFAULT_MU_WATER):
+    """Linear attenuation (1/mm) from Hounsfield units, clipped at 0 (air and padding)."""
+    if isinstance(hu, torch.Tensor):
+        return (mu_water * (1.0 + hu / 1000.0)).clamp(min=0)
+    mu = np.asarray(hu, dtype=np.float32) * np.float32(mu_water / 1000.0) + np.float32(mu_water)
+    np.maximum(mu, 0, out=mu)
+    return mu
+
+
+def resolve_device(device) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; a clear error for absent CUDA."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} was asked for but CUDA is not available here")
+    return dev
+
+
+def _conversion(units: str, mu_water: float):
+    """(scale, offset, clip) turning stored values into attenuation per mm."""
+    if units == "hu":
+        return mu_water / 1000.0, mu_water, True
+    if units == "mu":
+        return 1.0, 0.0, False
+    raise InputError(f"units must be 'hu' or 'mu', got {units!r}")
+
+
+class DRRRenderer:
+    """A volume prepared once for rendering any number of geometries.
+
+    Preparation (HU -> attenuation, cropping to the attenuating box, the per-axis memory
+    layouts) costs about as much as a few DRRs, so training and batch jobs keep one
+    renderer per CT. ``units``: ``"hu"`` (converted with ``mu_water``, clipped at 0) or
+    ``"mu"`` (attenuation per mm, used as is). The exact renderer is a CPU reference and
+    runs there whatever ``device`` says.
+    """
+
+    def __init__(self, volume: Volume, method: str = "fast", device=None,
+                 mu_water: float = DEFAULT_MU_WATER, units: str = "hu"):
+        if method not in METHODS:
+            raise InputError(f"unknown DRR method {method!r}; choose one of {', '.join(METHODS)}")
+        self.volume = volume
+        self.method = method
+        self.device = resolve_device(device) if method == "fast" else torch.device("cpu")
+        self._conv = _conversion(units, mu_water)
+        box = support_box(volume.array, *self._conv)
+        self._empty = box is None
+        self._array, self._affine = (None, None) if box is None else _crop(volume, box)
+        self._layouts = {}
+        self._mu_t = None
+
+    def _cpu_layouts(self, axes):
+        missing = set(axes) - set(self._layouts)
+        if missing:
+            made = joseph.attenuation_layouts(self._array, missing, *self._conv)
+            self._layouts.update({a: made[a] for a in missing})
+        dummy = np.zeros((1, 3, 3), np.float32)
+        return [self._layouts.get(a, dummy) for a in range(3)]
+
+    def render(self, geometry: ProjectionGeometry, angles_per_chunk: int = 8,
+               progress: bool = False) -> np.ndarray:
+        """Float32 line integrals [A, H, W] for every angle of ``geometry``."""
+        geometry = geometry.resolve(self.volume)
+        geometry.check_volume_clearance(self.volume)
+        A = geometry.n_angles
+        H, W = geometry.detector_shape
+        out = np.zeros((A, H, W), dtype=np.float32)
+        if self._empty:  # nothing attenuates: every line integral is zero
+            return out
+        table = RayTable(self._affine, geometry)
+        if self.method == "exact":
+            mu = self._cpu_layouts({0})[0][:, 1:-1, 1:-1]
+        elif self.device.type == "cpu":
+            layouts = self._cpu_layouts(dominant_axes(table))
+            kernel = (joseph.joseph_project_columns if joseph.columns_share_paths(table)
+                      else joseph.joseph_project)
+        elif self._mu_t is None:
+            scale, offset, clip = self._conv
+            mu_t = torch.as_tensor(np.asarray(self._array, np.float32), device=self.device)
+            self._mu_t = (mu_t * scale + offset).clamp(min=0) if clip else mu_t * scale + offset
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=A, desc=f"DRR ({self.method})", unit="view")
+        for lo in range(0, A, angles_per_chunk):
+            hi = min(A, lo + angles_per_chunk)
+            index, lps = table.index[lo:hi], table.lps[lo:hi]
+            if self.method == "exact":
+                res = np.empty((hi - lo, H, W), np.float64)
+                siddon.siddon_project(mu, index, lps, table.beam, res)
+                out[lo:hi] = res
+            elif self.device.type == "cpu":
+                kernel(*layouts, index, lps, table.beam, out[lo:hi])
+            else:
+                with torch.no_grad():
+                    out[lo:hi] = _project_dense_torch(self._mu_t, table.subset(lo, hi)).cpu().numpy()
+            if bar is not None:
+                bar.update(hi - lo)
+        if bar is not None:
+            bar.close()
+        return out
+
+
+def render_drr(volume: Volume, geometry: ProjectionGeometry, method: str = "fast",
+               device=None, mu_water: float = DEFAULT_MU_WATER, units: str = "hu",
+               angles_per_chunk: int = 8, progress: bool = False) -> np.ndarray:
+    """Render DRRs of ``volume`` for every angle of ``geometry``: float32 [A, H, W] line
+    integrals. One-shot form of :class:`DRRRenderer` (see there for the arguments)."""
+    renderer = DRRRenderer(volume, method, device, mu_water, units)
+    return renderer.render(geometry, angles_per_chunk, progress)
+
+
+def _crop(volume: Volume, box):
+    """The sub-array in ``box`` (index slices) and the affine that keeps it in place."""
+    start = np.array([b.start for b in box], dtype=np.float64)
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.index_to_lps(start)
+    return volume.array[box], affine
+
+
+def _project_dense_torch(mu: torch.Tensor, table: RayTable) -> torch.Tensor:
+    start, delta, length = (torch.from_numpy(x).to(mu.device, torch.float32) for x in table.dense())
+    return joseph_project_torch(mu, start, delta, length).reshape(table.shape)
+
+
+class _JosephCPU(torch.autograd.Function):
+    """Numba forward projection with its exact adjoint as the backward pass."""
+
+    @staticmethod
+    def forward(ctx, mu, table):
+        vol = mu.detach().cpu().numpy()
+        axes = dominant_axes(table)
+        layouts = joseph.attenuation_layouts(vol, axes)
+        out = np.empty(table.shape, dtype=np.float32)
+        joseph.joseph_project(*layouts, table.index, table.lps, table.beam, out)
+        ctx.table, ctx.axes, ctx.vol_shape = table, axes, vol.shape
+        return torch.from_numpy(out).to(mu.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        table, axes, shape = ctx.table, ctx.axes, ctx.vol_shape
+        grads = [np.zeros(tuple(shape[i] for i in joseph.AXIS_ORDER[a]), np.float64) if a in axes
+                 else np.zeros((1, 1, 1), np.float64) for a in range(3)]
+        g = np.ascontiguousarray(grad_out.detach().cpu().numpy(), dtype=np.float64)
+        joseph.joseph_backproject(*grads, table.index, table.lps, table.beam, g)
+        total = np.zeros(shape, np.float64)
+        for a in axes:
+            total += grads[a].transpose(np.argsort(joseph.AXIS_ORDER[a]))
+        return torch.from_numpy(total.astype(np.float32)), None
+
+
+def project(mu: torch.Tensor, affine: np.ndarray, geometry: ProjectionGeometry) -> torch.Tensor:
+    """Differentiable fast projection of an attenuation tensor ``mu`` [X, Y, Z] (index order
+    of ``affine``). ``geometry`` must have its isocentre set. Returns [A, H, W] on ``mu``'s
+    device; gradients flow to ``mu`` (numba adjoint on the CPU, autograd on CUDA)."""
+    if geometry.isocenter is None:
+        raise InputError("project() needs a geometry with an isocentre (use geometry.resolve(volume))")
+    table = RayTable(affine, geometry)
+    if mu.device.type == "cpu":
+        return _JosephCPU.apply(mu, table)
+    return _project_dense_torch(mu, table)
