@@ -1,0 +1,331 @@
+"""Chest radiographs in: DICOM CR/DX (pydicom), PNG/JPEG (Pillow), 2D ITK images.
+
+The result is a :class:`Radiograph` in display convention, because the world model is trained
+on DRRs in that convention: the modality LUT (rescale) and the VOI LUT or window the
+acquisition chose are applied, the result is scaled to [0, 1], and MONOCHROME1 images are
+inverted so that bone is bright. Compressed DICOM (JPEG, JPEG-LS, JPEG 2000, RLE) is decoded
+by pydicom's plugins (pylibjpeg). Bad input raises typed :mod:`XrayWorldModel.errors`
+exceptions naming the file.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import NonFiniteDataError, NotARadiographError, PathLike, UnreadableFileError
+from ..radiograph import Radiograph
+from .ct import (RADIOGRAPH_MODALITIES, _first_line, format_from_suffix, itk_reason,
+                 looks_like_dicom, require_exists)
+
+log = logging.getLogger(__name__)
+
+#: Pixel pitch (mm) assumed when a radiograph has no usable spacing: a typical CR plate.
+DEFAULT_CXR_SPACING_MM = 0.143
+
+#: DICOM modalities accepted besides true radiographs: OT is what secondary captures use.
+_ACCEPTED_MODALITIES = RADIOGRAPH_MODALITIES | {"OT", ""}
+
+
+class DefaultSpacingWarning(UserWarning):
+    """The radiograph had no usable pixel spacing; DEFAULT_CXR_SPACING_MM was assumed."""
+
+
+def read_cxr(path: PathLike) -> Radiograph:
+    """Read one chest radiograph as a display-convention :class:`Radiograph` (values in [0, 1]).
+
+    DICOM spacing comes from PixelSpacing, else ImagerPixelSpacing; when neither is usable
+    (missing, zero, non-finite) ``DEFAULT_CXR_SPACING_MM`` is assumed with a
+    :class:`DefaultSpacingWarning` and ``spacing_is_default=True``. PNG/JPEG carry no spacing,
+    so they always get the default.
+    """
+    p = require_exists(path)
+    if p.is_dir():
+        raise NotARadiographError("is a folder; read_cxr takes one radiograph file "
+                                  "(DICOM, PNG or JPEG)", p)
+    if looks_like_dicom(p):
+        return _read_dicom(p)
+    if format_from_suffix(p) is not None:
+        return _read_itk(p)
+    bitmap = _read_bitmap(p)
+    if bitmap is not None:
+        return bitmap
+    raise UnreadableFileError("not a recognised radiograph format (expected DICOM, PNG or JPEG)",
+                              p)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _spacing_pair(value) -> Optional[Tuple[float, float]]:
+    try:
+        vals = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    if len(vals) != 2 or not all(np.isfinite(v) and v > 0 for v in vals):
+        return None
+    return vals[0], vals[1]
+
+
+def _default_spacing(p: Path, why: str) -> Tuple[float, float]:
+    msg = (f"{p}: {why}; assuming the default pixel spacing of {DEFAULT_CXR_SPACING_MM} mm "
+           "(a typical CR pixel pitch), so distances in mm are approximate")
+    log.warning(msg)
+    warnings.warn(msg, DefaultSpacingWarning, stacklevel=4)
+    return DEFAULT_CXR_SPACING_MM, DEFAULT_CXR_SPACING_MM
+
+
+def _unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if not hi > lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    out = (np.asarray(arr, dtype=np.float64) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _check_finite(arr: np.ndarray, p: Path) -> None:
+    if arr.dtype.kind == "f":
+        bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise NonFiniteDataError(f"{bad} of {arr.size} pixels are NaN or infinite", p)
+
+
+def _to_gray(arr: np.ndarray) -> np.ndarray:
+    """Luminance of an RGB(A) array (ITU-R BT.601 weights), for colour secondary captures."""
+    return arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+# ------------------------------------------------------------------------------------ DICOM
+def _pixel_functions():
+    try:  # pydicom 3
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    return apply_modality_lut, apply_voi_lut
+
+
+def _read_dicom(p: Path) -> Radiograph:
+    import pydicom
+    apply_modality_lut, apply_voi_lut = _pixel_functions()
+    try:
+        ds = pydicom.dcmread(str(p))
+    except Exception as exc:  # InvalidDicomError, EOFError, struct/ValueError on truncation
+        raise UnreadableFileError(
+            f"not a readable DICOM file (corrupt or truncated): {_first_line(exc)}", p) from exc
+
+    if len(ds) == 0:
+        raise UnreadableFileError("the DICOM file holds no data elements (truncated?)", p)
+    modality = str(ds.get("Modality", "") or "").upper()
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    scout = modality == "CT" and "LOCALIZER" in image_type   # a CT scout is a projection
+    if modality not in _ACCEPTED_MODALITIES and not scout:
+        hint = ", a CT slice; read the whole CT series with read_ct" if modality == "CT" else ""
+        raise NotARadiographError(
+            f"DICOM Modality is {modality} ({cols}x{rows} image{hint}), not a projection "
+            "radiograph (CR/DX)", p)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if "Rows" in ds:   # the image module is there, so the pixel data was cut off
+            raise UnreadableFileError("the DICOM file ends before its pixel data (truncated?)", p)
+        raise NotARadiographError("DICOM file holds no image (no pixel data)", p)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        raise NotARadiographError(f"DICOM file holds {n_frames} frames; a radiograph is one "
+                                  "2D image (for a volume use read_ct)", p)
+
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    ts_name = getattr(ts, "name", str(ts))
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:  # missing decoder, truncated or corrupt pixel data
+        raise UnreadableFileError(
+            f"could not decode the pixel data (transfer syntax {ts_name}); the file may be "
+            f"truncated or corrupt, or its compression needs a decoder that is not installed: "
+            f"{_first_line(exc)}", p) from exc
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1 or raw.ndim == 3:
+        arr = _to_gray(raw)          # pydicom has already turned YBR into RGB
+        window = {"kind": "minmax", "min": float(arr.min()), "max": float(arr.max())}
+        image = _unit_range(arr, window["min"], window["max"])
+        inverted = False
+    else:
+        try:
+            arr = apply_modality_lut(raw, ds)
+        except Exception as exc:
+            raise UnreadableFileError(f"invalid modality LUT / rescale: {_first_line(exc)}",
+                                      p) from exc
+        _check_finite(np.asarray(arr), p)
+        image, window = _apply_voi(arr, ds, apply_voi_lut)
+        presentation = str(ds.get("PresentationLUTShape", "") or "").upper()
+        inverted = photometric == "MONOCHROME1" or (photometric == "MONOCHROME2"
+                                                     and presentation == "INVERSE")
+        if inverted:   # MONOCHROME1: low values are white; flip so bone is bright
+            image = 1.0 - image
+    if image.ndim != 2:
+        raise NotARadiographError(f"pixel data has shape {image.shape}; expected one 2D image", p)
+
+    spacing, source = None, "default"
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        pair = _spacing_pair(ds.get(tag))
+        if pair is not None:
+            spacing, source = pair, tag
+            break
+    if spacing is None:
+        found = ", ".join(f"{t}={ds.get(t)!s}" for t in ("PixelSpacing", "ImagerPixelSpacing")
+                          if t in ds) or "neither PixelSpacing nor ImagerPixelSpacing present"
+        spacing = _default_spacing(p, f"no usable pixel spacing in the DICOM header ({found})")
+
+    view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
+    meta = {
+        "source": str(p), "format": "dicom", "modality": modality or None,
+        "photometric_interpretation": photometric, "inverted": inverted, "window": window,
+        "view_position": view, "rows": int(rows) if rows else image.shape[0],
+        "columns": int(cols) if cols else image.shape[1],
+        "bits_stored": int(ds.get("BitsStored", 0) or 0) or None,
+        "manufacturer": str(ds.get("Manufacturer", "") or "") or None,
+        "transfer_syntax": ts_name, "spacing_source": source,
+        "pixel_spacing": _raw_tag(ds, "PixelSpacing"),
+        "imager_pixel_spacing": _raw_tag(ds, "ImagerPixelSpacing"),
+        "patient_orientation": _raw_tag(ds, "PatientOrientation"),
+        "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
+    }
+    return Radiograph(image, spacing, view_position=view, metadata=meta,
+                      spacing_is_default=(source == "default"))
+
+
+def _raw_tag(ds, tag: str):
+    val = ds.get(tag)
+    if val is None:
+        return None
+    try:
+        return tuple(str(v) for v in val) if not isinstance(val, (str, bytes)) else str(val)
+    except TypeError:
+        return str(val)
+
+
+def _apply_voi(arr: np.ndarray, ds, apply_voi_lut) -> Tuple[np.ndarray, dict]:
+    """Header VOI (LUT first, else window) scaled to [0, 1]; min-max when the header has none.
+
+    The output range is found by pushing values through pydicom itself (two far-out values for
+    a window, the whole table for a LUT), so it matches whatever range pydicom chose.
+    """
+    arr = np.asarray(arr)
+    lut_seq = ds.get("VOILUTSequence")
+    if lut_seq:
+        try:
+            values = np.rint(arr).astype(np.int64) if arr.dtype.kind == "f" else arr  # indexes
+            out = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            # The whole table pushed through pydicom gives its output range (US or OW data alike).
+            desc = lut_seq[0].LUTDescriptor
+            first, n_entries = int(desc[1]), int(desc[0]) or 65536
+            table = apply_voi_lut(np.arange(first, first + n_entries, dtype=np.int64), ds,
+                                  index=0, prefer_lut=True)
+            lo, hi = float(table.min()), float(table.max())
+            expl = lut_seq[0].get("LUTExplanation")
+            return _unit_range(out, lo, hi), {"kind": "lut",
+                                              "explanation": str(expl or "") or None}
+        except Exception as exc:
+            log.warning("%s: VOI LUT unusable (%s); falling back to the window",
+                        getattr(ds, "filename", "?"), _first_line(exc))
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            out = apply_voi_lut(arr, ds, index=0, prefer_lut=False)
+            probe = apply_voi_lut(np.array([-1e15, 1e15]), ds, index=0, prefer_lut=False)
+            lo, hi = float(np.min(probe)), float(np.max(probe))
+            c, w = ds.WindowCenter, ds.WindowWidth
+            c = float(c[0] if ds["WindowCenter"].VM > 1 else c)
+            w = float(w[0] if ds["WindowWidth"].VM > 1 else w)
+            func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+            return _unit_range(out, lo, hi), {"kind": "window", "center": c, "width": w,
+                                              "function": func}
+        except Exception as exc:
+            log.warning("%s: window unusable (%s); using the image's min-max",
+                        getattr(ds, "filename", "?"), _first_line(exc))
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    return _unit_range(arr, lo, hi), {"kind": "minmax", "min": lo, "max": hi}
+
+
+# ------------------------------------------------------------------------------- PNG / JPEG
+def _read_bitmap(p: Path) -> Optional[Radiograph]:
+    """Pillow-readable image -> Radiograph, or None when Pillow does not know the format."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        im = Image.open(p)
+    except UnidentifiedImageError:
+        return None
+    except OSError as exc:
+        raise UnreadableFileError(f"cannot open the image: {exc}", p) from exc
+    with im:
+        fmt = im.format or "image"
+        n_frames = getattr(im, "n_frames", 1)
+        if n_frames > 1:
+            raise NotARadiographError(f"{fmt} file holds {n_frames} frames; a radiograph is one "
+                                      "2D image", p)
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im)   # honour camera rotation tags on JPEG
+            mode = im.mode
+            if mode.startswith("I;16"):
+                arr, full = np.array(im, dtype=np.uint16), 65535.0
+            elif mode == "I" and fmt == "PNG":   # older Pillow opens 16-bit PNG as 'I'
+                arr, full = np.array(im), 65535.0
+            elif mode in ("I", "F"):
+                arr, full = np.array(im), None
+            elif mode == "L":
+                arr, full = np.array(im), 255.0
+            else:   # RGB, RGBA, LA, P, 1, CMYK...: convert to 8-bit luminance
+                arr, full = np.array(im.convert("L")), 255.0
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise UnreadableFileError(
+                f"could not decode the {fmt} image (truncated or corrupt?): {exc}", p) from exc
+    _check_finite(arr, p)
+    if full is None:
+        lo, hi = float(arr.min()), float(arr.max())
+        window = {"kind": "minmax", "min": lo, "max": hi}
+    else:
+        lo, hi = 0.0, full
+        window = {"kind": "full_range", "min": 0.0, "max": full}
+    image = _unit_range(arr, lo, hi)
+    spacing = _default_spacing(p, f"a {fmt} file carries no pixel spacing")
+    meta = {"source": str(p), "format": fmt.lower(), "mode": mode, "window": window,
+            "photometric_interpretation": "MONOCHROME2", "inverted": False,
+            "rows": image.shape[0], "columns": image.shape[1], "spacing_source": "default",
+            "view_position": None}
+    return Radiograph(image, spacing, view_position=None, metadata=meta, spacing_is_default=True)
+
+
+# -------------------------------------------------------------------- 2D NIfTI/NRRD/MetaImage
+def _read_itk(p: Path) -> Radiograph:
+    """A 2D ITK image (e.g. a DRR saved as .mha); 3D volumes are refused."""
+    import SimpleITK as sitk
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableFileError(f"could not read the image header (corrupt or truncated?): "
+                                  f"{itk_reason(exc)}", p) from exc
+    size = reader.GetSize()
+    if len(size) > 2 and any(s > 1 for s in size[2:]):
+        raise NotARadiographError(
+            f"is a 3D volume ({'x'.join(map(str, size))} voxels), not a 2D radiograph; "
+            "for a CT use read_ct", p)
+    if reader.GetNumberOfComponents() > 1:
+        raise NotARadiographError(f"has {reader.GetNumberOfComponents()} components per pixel; "
+                                  "expected a grayscale radiograph", p)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise UnreadableFileError(f"could not read the pixel data (truncated or corrupt?): "
+                                  f"{itk_reason(exc)}", p) from exc
+    arr = sitk.GetArrayFromImage(img).reshape(size[1], size[0])   # ITK (x, y) -> [row, col]
+    _check_finite(arr, p)
+    lo, hi = float(arr.min()), float(arr.max())
+    sp = img.GetSpacing()
+    meta = {"source": str(p), "format": format_from_suffix(p), "window":
+            {"kind": "minmax", "min": lo, "max": hi}, "photometric_interpretation": "MONOCHROME2",
+            "inverted": False, "rows": int(size[1]), "columns": int(size[0]),
+            "spacing_source": "header", "view_position": None}
+    return Radiograph(_unit_range(arr, lo, hi), (sp[1], sp[0]), metadata=meta)
