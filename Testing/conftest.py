@@ -14,3 +14,17 @@ def shared_data() -> Path:
         pytest.skip(f"real data folder {SHARED_DATA} is absent "
                     "(a fresh clone has no ../shared/data)")
     return SHARED_DATA
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run tests marked slow (the full acceptance suite CI runs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

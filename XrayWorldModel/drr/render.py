@@ -85,6 +85,12 @@ class DRRRenderer:
         dummy = np.zeros((1, 3, 3), np.float32)
         return [self._layouts.get(a, dummy) for a in range(3)]
 
+    def _exact_array(self):
+        """Attenuation in plain (x, y, z) layout for Siddon; no copy when it already is."""
+        if self._conv == (1.0, 0.0, False) and self._array.dtype == np.float32:
+            return self._array
+        return self._cpu_layouts({0})[0][:, 1:-1, 1:-1]
+
     def render(self, geometry: ProjectionGeometry, angles_per_chunk: int = 8,
                progress: bool = False) -> np.ndarray:
         """Float32 line integrals [A, H, W] for every angle of ``geometry``."""
@@ -97,7 +103,7 @@ class DRRRenderer:
             return out
         table = RayTable(self._affine, geometry)
         if self.method == "exact":
-            mu = self._cpu_layouts({0})[0][:, 1:-1, 1:-1]
+            mu = self._exact_array()
         elif self.device.type == "cpu":
             layouts = self._cpu_layouts(dominant_axes(table))
             kernel = (joseph.joseph_project_columns if joseph.columns_share_paths(table)
