@@ -1,0 +1,108 @@
+"""FDK reconstruction and SIRT refinement in the package geometry."""
+import numpy as np
+import pytest
+from scipy.ndimage import binary_fill_holes, map_coordinates
+
+from XrayWorldModel.drr import DRRRenderer, hu_to_mu, render_drr
+from XrayWorldModel.errors import GeometryError, InputError
+from XrayWorldModel.geometry import ProjectionGeometry
+from XrayWorldModel.phantom import default_ellipsoid_phantom
+from XrayWorldModel.recon import default_grid, fdk, mu_to_hu, ramp_filter, refine
+
+
+def _resample(src, grid, order=1, cval=0.0):
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in grid.shape], indexing="ij"), -1).reshape(-1, 3)
+    ijk = src.lps_to_index(grid.index_to_lps(idx))
+    return map_coordinates(np.asarray(src.array, np.float32), ijk.T, order=order, cval=cval).reshape(grid.shape)
+
+
+def test_fdk_of_closed_form_projections_recovers_the_phantom():
+    ph = default_ellipsoid_phantom()
+    g = ProjectionGeometry.from_range(0, 360, 4, detector_shape=(96, 96), pixel_spacing=(4.0, 4.0),
+                                      isocenter=(0.0, 0.0, 0.0))
+    proj = ph.project(g)
+    rec = fdk(proj, g, shape=(48, 48, 48), spacing=5.0)
+    idx = np.stack(np.meshgrid(*[np.arange(48)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    truth = ph.attenuation_at(rec.index_to_lps(idx)).reshape(rec.shape)
+    body = truth > 0
+    r = np.corrcoef(rec.array[body], truth[body])[0, 1]
+    assert r > 0.88, r          # 0.915 measured; edges are blurred by the 5 mm grid
+    # quantitative: attenuation comes back at the right scale (within 3%)
+    assert np.median(rec.array[body] / truth[body]) == pytest.approx(1.0, abs=0.03)
+
+
+def test_ramp_filter_has_no_dc_and_grows_with_frequency():
+    resp = ramp_filter(256, 1.0, "ram-lak").numpy()
+    assert abs(resp[0]) < 0.01 * resp[64]
+    assert np.all(np.diff(resp[:129]) > 0)
+    hann = ramp_filter(256, 1.0, "hann").numpy()
+    assert hann[128] == pytest.approx(0.0, abs=1e-6) and hann[64] < resp[64]
+
+
+def test_default_grid_fits_inside_every_projection():
+    g = ProjectionGeometry.from_range(0, 360, 10, detector_shape=(64, 64), pixel_spacing=(4.0, 4.0),
+                                      isocenter=(0.0, 0.0, 0.0))
+    grid = default_grid(g, (32, 32, 32))
+    corners = grid.corners()
+    _, u, v = g.frames()
+    e = g.frames()[0]
+    half_w = 31.5 * 4.0
+    for a in range(g.n_angles):
+        s = corners @ e[a]
+        mag = g.sdd / (g.sod - s)
+        assert np.all(np.abs(mag * (corners @ u[a])) <= half_w + 1e-6)
+        assert np.all(np.abs(mag * (corners @ v[a])) <= half_w + 1e-6)
+
+
+def test_fdk_rejects_bad_input():
+    g = ProjectionGeometry(angles=(0.0, 90.0), detector_shape=(8, 8), isocenter=(0, 0, 0))
+    with pytest.raises(InputError, match="2 angles"):
+        fdk(np.zeros((3, 8, 8)), g)
+    with pytest.raises(InputError, match="NaN"):
+        fdk(np.full((2, 8, 8), np.nan), g)
+    with pytest.raises(GeometryError, match="tilt"):
+        fdk(np.zeros((2, 8, 8)), ProjectionGeometry(angles=(0.0, 90.0), detector_shape=(8, 8),
+                                                     isocenter=(0, 0, 0), tilt=5.0))
+    with pytest.raises(InputError, match="filter"):
+        fdk(np.zeros((2, 8, 8)), g, filter="butterworth")
+
+
+def test_mu_to_hu_inverts_hu_to_mu():
+    hu = np.array([-500.0, 0.0, 40.0, 1200.0], np.float32)
+    np.testing.assert_allclose(mu_to_hu(hu_to_mu(hu, 0.019), 0.019), hu, atol=1e-3)
+
+
+def test_sirt_refinement_lowers_reprojection_error():
+    ph = default_ellipsoid_phantom()
+    g = ProjectionGeometry.from_range(0, 360, 20, detector_shape=(40, 40), pixel_spacing=(8.0, 8.0),
+                                      isocenter=(0.0, 0.0, 0.0))
+    proj = ph.project(g).astype(np.float32)
+    rec = fdk(proj, g, shape=(32, 32, 32), spacing=8.0)
+
+    def reproj_err(v):
+        return np.linalg.norm(render_drr(v, g, units="mu") - proj) / np.linalg.norm(proj)
+
+    before = reproj_err(rec)
+    after = reproj_err(refine(rec, proj, g, iterations=5))
+    assert after < 0.9 * before, (before, after)   # 0.071 -> 0.061 measured
+
+
+@pytest.mark.slow
+def test_fdk_of_real_ct_correlates_with_the_ct(shared_data):
+    """Acceptance: 360 projections (1 deg, 256x256) of the real CT; FDK vs the CT resampled
+    to the reconstruction grid, inside the body, central 80% of slices: Pearson r >= 0.95."""
+    from XrayWorldModel.io import read_ct
+    ct = read_ct(shared_data / "chest_ct.nii.gz")
+    g = ProjectionGeometry.from_range(0, 360, 1, detector_shape=(256, 256),
+                                      pixel_spacing=(2.0, 2.0)).resolve(ct)
+    proj = DRRRenderer(ct).render(g)
+    rec = fdk(proj, g, shape=(128, 128, 118), spacing=2.8125)
+    mu = _resample(type(ct)(hu_to_mu(ct.array), ct.affine), rec)
+    hu = _resample(ct, rec, cval=-1000.0)
+    body = np.stack([binary_fill_holes(hu[:, :, k] > -400) for k in range(hu.shape[2])], -1)
+    nz = rec.shape[2]
+    ks = slice(int(round(0.1 * nz)), int(round(0.9 * nz)))
+    m = body[:, :, ks]
+    r = np.corrcoef(rec.array[:, :, ks][m], mu[:, :, ks][m])[0, 1]
+    print(f"FDK vs CT Pearson r = {r:.4f} over {m.sum()} voxels")
+    assert r >= 0.95, r
