@@ -116,6 +116,32 @@ def joseph_project(vol0, vol1, vol2, index, lps, beam, out):
             out[a, i, j] = _dispatch_ray(vol0, vol1, vol2, p0, d, length)
 
 
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _edge_rows(acc, line, oc, sc, k, nc, lo, hi):
+    """Rows lo..hi of one slice step, with the bounds check the interior rows skip."""
+    for i in range(lo, hi + 1):
+        pc = oc[i] + k * sc[i]
+        fc = math.floor(pc)
+        ic = int(fc)
+        if ic < 0 or ic > nc:
+            continue
+        acc[i] += line[ic] + (pc - fc) * (line[ic + 1] - line[ic])
+
+
+@numba.njit(cache=True, inline="always")
+def _row_interval(q0, slope, qmin, qmax, H):
+    """Rows i in [0, H) with qmin <= q0 + slope * i <= qmax (an interval; may be empty)."""
+    if slope == 0.0:
+        return (0, H - 1) if qmin <= q0 <= qmax else (0, -1)
+    t1 = (qmin - q0) / slope
+    t2 = (qmax - q0) / slope
+    if t1 > t2:
+        t1, t2 = t2, t1
+    lo = max(0, int(math.ceil(t1)))
+    hi = min(H - 1, int(math.floor(t2)))
+    return lo, hi
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def joseph_project_columns(vol0, vol1, vol2, index, lps, beam, out):
     """Same sums as :func:`joseph_project`, for tables whose detector rows run along index
@@ -136,6 +162,7 @@ def joseph_project_columns(vol0, vol1, vol2, index, lps, beam, out):
         ax = 0 if abs(d[0]) >= abs(d[1]) else 1
         bx = 1 - ax
         vol = vol0 if ax == 0 else vol1
+        line = np.empty(vol.shape[2], np.float32)   # the two voxel lines of a slice, blended
         na = vol.shape[0]
         nb = vol.shape[1] - 2
         nc = vol.shape[2] - 2
@@ -158,6 +185,7 @@ def joseph_project_columns(vol0, vol1, vol2, index, lps, beam, out):
         p0[2] = 0.0
         d[2] = 0.0
         k0, k1 = _slice_range(p0, d, na, nb, 1, ax, bx, 2)
+        any_generic = generic.any()
         for k in range(k0, k1 + 1):
             pb = ob + k * sb
             fb = math.floor(pb)
@@ -167,16 +195,31 @@ def joseph_project_columns(vol0, vol1, vol2, index, lps, beam, out):
             wb = pb - fb
             line0 = vol[k, ib]
             line1 = vol[k, ib + 1]
-            for i in range(H):
+            # The padded row coordinate q_i = oc[i] + k sc[i] is affine in i, so the rows
+            # whose taps are safely inside form one interval: those run without checks,
+            # the few near the top and bottom edges with checks, the rest are skipped.
+            if any_generic or H == 1:
+                lo_in, hi_in, lo_out, hi_out = 0, -1, 0, H - 1
+            else:
+                q0 = oc[0] + k * sc[0]
+                slope = (oc[H - 1] + k * sc[H - 1] - q0) / (H - 1)
+                lo_in, hi_in = _row_interval(q0, slope, 0.5, nc + 0.5, H)
+                lo_out, hi_out = _row_interval(q0, slope, -0.5, nc + 1.5, H)
+            if hi_out < lo_out:
+                continue
+            # Blend the two voxel lines once (vectorised); each row then needs one lerp.
+            for z in range(nc + 2):
+                line[z] = line0[z] + wb * (line1[z] - line0[z])
+            for i in range(lo_in, hi_in + 1):
                 pc = oc[i] + k * sc[i]
                 fc = math.floor(pc)
                 ic = int(fc)
-                if ic < 0 or ic > nc:
-                    continue
-                wc = pc - fc
-                lo = line0[ic] + wc * (line0[ic + 1] - line0[ic])
-                hi = line1[ic] + wc * (line1[ic + 1] - line1[ic])
-                acc[i] += lo + wb * (hi - lo)
+                acc[i] += line[ic] + (pc - fc) * (line[ic + 1] - line[ic])
+            if hi_in < lo_in:             # no safe interior: check every row in range
+                lo_in = hi_out + 1
+                hi_in = hi_out
+            _edge_rows(acc, line, oc, sc, k, nc, lo_out, lo_in - 1)
+            _edge_rows(acc, line, oc, sc, k, nc, hi_in + 1, hi_out)
         for i in range(H):
             if not generic[i]:
                 out[a, i, j] = acc[i] * w[i]
