@@ -106,8 +106,7 @@ class DRRRenderer:
             mu = self._exact_array()
         elif self.device.type == "cpu":
             layouts = self._cpu_layouts(dominant_axes(table))
-            kernel = (joseph.joseph_project_columns if joseph.columns_share_paths(table)
-                      else joseph.joseph_project)
+            kernel = _cpu_kernel(table)
         elif self._mu_t is None:
             scale, offset, clip = self._conv
             mu_t = torch.as_tensor(np.asarray(self._array, np.float32), device=self.device)
@@ -144,6 +143,12 @@ def render_drr(volume: Volume, geometry: ProjectionGeometry, method: str = "fast
     return renderer.render(geometry, angles_per_chunk, progress)
 
 
+def _cpu_kernel(table: RayTable):
+    """The column kernel where detector columns share their path (axial CT, no tilt),
+    else the per-ray kernel; both give the same sums."""
+    return joseph.joseph_project_columns if joseph.columns_share_paths(table) else joseph.joseph_project
+
+
 def _crop(volume: Volume, box):
     """The sub-array in ``box`` (index slices) and the affine that keeps it in place."""
     start = np.array([b.start for b in box], dtype=np.float64)
@@ -166,7 +171,7 @@ class _JosephCPU(torch.autograd.Function):
         axes = dominant_axes(table)
         layouts = joseph.attenuation_layouts(vol, axes)
         out = np.empty(table.shape, dtype=np.float32)
-        joseph.joseph_project(*layouts, table.index, table.lps, table.beam, out)
+        _cpu_kernel(table)(*layouts, table.index, table.lps, table.beam, out)
         ctx.table, ctx.axes, ctx.vol_shape = table, axes, vol.shape
         return torch.from_numpy(out).to(mu.dtype)
 

@@ -359,15 +359,15 @@ class _Series:
 
 
 def _find_series(folder: Path) -> List[_Series]:
+    entries = list(folder.iterdir())
+    if not entries:  # checked first: GDCM would print its own warning to stderr
+        raise EmptyFolderError("folder is empty; expected a DICOM series", folder)
     try:
         uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
         raise UnreadableFileError(f"could not scan the folder for DICOM: {itk_reason(exc)}",
                                   folder) from exc
     if not uids:
-        entries = list(folder.iterdir())
-        if not entries:
-            raise EmptyFolderError("folder is empty; expected a DICOM series", folder)
         subdirs = sum(1 for e in entries if e.is_dir())
         hint = (f"; it has {subdirs} subfolder(s): point at the folder that holds the DICOM files"
                 if subdirs else "")
