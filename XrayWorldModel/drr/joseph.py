@@ -51,6 +51,16 @@ def _slice_range(p0, d, na, nb, nc, a, b, c):
     return max(0, int(math.ceil(xa))), min(na - 1, int(math.floor(xb)))
 
 
+@numba.njit(cache=True, inline="always")
+def _slice_line(p0, d, a, b, c, pad):
+    """The ray as a function of the slice index k: in-slice position (ob + k sb, oc + k sc)
+    (shifted by ``pad`` for padded layouts) and ``inv`` = 1 / (index step along ``a``)."""
+    inv = 1.0 / d[a]
+    sb = d[b] * inv
+    sc = d[c] * inv
+    return inv, sb, sc, p0[b] - p0[a] * sb + pad, p0[c] - p0[a] * sc + pad
+
+
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _joseph_ray(vol, p0, d, length, a, b, c):
     na = vol.shape[0]
@@ -59,11 +69,7 @@ def _joseph_ray(vol, p0, d, length, a, b, c):
     k0, k1 = _slice_range(p0, d, na, nb, nc, a, b, c)
     if k1 < k0:
         return 0.0
-    inv = 1.0 / d[a]
-    sb = d[b] * inv
-    sc = d[c] * inv
-    ob = p0[b] - p0[a] * sb + 1.0   # +1: padded index
-    oc = p0[c] - p0[a] * sc + 1.0
+    inv, sb, sc, ob, oc = _slice_line(p0, d, a, b, c, 1.0)   # +1: padded index
     acc = 0.0
     for k in range(k0, k1 + 1):
         pb = ob + k * sb
@@ -238,11 +244,7 @@ def _joseph_ray_adjoint(grad, p0, d, length, value, a, b, c):
     k0, k1 = _slice_range(p0, d, na, nb, nc, a, b, c)
     if k1 < k0:
         return
-    inv = 1.0 / d[a]
-    sb = d[b] * inv
-    sc = d[c] * inv
-    ob = p0[b] - p0[a] * sb
-    oc = p0[c] - p0[a] * sc
+    inv, sb, sc, ob, oc = _slice_line(p0, d, a, b, c, 0.0)
     g = value * length * abs(inv)
     for k in range(k0, k1 + 1):
         pb = ob + k * sb
