@@ -91,8 +91,15 @@ class DRRRenderer:
             return self._array
         return self._cpu_layouts({0})[0][:, 1:-1, 1:-1]
 
+    def render_tensor(self, geometry: ProjectionGeometry, angles_per_chunk: int = 8) -> torch.Tensor:
+        """Like :meth:`render` but a float32 tensor on the renderer's device (no copy to
+        the host on CUDA): for rendering training batches on the training device."""
+        on_device = self.method == "fast" and self.device.type != "cpu"
+        out = self.render(geometry, angles_per_chunk, _on_device=on_device)
+        return out if isinstance(out, torch.Tensor) else torch.from_numpy(out).to(self.device)
+
     def render(self, geometry: ProjectionGeometry, angles_per_chunk: int = 8,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, _on_device: bool = False) -> np.ndarray:
         """Float32 line integrals [A, H, W] for every angle of ``geometry``."""
         geometry = geometry.resolve(self.volume)
         geometry.check_volume_clearance(self.volume)
@@ -115,6 +122,7 @@ class DRRRenderer:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=A, desc=f"DRR ({self.method})", unit="view")
+        chunks = []
         for lo in range(0, A, angles_per_chunk):
             hi = min(A, lo + angles_per_chunk)
             index, lps = table.index[lo:hi], table.lps[lo:hi]
@@ -126,11 +134,17 @@ class DRRRenderer:
                 kernel(*layouts, index, lps, table.beam, out[lo:hi])
             else:
                 with torch.no_grad():
-                    out[lo:hi] = _project_dense_torch(self._mu_t, table.subset(lo, hi)).cpu().numpy()
+                    res = _project_dense_torch(self._mu_t, table.subset(lo, hi))
+                if _on_device:
+                    chunks.append(res)
+                else:
+                    out[lo:hi] = res.cpu().numpy()
             if bar is not None:
                 bar.update(hi - lo)
         if bar is not None:
             bar.close()
+        if _on_device:
+            return torch.cat(chunks) if chunks else torch.from_numpy(out).to(self.device)
         return out
 
 

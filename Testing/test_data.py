@@ -1,0 +1,139 @@
+"""Training data: sources, the preprocessed-CT cache and views rendered on the fly."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from XrayWorldModel.data import (CTItem, PreprocessedCache, Preprocessing, ViewRenderer,
+                                 ViewSampling, preprocess, resolve_source, sample_angles)
+from XrayWorldModel.drr import render_drr
+from XrayWorldModel.errors import (EmptyFolderError, FileNotFoundInputError, InputError,
+                                   UnreadableFileError)
+from XrayWorldModel.io import write_volume
+from XrayWorldModel.phantom import Ellipsoid, EllipsoidPhantom
+from XrayWorldModel.volume import Volume
+
+
+def _ball_ct(center=(30.0, -20.0, 10.0)):
+    """A CT (HU) of a bone-dense ball in water-free air, anisotropic voxels, off-centre."""
+    ph = EllipsoidPhantom([Ellipsoid(center, (12.0, 12.0, 12.0), None, 1.0)])
+    frac = ph.voxelize((160, 160, 48), (0.8, 0.8, 3.0), origin=(-60.0, -70.0, -60.0))
+    return Volume(-1000.0 + 2000.0 * frac.array, frac.affine)
+
+
+def test_phantom_source_gives_distinct_seeded_chests():
+    items = resolve_source("phantom:3:10")
+    assert [i.id for i in items] == ["phantom-00010", "phantom-00011", "phantom-00012"]
+    a, b = items[0].load(), items[1].load()
+    assert a.shape == b.shape and not np.array_equal(a.array, b.array)
+    with pytest.raises(InputError, match="phantom:N"):
+        resolve_source("phantom:many")
+
+
+def test_folder_and_manifest_sources(tmp_path):
+    vol = Volume.from_spacing(np.zeros((8, 8, 8), np.float32))
+    write_volume(vol, tmp_path / "a.nii.gz")
+    write_volume(vol, tmp_path / "b.mha")
+    (tmp_path / "notes.txt").write_text("not a CT")
+    assert [i.id for i in resolve_source(str(tmp_path))] == ["a", "b"]
+    man = tmp_path / "cts.csv"
+    man.write_text("path,id,risk,cardiomegaly\na.nii.gz,pt1,0.3,1\nb.mha,,,0\n")
+    items = resolve_source(str(man))
+    assert items[0].id == "pt1" and items[0].labels == {"risk": 0.3, "cardiomegaly": 1.0}
+    assert items[1].id == "b" and items[1].labels == {"cardiomegaly": 0.0}
+    assert items[0].load().shape == (8, 8, 8)
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundInputError, match="no such"):
+        resolve_source(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmptyFolderError):
+        resolve_source(str(tmp_path / "empty"))
+    man = tmp_path / "m.csv"
+    man.write_text("file\nx.nii\n")
+    with pytest.raises(InputError, match="'path' column"):
+        resolve_source(str(man))
+    man.write_text("path\nnothere.nii.gz\n")
+    with pytest.raises(FileNotFoundInputError, match="line 2"):
+        resolve_source(str(man))
+
+
+def test_preprocess_keeps_anatomy_in_place_and_clips():
+    ct = _ball_ct()
+    prep = Preprocessing(size=64, spacing=2.0, hu_clip=(-1024.0, 500.0))
+    out = preprocess(ct, prep)
+    assert out.shape == (64, 64, 64) and np.allclose(out.spacing, 2.0)
+    np.testing.assert_allclose(out.center, ct.center, atol=1e-6)
+    assert out.array.max() <= 500.0 + 1e-3 and out.array.min() >= -1024.0 - 1e-3
+    w = np.clip(out.array + 1000.0, 0, None)
+    idx = np.stack(np.meshgrid(*[np.arange(64)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    centroid = (out.index_to_lps(idx) * w.reshape(-1, 1)).sum(0) / w.sum()
+    np.testing.assert_allclose(centroid, (30.0, -20.0, 10.0), atol=0.5)
+
+
+def test_cache_builds_once_and_rebuilds_for_new_parameters(tmp_path):
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return _ball_ct()
+
+    item = CTItem("ball", "phantom:ball-test", {}, loader)
+    cache = PreprocessedCache(tmp_path)
+    prep = Preprocessing(size=32, spacing=4.0)
+    a = cache.get(item, prep)
+    b = cache.get(item, prep)
+    assert len(calls) == 1
+    np.testing.assert_allclose(a.array, b.array, atol=0.5)     # stored as float16 HU
+    np.testing.assert_array_equal(a.affine, b.affine)
+    cache.get(item, Preprocessing(size=32, spacing=5.0))
+    assert len(calls) == 2
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob(".tmp-*"))
+    (tmp_path / f"{prep.key(__import__('XrayWorldModel.data.cache', fromlist=['x']).source_digest(item.spec))}.json").write_text("{")
+    with pytest.raises(UnreadableFileError, match="corrupt cache entry"):
+        cache.get(item, prep)
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    from XrayWorldModel.data import default_cache_dir
+    monkeypatch.setenv("XRAY2XRAY_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+
+
+def test_angle_sampling_is_frontal_centred_by_default():
+    s = ViewSampling(targets_per_context=3)
+    ctx, deltas, tilt = sample_angles(s, np.random.default_rng(0), 4000)
+    assert abs(ctx.mean()) < 1.0 and 13.0 < ctx.std() < 16.0 and np.abs(ctx).max() <= 45.0
+    assert deltas.shape == (4000, 3) and set(np.unique(deltas)) <= set(s.deltas_deg)
+    assert not tilt.any()
+    ctx, _, _ = sample_angles(ViewSampling(context="uniform"), np.random.default_rng(1), 4000)
+    assert ctx.min() >= 0 and ctx.max() < 360 and 170 < ctx.mean() < 190
+    with pytest.raises(InputError):
+        ViewSampling(context="lateral")
+
+
+def test_rendered_views_equal_direct_renders_at_the_sampled_angles():
+    vol = preprocess(_ball_ct(), Preprocessing(size=48, spacing=3.0))
+    s = ViewSampling(image_size=32, field_of_view_mm=150.0, targets_per_context=2, tilt_max_deg=5.0)
+    batch = ViewRenderer(s).render([vol, vol], np.random.default_rng(3), ids=["a", "b"])
+    assert batch.context.shape == (2, 1, 32, 32) and batch.targets.shape == (2, 2, 1, 32, 32)
+    for b in range(2):
+        angles = [float(batch.context_angle[b])] + [float(batch.context_angle[b] + d) for d in batch.deltas[b]]
+        g = s.geometry(angles, float(batch.tilt[b]))
+        ref = render_drr(vol, g)
+        np.testing.assert_allclose(batch.context[b, 0].numpy(), ref[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(batch.targets[b, :, 0].numpy(), ref[1:], rtol=1e-5, atol=1e-5)
+    assert batch.tilt.abs().max() <= 5.0 and batch.tilt.abs().max() > 0
+
+
+def test_augmentation_changes_views_reproducibly():
+    vol = preprocess(_ball_ct(), Preprocessing(size=32, spacing=4.0))
+    s = ViewSampling(image_size=16, field_of_view_mm=150.0, intensity_jitter=0.1, noise_std=0.05,
+                     shift_max_mm=4.0)
+    a = ViewRenderer(s).render([vol], np.random.default_rng(7))
+    b = ViewRenderer(s).render([vol], np.random.default_rng(7))
+    torch.testing.assert_close(a.targets, b.targets)
+    plain = ViewRenderer(ViewSampling(image_size=16, field_of_view_mm=150.0)).render([vol], np.random.default_rng(7))
+    assert not torch.allclose(a.context, plain.context)

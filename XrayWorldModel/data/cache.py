@@ -1,0 +1,127 @@
+"""Preprocess a CT once for training (clip HU, resample to a fixed isotropic cube) and
+keep the result on disk, keyed by a checksum of the source and the parameters, so that a
+later run, another rank or another experiment with the same settings reuses it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import UnreadableFileError
+from ..volume import Volume
+
+CACHE_ENV = "XRAY2XRAY_CACHE"
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$XRAY2XRAY_CACHE``, else the platform's user cache dir for xray2xray."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("xray2xray"))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a CT becomes a training volume: an axis-aligned LPS cube of ``size``^3 voxels of
+    ``spacing`` mm centred on the CT's centre, HU clipped to ``hu_clip``."""
+
+    size: int = 128
+    spacing: float = 2.5
+    hu_clip: Tuple[float, float] = (-1024.0, 3071.0)
+
+    def key(self, source_digest: str) -> str:
+        params = json.dumps({"format": CACHE_FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(f"{source_digest}|{params}".encode()).hexdigest()[:32]
+
+
+def source_digest(spec: str) -> str:
+    """SHA256 of the source file(s), or of the spec string for generated phantoms."""
+    if spec.startswith("phantom:"):
+        from .. import __version__
+        return hashlib.sha256(f"{spec}|{__version__}".encode()).hexdigest()
+    p = Path(spec)
+    h = hashlib.sha256()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _to_sitk(volume: Volume) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0), np.float32))
+    img.SetSpacing(tuple(float(s) for s in volume.spacing))
+    img.SetOrigin(tuple(float(o) for o in volume.origin))
+    img.SetDirection(tuple(float(d) for d in volume.direction.reshape(-1)))
+    return img
+
+
+def preprocess(volume: Volume, prep: Preprocessing) -> Volume:
+    """Clip, low-pass (Gaussian, sigma half the new spacing where the grid gets coarser, so
+    thin bone is not aliased away) and resample trilinearly onto the training cube."""
+    img = _to_sitk(Volume(np.clip(volume.array, *prep.hu_clip).astype(np.float32), volume.affine))
+    sigma = [0.5 * np.sqrt(max(prep.spacing ** 2 - s ** 2, 0.0)) for s in volume.spacing]
+    if max(sigma) > 0:
+        img = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-3) for s in sigma])
+    n = prep.size
+    origin = volume.center - (n - 1) / 2 * prep.spacing
+    ref = sitk.Image([n, n, n], sitk.sitkFloat32)
+    ref.SetSpacing([prep.spacing] * 3)
+    ref.SetOrigin(tuple(float(o) for o in origin))
+    out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, float(prep.hu_clip[0]))
+    arr = np.clip(sitk.GetArrayFromImage(out).transpose(2, 1, 0), *prep.hu_clip)  # filter overshoot
+    meta = dict(volume.metadata, preprocessing=asdict(prep))
+    return Volume.from_spacing(np.ascontiguousarray(arr, np.float32), [prep.spacing] * 3, origin,
+                               metadata=meta)
+
+
+class PreprocessedCache:
+    """On-disk store of preprocessed CTs: ``KEY.npy`` (float16 HU) + ``KEY.json``."""
+
+    def __init__(self, root: Optional[Path] = None):
+        self.root = Path(root) if root is not None else default_cache_dir() / "ct"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, item, prep: Preprocessing) -> Volume:
+        """The preprocessed volume of ``item`` (a :class:`.sources.CTItem`), built and
+        stored on first use."""
+        key = prep.key(source_digest(item.spec))
+        arr_path, meta_path = self.root / f"{key}.npy", self.root / f"{key}.json"
+        if arr_path.exists() and meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+                arr = np.load(arr_path).astype(np.float32)
+                return Volume(arr, np.asarray(meta["affine"]), {"source": item.spec, "cache_key": key})
+            except (OSError, ValueError, KeyError) as exc:
+                raise UnreadableFileError(f"corrupt cache entry ({exc}); delete it to rebuild",
+                                          arr_path) from None
+        vol = preprocess(item.load(), prep)
+        self._atomic(arr_path, lambda f: np.save(f, vol.array.astype(np.float16)))
+        self._atomic(meta_path, lambda f: f.write(json.dumps(
+            {"source": item.spec, "affine": vol.affine.tolist(), "preprocessing": asdict(prep)}).encode()))
+        vol.metadata.update(source=item.spec, cache_key=key)
+        return vol
+
+    def _atomic(self, path: Path, write) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise

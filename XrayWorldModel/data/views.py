@@ -1,0 +1,124 @@
+"""Training views rendered on the fly: for each sample a context view at a random angle
+and K target views at that angle plus rotation deltas (the world model's actions), drawn
+and augmented as the configuration says, rendered on the training device."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..drr import DRRRenderer
+from ..errors import InputError
+from ..geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
+from ..volume import Volume
+
+CONTEXT_MODES = ("frontal", "uniform")
+
+
+@dataclass(frozen=True)
+class ViewSampling:
+    """How views are drawn. Real CXRs are frontal, so by default the context angle is
+    normal around 0 deg (PA) with ``context_sigma_deg``, truncated at ``context_max_deg``;
+    ``uniform`` draws it over the full circle. Deltas come from ``deltas_deg``."""
+
+    image_size: int = 64
+    field_of_view_mm: float = 400.0      # detector coverage, measured at the isocentre
+    sdd: float = DEFAULT_SDD
+    sod: float = DEFAULT_SOD
+    context: str = "frontal"
+    context_sigma_deg: float = 15.0
+    context_max_deg: float = 45.0
+    deltas_deg: Tuple[float, ...] = tuple(float(d) for d in range(-90, 91, 15) if d != 0)
+    targets_per_context: int = 4
+    tilt_max_deg: float = 0.0            # augmentation: cranio-caudal tilt, uniform +-
+    shift_max_mm: float = 0.0            # augmentation: isocentre shift, uniform +- per axis
+    intensity_jitter: float = 0.0        # augmentation: mu_water scaled by 1 +- this
+    noise_std: float = 0.0               # augmentation: Gaussian noise, line-integral units
+    mu_water: float = 0.02
+
+    def __post_init__(self):
+        if self.context not in CONTEXT_MODES:
+            raise InputError(f"context must be one of {CONTEXT_MODES}, got {self.context!r}")
+        if self.image_size < 8 or self.targets_per_context < 1 or not self.deltas_deg:
+            raise InputError("image_size >= 8, targets_per_context >= 1 and some deltas_deg are needed")
+
+    @property
+    def pixel_spacing(self) -> float:
+        """Detector pixel (mm at the detector) so the image covers the field of view."""
+        return self.field_of_view_mm * self.sdd / self.sod / self.image_size
+
+    def geometry(self, angles, tilt: float = 0.0, isocenter=None) -> ProjectionGeometry:
+        return ProjectionGeometry(angles=tuple(float(a) for a in angles),
+                                  detector_shape=(self.image_size, self.image_size),
+                                  pixel_spacing=(self.pixel_spacing, self.pixel_spacing),
+                                  sdd=self.sdd, sod=self.sod, tilt=tilt,
+                                  isocenter=None if isocenter is None else tuple(isocenter))
+
+
+@dataclass
+class ViewBatch:
+    context: torch.Tensor          # [B, 1, H, W] line integrals
+    targets: torch.Tensor          # [B, K, 1, H, W]
+    context_angle: torch.Tensor    # [B] degrees
+    deltas: torch.Tensor           # [B, K] degrees
+    tilt: torch.Tensor             # [B] degrees
+    ids: List[str] = field(default_factory=list)
+
+    def to(self, device) -> "ViewBatch":
+        return ViewBatch(*(t.to(device) for t in (self.context, self.targets, self.context_angle,
+                                                   self.deltas, self.tilt)), list(self.ids))
+
+
+def sample_angles(s: ViewSampling, rng: np.random.Generator, batch: int):
+    """Context angles [B], deltas [B, K] and tilts [B] (degrees) for one batch."""
+    if s.context == "frontal":
+        ctx = rng.normal(0.0, s.context_sigma_deg, size=batch)
+        ctx = np.clip(ctx, -s.context_max_deg, s.context_max_deg)
+    else:
+        ctx = rng.uniform(0.0, 360.0, size=batch)
+    choices = np.asarray(s.deltas_deg, dtype=np.float64)
+    k = s.targets_per_context
+    deltas = np.stack([rng.choice(choices, size=k, replace=k > choices.size) for _ in range(batch)])
+    tilt = rng.uniform(-s.tilt_max_deg, s.tilt_max_deg, size=batch) if s.tilt_max_deg else np.zeros(batch)
+    return ctx, deltas, tilt
+
+
+class ViewRenderer:
+    """Renders :class:`ViewBatch` es from preprocessed CT volumes (HU), keeping one prepared
+    :class:`DRRRenderer` per volume (and per intensity jitter) on ``device``."""
+
+    def __init__(self, sampling: ViewSampling, device=None):
+        self.sampling = sampling
+        self.device = device
+        self._renderers: Dict[int, DRRRenderer] = {}
+
+    def _renderer(self, volume: Volume) -> DRRRenderer:
+        key = id(volume)
+        if key not in self._renderers:
+            self._renderers[key] = DRRRenderer(volume, "fast", self.device, self.sampling.mu_water)
+        return self._renderers[key]
+
+    def render(self, volumes: Sequence[Volume], rng: np.random.Generator,
+               ids: Optional[Sequence[str]] = None) -> ViewBatch:
+        s = self.sampling
+        B = len(volumes)
+        ctx, deltas, tilt = sample_angles(s, rng, B)
+        views = []
+        for b, vol in enumerate(volumes):
+            iso = vol.center
+            if s.shift_max_mm:
+                iso = iso + rng.uniform(-s.shift_max_mm, s.shift_max_mm, size=3)
+            g = s.geometry(np.concatenate([[ctx[b]], ctx[b] + deltas[b]]), float(tilt[b]), iso)
+            img = self._renderer(vol).render_tensor(g)
+            if s.intensity_jitter:     # line integrals scale with mu_water
+                img = img * float(1.0 + rng.uniform(-s.intensity_jitter, s.intensity_jitter))
+            if s.noise_std:
+                noise = torch.from_numpy(rng.normal(0.0, s.noise_std, size=tuple(img.shape)).astype(np.float32))
+                img = img + noise.to(img.device)
+            views.append(img)
+        stack = torch.stack(views)[:, :, None]                      # [B, 1+K, 1, H, W]
+        return ViewBatch(stack[:, 0], stack[:, 1:], torch.as_tensor(ctx, dtype=torch.float32),
+                         torch.as_tensor(deltas, dtype=torch.float32),
+                         torch.as_tensor(tilt, dtype=torch.float32), list(ids or []))
