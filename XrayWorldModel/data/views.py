@@ -100,25 +100,32 @@ class ViewRenderer:
             self._renderers[key] = DRRRenderer(volume, "fast", self.device, self.sampling.mu_water)
         return self._renderers[key]
 
-    def render(self, volumes: Sequence[Volume], rng: np.random.Generator,
-               ids: Optional[Sequence[str]] = None) -> ViewBatch:
+    def render(self, volumes: Sequence[Volume], rngs, ids: Optional[Sequence[str]] = None) -> ViewBatch:
+        """One batch: sample ``b`` is drawn from ``rngs[b]`` alone (angles, tilt, shift,
+        intensity, noise), so a batch split across ranks renders exactly the samples of the
+        undivided batch. ``rngs`` may also be one generator (then split per sample)."""
         s = self.sampling
         B = len(volumes)
-        ctx, deltas, tilt = sample_angles(s, rng, B)
-        views = []
-        for b, vol in enumerate(volumes):
+        if isinstance(rngs, np.random.Generator):
+            rngs = rngs.spawn(B)
+        ctx, deltas, tilt, views = [], [], [], []
+        for vol, rng in zip(volumes, rngs):
+            c, d, t = sample_angles(s, rng, 1)
             iso = vol.center
             if s.shift_max_mm:
                 iso = iso + rng.uniform(-s.shift_max_mm, s.shift_max_mm, size=3)
-            g = s.geometry(np.concatenate([[ctx[b]], ctx[b] + deltas[b]]), float(tilt[b]), iso)
+            g = s.geometry(np.concatenate([c, c[0] + d[0]]), float(t[0]), iso)
             img = self._renderer(vol).render_tensor(g)
             if s.intensity_jitter:     # line integrals scale with mu_water
                 img = img * float(1.0 + rng.uniform(-s.intensity_jitter, s.intensity_jitter))
             if s.noise_std:
                 noise = torch.from_numpy(rng.normal(0.0, s.noise_std, size=tuple(img.shape)).astype(np.float32))
                 img = img + noise.to(img.device)
+            ctx.append(c[0])
+            deltas.append(d[0])
+            tilt.append(t[0])
             views.append(img)
         stack = torch.stack(views)[:, :, None]                      # [B, 1+K, 1, H, W]
-        return ViewBatch(stack[:, 0], stack[:, 1:], torch.as_tensor(ctx, dtype=torch.float32),
-                         torch.as_tensor(deltas, dtype=torch.float32),
-                         torch.as_tensor(tilt, dtype=torch.float32), list(ids or []))
+        return ViewBatch(stack[:, 0], stack[:, 1:], torch.as_tensor(np.asarray(ctx), dtype=torch.float32),
+                         torch.as_tensor(np.asarray(deltas), dtype=torch.float32),
+                         torch.as_tensor(np.asarray(tilt), dtype=torch.float32), list(ids or []))
