@@ -107,7 +107,11 @@ class PreprocessedCache:
                 raise UnreadableFileError(f"corrupt cache entry ({exc}); delete it to rebuild",
                                           arr_path) from None
         vol = preprocess(item.load(), prep)
-        self._atomic(arr_path, lambda f: np.save(f, vol.array.astype(np.float16)))
+        stored = vol.array.astype(np.float16)
+        # hand out exactly what a later read of the cache gives, so results never depend
+        # on whether this run built the entry or found it
+        vol.array = stored.astype(np.float32)
+        self._atomic(arr_path, lambda f: np.save(f, stored))
         self._atomic(meta_path, lambda f: f.write(json.dumps(
             {"source": item.spec, "affine": vol.affine.tolist(), "preprocessing": asdict(prep)}).encode()))
         vol.metadata.update(source=item.spec, cache_key=key)

@@ -1,0 +1,172 @@
+"""Training configuration: nested sections, loaded from a JSON/TOML file or a shipped
+preset name, with ``section.key=value`` overrides; unknown keys and wrong types fail with
+the key named, before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..data import Preprocessing, ViewSampling
+from ..errors import InputError
+from ..models import WorldModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    source: str = "phantom:64"          # folder, CSV manifest, or phantom:N
+    val_source: Optional[str] = None    # held-out CTs; None = the last val_count of source
+    val_count: int = 4
+    cache_dir: Optional[str] = None     # None = the user cache dir ($XRAY2XRAY_CACHE)
+    grid_size: int = 96                 # preprocessed cube, voxels per side
+    grid_spacing: float = 3.5           # mm
+    hu_min: float = -1024.0
+    hu_max: float = 3071.0
+    max_volumes_in_memory: int = 512
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.grid_size, self.grid_spacing, (self.hu_min, self.hu_max))
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 16                # global batch (split across ranks)
+    steps: int = 2000
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/world-model"
+    seed: int = 0
+    device: str = "auto"
+    deterministic: bool = False
+    bf16: bool = True                   # autocast on CUDA
+    log_every: int = 10
+    val_every: int = 200
+    val_angles: Tuple[float, ...] = (90.0,)
+    checkpoint_every: int = 200
+    keep_last: int = 3
+
+
+@dataclass
+class TrainConfig:
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewSampling = field(default_factory=ViewSampling)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "TrainConfig":
+        if self.views.image_size != self.model.image_size:
+            raise InputError(f"views.image_size ({self.views.image_size}) must equal "
+                             f"model.image_size ({self.model.image_size})")
+        if self.optim.batch_size < 1 or self.optim.steps < 1:
+            raise InputError("optim.batch_size and optim.steps must be >= 1")
+        if self.data.val_count < 0:
+            raise InputError("data.val_count must be >= 0")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, value in data.items():
+            if name not in sections:
+                raise InputError(f"config: unknown section {name!r} (known: {', '.join(sections)})")
+            if not isinstance(value, Mapping):
+                raise InputError(f"config: section {name!r} must be a table of keys")
+            typ = _SECTION_TYPES[name]
+            kwargs[name] = (WorldModelConfig.from_dict(value) if typ is WorldModelConfig
+                            else _build(typ, value, name))
+        return cls(**kwargs).validate()
+
+
+_SECTION_TYPES = {"model": WorldModelConfig, "data": DataConfig, "views": ViewSampling,
+                  "optim": OptimConfig, "run": RunConfig}
+
+
+def _coerce(key: str, value: Any, hint) -> Any:
+    """``value`` checked against the annotation ``hint`` (int, float, bool, str, Optional,
+    homogeneous tuples); ints are accepted as floats, nothing else is converted."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config: {key} must be a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(key, v, args[0]) for v in value)
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}[hint](value)
+    if not ok:
+        raise InputError(f"config: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if hint is float else value
+
+
+def _build(cls, data: Mapping[str, Any], section: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise InputError(f"config: unknown key {section}.{key} (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """``section.key=value`` pairs (value read as JSON, else a string) merged into ``data``."""
+    out = {k: dict(v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise InputError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = _parse_value(value)
+    return out
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A shipped preset name (``cpu-small``, ``paper``) or a .json/.toml file, plus overrides."""
+    path = Path(spec)
+    if not path.exists() and (CONFIG_DIR / f"{spec}.json").exists():
+        path = CONFIG_DIR / f"{spec}.json"
+    if not path.exists():
+        shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+        raise InputError(f"no such config file or preset (shipped presets: {shipped})", spec)
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+            data = tomllib.loads(path.read_text())
+        else:
+            data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}", path) from None
+    if not isinstance(data, dict):
+        raise InputError("config file must hold a table of sections", path)
+    return TrainConfig.from_dict(apply_overrides(data, overrides))
