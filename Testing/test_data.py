@@ -90,7 +90,7 @@ def test_cache_builds_once_and_rebuilds_for_new_parameters(tmp_path):
     np.testing.assert_array_equal(a.affine, b.affine)
     cache.get(item, Preprocessing(size=32, spacing=5.0))
     assert len(calls) == 2
-    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob(".tmp-*"))
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob(".*tmp*"))
     (tmp_path / f"{prep.key(__import__('XrayWorldModel.data.cache', fromlist=['x']).source_digest(item.spec))}.json").write_text("{")
     with pytest.raises(UnreadableFileError, match="corrupt cache entry"):
         cache.get(item, prep)

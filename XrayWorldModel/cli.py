@@ -114,7 +114,7 @@ class Source:
     def sha256(self, volume) -> Tuple[str, str]:
         """(hash, what was hashed): the input file/folder, or a phantom's voxels."""
         if self.path is not None:
-            from .export import sha256_of
+            from .fileutil import sha256_of
             return sha256_of(self.path), "folder" if self.path.is_dir() else "file"
         import numpy as np
         arr = np.ascontiguousarray(volume.array)

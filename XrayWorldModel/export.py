@@ -9,16 +9,15 @@ redone. Every file is written to a temporary name and moved into place (``os.rep
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import FileNotFoundInputError, InputError, PathLike, UnreadableFileError
+from .fileutil import atomic_path, sha256_of  # noqa: F401  (sha256_of is part of this API)
 from .geometry import ProjectionGeometry
 
 #: Marks the sidecar of a DRR stack (read_drr_stack checks it).
@@ -83,53 +82,6 @@ def view_name(stem: str, index: int, angle: float) -> str:
     return f"{stem}_{index:03d}_angle{angle:06.1f}"
 
 
-def sha256_of(path: PathLike) -> str:
-    """SHA256 of a file, or of a folder (its sorted files' relative names and contents)."""
-    p = Path(path)
-
-    def file_hash(f: Path) -> str:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
-
-    if not p.is_dir():
-        return file_hash(p)
-    h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
-        h.update(f.relative_to(p).as_posix().encode() + b"\0" + file_hash(f).encode() + b"\n")
-    return h.hexdigest()
-
-
-def _tmp_name(final: Path) -> Path:
-    """A hidden temporary name beside ``final`` that keeps its suffix (writers pick formats by it)."""
-    suffix = ".nii.gz" if final.name.lower().endswith(".nii.gz") else final.suffix
-    return final.with_name(f".{final.name}.{os.getpid()}.tmp{suffix}")
-
-
-class _Atomic:
-    """``with _Atomic(path) as tmp: write(tmp)`` -> moved onto ``path`` only on success."""
-
-    def __init__(self, final: Path):
-        self.final = Path(final)
-        self.tmp = _tmp_name(self.final)
-
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            os.replace(self.tmp, self.final)
-        else:
-            try:
-                self.tmp.unlink()
-            except OSError:
-                pass
-        return False
-
-
 def _jsonable(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
@@ -141,12 +93,10 @@ def _jsonable(obj):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    with _Atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, default=_jsonable, allow_nan=False)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def display_window(drrs: np.ndarray) -> Tuple[float, float]:
@@ -230,7 +180,7 @@ def _write_nifti(drrs: np.ndarray, geometry: ProjectionGeometry, out: Path) -> N
     dv, du = geometry.pixel_spacing
     img.SetSpacing((float(du), float(dv), 1.0))
     try:
-        with _Atomic(out) as tmp:
+        with atomic_path(out) as tmp:
             sitk.WriteImage(img, str(tmp), False)
     except RuntimeError as exc:
         raise InputError(f"could not write the DRR stack: {str(exc).strip().splitlines()[-1]}",
@@ -254,7 +204,7 @@ def write_pngs(drrs: np.ndarray, geometry: ProjectionGeometry, folder: Path,
     names = []
     for i, angle in enumerate(geometry.angles):
         name = view_name(stem, i, angle) + ".png"
-        with _Atomic(folder / name) as tmp:
+        with atomic_path(folder / name) as tmp:
             Image.fromarray(images[i]).save(tmp, format="PNG")
         names.append(name)
     _remove_stale(folder, stem, ".png", names)
@@ -375,7 +325,7 @@ def write_dicoms(drrs: np.ndarray, geometry: ProjectionGeometry, folder: Path, s
         stored = np.clip(np.rint((drrs[i].astype(np.float64) - intercept) / slope), 0, 65535)
         ds.PixelData = stored.astype("<u2").tobytes()
         name = view_name(stem, i, angle) + ".dcm"
-        with _Atomic(folder / name) as tmp:
+        with atomic_path(folder / name) as tmp:
             try:
                 ds.save_as(tmp, enforce_file_format=True)
             except TypeError:   # pydicom < 3

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -15,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import UnreadableFileError
+from ..fileutil import atomic_path, sha256_of
 from ..volume import Volume
 
 CACHE_ENV = "XRAY2XRAY_CACHE"
@@ -48,15 +48,7 @@ def source_digest(spec: str) -> str:
     if spec.startswith("phantom:"):
         from .. import __version__
         return hashlib.sha256(f"{spec}|{__version__}".encode()).hexdigest()
-    p = Path(spec)
-    h = hashlib.sha256()
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    return sha256_of(spec)
 
 
 def _to_sitk(volume: Volume) -> sitk.Image:
@@ -118,14 +110,5 @@ class PreprocessedCache:
         return vol
 
     def _atomic(self, path: Path, write) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            write(f)

@@ -4,12 +4,9 @@ continues exactly. Every file is written atomically (temp file, fsync, rename), 
 never leaves a half-written checkpoint under a final name."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError, UnreadableFileError
+from ..fileutil import atomic_path, sha256_file
 
 CARD_FORMAT = "xray2xray-checkpoint"
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
@@ -27,26 +25,9 @@ class CheckpointError(UnreadableFileError):
     """A checkpoint that is missing, truncated, tampered with or from another model."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _paths(directory: Path, name: str) -> Tuple[Path, Path, Path]:

@@ -161,7 +161,10 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> TrainConfig:
         raise InputError(f"no such config file or preset (shipped presets: {shipped})", spec)
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python < 3.11
+                raise InputError("TOML configs need Python 3.11 or newer; use JSON", path) from None
             data = tomllib.loads(path.read_text())
         else:
             data = json.loads(path.read_text())
