@@ -137,3 +137,22 @@ def test_augmentation_changes_views_reproducibly():
     torch.testing.assert_close(a.targets, b.targets)
     plain = ViewRenderer(ViewSampling(image_size=16, field_of_view_mm=150.0)).render([vol], np.random.default_rng(7))
     assert not torch.allclose(a.context, plain.context)
+
+
+def test_view_renderer_does_not_keep_dropped_volumes_or_reuse_their_renderers():
+    """The training loader's cache drops volumes; the renderer cache must neither keep them
+    alive nor hand a dropped volume's renderer to a new volume that reuses its id."""
+    import gc
+    import weakref
+    s = ViewSampling(image_size=16, field_of_view_mm=150.0, targets_per_context=1)
+    vr = ViewRenderer(s)
+    ball = preprocess(_ball_ct(), Preprocessing(size=32, spacing=4.0))
+    first = Volume(ball.array.copy(), ball.affine)
+    vr.render([first], [np.random.default_rng(0)])
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None, "the renderer cache kept a dropped volume alive"
+    empty = Volume(np.full(ball.shape, -1000.0, np.float32), ball.affine)
+    out = vr.render([empty], [np.random.default_rng(0)])
+    assert not out.context.any() and not out.targets.any()

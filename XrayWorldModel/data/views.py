@@ -3,6 +3,7 @@ and K target views at that angle plus rotation deltas (the world model's actions
 and augmented as the configuration says, rendered on the training device."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -92,13 +93,19 @@ class ViewRenderer:
     def __init__(self, sampling: ViewSampling, device=None):
         self.sampling = sampling
         self.device = device
-        self._renderers: Dict[int, DRRRenderer] = {}
+        self._renderers: Dict[int, Tuple[weakref.ref, DRRRenderer]] = {}
 
     def _renderer(self, volume: Volume) -> DRRRenderer:
-        key = id(volume)
-        if key not in self._renderers:
-            self._renderers[key] = DRRRenderer(volume, "fast", self.device, self.sampling.mu_water)
-        return self._renderers[key]
+        """The prepared renderer of ``volume``. Entries hold only a weak reference to their
+        volume: when the data loader's cache drops a volume its renderer goes too, and a
+        new volume that reuses the old ``id`` never gets a stale renderer."""
+        entry = self._renderers.get(id(volume))
+        if entry is not None and entry[0]() is volume:
+            return entry[1]
+        self._renderers = {k: v for k, v in self._renderers.items() if v[0]() is not None}
+        renderer = DRRRenderer(volume, "fast", self.device, self.sampling.mu_water)
+        self._renderers[id(volume)] = (weakref.ref(volume), renderer)
+        return renderer
 
     def render(self, volumes: Sequence[Volume], rngs, ids: Optional[Sequence[str]] = None) -> ViewBatch:
         """One batch: sample ``b`` is drawn from ``rngs[b]`` alone (angles, tilt, shift,

@@ -67,7 +67,9 @@ class DRRRenderer:
                  mu_water: float = DEFAULT_MU_WATER, units: str = "hu"):
         if method not in METHODS:
             raise InputError(f"unknown DRR method {method!r}; choose one of {', '.join(METHODS)}")
-        self.volume = volume
+        # only the grid (shape + affine) is kept, not the Volume object, so caches may
+        # hold renderers without keeping their volumes alive
+        self.volume = Volume(np.broadcast_to(np.float32(0), volume.shape), volume.affine)
         self.method = method
         self.device = resolve_device(device) if method == "fast" else torch.device("cpu")
         self._conv = _conversion(units, mu_water)
