@@ -6,6 +6,7 @@ Subcommands:
   go to a folder, resumable and shardable across processes (torchrun's WORLD_SIZE/RANK).
 * ``phantom`` write a synthetic chest CT (HU) so everything runs on a machine with no data.
 * ``recon``   DRR stack -> volume (FDK), in HU.
+* ``models``  list, fetch, import, remove and locate trained models (:mod:`.weights`).
 
 Bad input ends with one line ``xray2xray: error: ...`` on stderr and exit status 2, never a
 traceback; heavy modules (torch, the renderers) are imported only once inputs are known good.
@@ -551,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first phantom seed when --data is phantom:N (same as phantom:N:SEED)")
     e.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     e.set_defaults(func=cmd_eval_views)
+
+    from .weights.cli import add_models_parser
+    add_models_parser(sub)
     return p
 
 
@@ -589,7 +593,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        _emit(f"{PROG}: error: a command is required (drr, phantom, recon, train or eval-views)")
+        _emit(f"{PROG}: error: a command is required "
+              "(drr, phantom, recon, train, eval-views or models)")
         return 2
     _quiet_itk()
     with warnings.catch_warnings():
