@@ -1,0 +1,692 @@
+"""Xray2Xray: a chest X-ray world model in 3D Slicer.
+
+DRRs from a loaded CT (volume nodes on the physical detector plane, browsable as a
+sequence), inference from a loaded chest radiograph, training on a folder of CTs, and a
+model registry. The widget is thin: ``Xray2XrayLogic`` delegates to the Qt-free
+``Xray2XrayLib`` (which the tests run on slicer-core), and long work runs in a background
+process running the bundled package's command line.
+
+Nothing heavy is imported here at module load: torch, MONAI, numba and the XrayWorldModel
+package are imported (and installed on first use) only when the user asks for work.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode
+
+try:  # Slicer >= 5.4
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # pragma: no cover - older Slicer
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+
+TORCH_REQUIREMENT = ">=2.1,<3"
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+METHOD_CHOICES = ["fast", "exact"]
+CONFIG_CHOICES = ["cpu-small", "paper"]
+
+
+#
+# Xray2Xray
+#
+class Xray2Xray(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Xray2Xray")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Imaging")]
+        self.parent.dependencies = ["Sequences"]
+        self.parent.contributors = ["Xray2Xray developers"]
+        self.parent.helpText = _("""
+Chest X-ray world model. <b>DRRs</b>: pick a chest CT and the gantry angles (0 deg PA,
+90 deg left lateral, 180 deg AP, 270 deg right lateral) to get digitally reconstructed
+radiographs as volume nodes placed on the physical detector plane, browsable as a sequence.
+<b>Inference</b>: pick a chest radiograph to get predicted views at other angles, a
+reconstructed volume and risk/pathology scores. Training on a folder of CTs and DRRs for a
+folder run in the background with progress and Cancel.
+See the <a href="https://github.com/xray2xray/Xray2Xray#in-3d-slicer">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Implements the Xray2Xray world model (a model that learns 3D structure from 2D chest X-rays
+by predicting how projections change as the viewing angle rotates). DRR rendering, CT and
+radiograph I/O and reconstruction come from the bundled XrayWorldModel package. Uses PyTorch
+(through the PyTorch extension) and MONAI. Not for clinical use.
+""")
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class Xray2XrayParameterNode:
+    """Every choice of the module, saved with the scene."""
+
+    # DRRs from a CT
+    ctVolume: vtkMRMLScalarVolumeNode
+    angles: str = "0,90"
+    detectorRows: Annotated[int, WithinRange(8, 4096)] = 256
+    detectorColumns: Annotated[int, WithinRange(8, 4096)] = 256
+    pixelSpacing: Annotated[float, WithinRange(0.01, 20.0)] = 1.6
+    sourceDetectorDistance: Annotated[float, WithinRange(100.0, 10000.0)] = 1800.0
+    sourceIsocenterDistance: Annotated[float, WithinRange(50.0, 9990.0)] = 1500.0
+    method: Annotated[str, Choice(METHOD_CHOICES)] = "fast"
+    drrSequence: vtkMRMLSequenceNode
+    # Inference from a radiograph
+    cxrVolume: vtkMRMLScalarVolumeNode
+    modelName: str = ""
+    predictedViews: str = "90"
+    volumeSize: Annotated[int, WithinRange(16, 512)] = 128
+    # Folder of CTs and training (background processes)
+    batchInputFolder: Path
+    batchOutputFolder: Path
+    trainingData: str = "phantom:64"
+    trainingOutputFolder: Path
+    trainingConfig: Annotated[str, Choice(CONFIG_CHOICES)] = "cpu-small"
+    trainingSteps: Annotated[int, WithinRange(1, 10000000)] = 500
+    resumeTraining: bool = False
+    # Shared
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+
+
+def _isUnset(path) -> bool:
+    return path is None or str(path) in ("", ".")
+
+
+#
+# Background process runner (Qt)
+#
+class _JobRunner:
+    """Runs one ``Xray2XrayLib.jobs.Job`` in a ``qt.QProcess``: streams its output to a
+    callback, polls its progress every second, and cancels by terminating the process."""
+
+    def __init__(self, onOutput, onProgress, onFinished):
+        self.onOutput, self.onProgress, self.onFinished = onOutput, onProgress, onFinished
+        self.process = None
+        self.job = None
+        self.output = []
+        self.cancelled = False
+        self.timer = qt.QTimer()
+        self.timer.setInterval(1000)
+        self.timer.connect("timeout()", self._poll)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.state() != qt.QProcess.NotRunning
+
+    def start(self, job) -> None:
+        if self.running:
+            raise RuntimeError(_("Another job is running; cancel it or wait for it to finish."))
+        self.job, self.output, self.cancelled = job, [], False
+        process = qt.QProcess()
+        env = qt.QProcessEnvironment.systemEnvironment()
+        for key, value in job.environment.items():
+            env.insert(key, value)
+        process.setProcessEnvironment(env)
+        process.setProcessChannelMode(qt.QProcess.MergedChannels)
+        process.connect("readyReadStandardOutput()", self._read)
+        process.connect("finished(int,QProcess::ExitStatus)", self._finished)
+        process.connect("errorOccurred(QProcess::ProcessError)", self._error)
+        self.process = process
+        logging.info("Xray2Xray: starting %s", " ".join(job.commandLine))
+        process.start(job.program, job.arguments)
+        self.timer.start()
+        self.onProgress(0.0, _("starting"))
+
+    def cancel(self) -> None:
+        if not self.running:
+            return
+        self.cancelled = True
+        self.process.terminate()
+        qt.QTimer.singleShot(5000, self._kill)
+
+    def _kill(self):
+        if self.running:
+            self.process.kill()
+
+    def _read(self):
+        data = self.process.readAllStandardOutput()
+        text = bytes(data.data()).decode("utf-8", "replace") if hasattr(data, "data") else str(data)
+        if text:
+            self.output.append(text)
+            self.onOutput(text)
+            from Xray2XrayLib import jobs
+            for line in text.replace("\r", "\n").splitlines():
+                fraction = jobs.progressFromLine(line)
+                if fraction is not None:
+                    self.onProgress(fraction, line.strip()[:80])
+
+    def _poll(self):
+        if self.job is not None:
+            fraction, text = self.job.progress()
+            if fraction is not None or text:
+                self.onProgress(fraction, text)
+
+    def _error(self, error):
+        if error == qt.QProcess.FailedToStart:
+            self.timer.stop()
+            self.onFinished(self.job, -1, _("the process failed to start: {program}").format(
+                program=self.job.program if self.job else "?"))
+
+    def _finished(self, exitCode, exitStatus):
+        self.timer.stop()
+        self._poll()
+        from Xray2XrayLib import jobs
+        text = "".join(self.output)
+        if self.cancelled:
+            message = _("cancelled")
+        elif exitCode == 0 and exitStatus == qt.QProcess.NormalExit:
+            message = ""
+        else:
+            message = jobs.errorFromOutput(text) or _("exit status {code}").format(code=exitCode)
+        self.onFinished(self.job, exitCode if not self.cancelled else -1, message)
+
+
+#
+# Xray2XrayWidget
+#
+class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._runner = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/Xray2Xray.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = Xray2XrayLogic()
+        self._runner = _JobRunner(self._appendLog, self._showProgress, self._jobFinished)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.generateDRRsButton.connect("clicked(bool)", self.onGenerateDRRs)
+        self.ui.exportDRRsButton.connect("clicked(bool)", self.onExportDRRs)
+        self.ui.runInferenceButton.connect("clicked(bool)", self.onRunInference)
+        self.ui.runBatchButton.connect("clicked(bool)", self.onRunBatch)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.ui.openCacheButton.connect("clicked(bool)", self.onOpenCache)
+        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCache)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.modelsListWidget.connect("itemDoubleClicked(QListWidgetItem*)", self.onModelChosen)
+
+        self.ui.cancelButton.enabled = False
+        self.ui.jobProgressBar.setValue(0)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._runner is not None and self._runner.running:
+            self._runner.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            self._parameterNode.ctVolume = self._firstVolume(singleSlice=False)
+        if not self._parameterNode.cxrVolume:
+            self._parameterNode.cxrVolume = self._firstVolume(singleSlice=True)
+
+    @staticmethod
+    def _firstVolume(singleSlice: bool):
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
+                continue
+            if (min(node.GetImageData().GetDimensions()) == 1) == singleSlice:
+                return node
+        return None
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+    def _updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        busy = self._runner is not None and self._runner.running
+        canDRR = bool(p and p.ctVolume and p.angles.strip())
+        self.ui.generateDRRsButton.enabled = canDRR and not busy
+        self.ui.generateDRRsButton.toolTip = _("Render DRRs of the CT at the angles") if canDRR \
+            else _("Select a CT volume and enter angles")
+        self.ui.exportDRRsButton.enabled = bool(p and p.drrSequence)
+        self.ui.runInferenceButton.enabled = bool(p and p.cxrVolume) and not busy
+        self.ui.runBatchButton.enabled = bool(p and not _isUnset(p.batchInputFolder)
+                                              and not _isUnset(p.batchOutputFolder)) and not busy
+        self.ui.trainButton.enabled = bool(p and p.trainingData.strip()
+                                           and not _isUnset(p.trainingOutputFolder)) and not busy
+        self.ui.cancelButton.enabled = busy
+
+    # ------------------------------------------------------------------ DRRs
+    def _drrArguments(self) -> dict:
+        p = self._parameterNode
+        return dict(angles=p.angles, detectorSize=(p.detectorRows, p.detectorColumns),
+                    pixelSpacing=p.pixelSpacing, sdd=p.sourceDetectorDistance,
+                    sod=p.sourceIsocenterDistance, method=p.method)
+
+    def onGenerateDRRs(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to generate DRRs."), waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            progress = slicer.util.createProgressDialog(
+                labelText=_("Rendering DRRs..."), maximum=100, windowTitle=_("Xray2Xray"))
+            try:
+                def callback(fraction, text):
+                    progress.setValue(int(round(100 * fraction)))
+                    progress.setLabelText(text)
+                    slicer.app.processEvents()
+                    return not progress.wasCanceled
+
+                from Xray2XrayLib import CancelledError
+                try:
+                    seq = self.logic.generateDRRs(p.ctVolume, device=p.device,
+                                                  progressCallback=callback, **self._drrArguments())
+                except CancelledError:
+                    self.ui.statusLabel.text = _("Cancelled; the scene is unchanged.")
+                    return
+            finally:
+                progress.close()
+            p.drrSequence = seq
+            self._showSequence(seq)
+            self.ui.statusLabel.text = _("{n} DRRs in '{name}'").format(
+                n=seq.GetNumberOfDataNodes(), name=seq.GetName())
+
+    def _showSequence(self, sequenceNode) -> None:
+        browser = self.logic.browserForSequence(sequenceNode)
+        if browser is None:
+            return
+        proxy = browser.GetProxyNode(sequenceNode)
+        if proxy is not None:
+            slicer.util.setSliceViewerLayers(background=proxy, fit=True)
+        sequencesModule = getattr(slicer.modules, "sequences", None)
+        for method in ("setToolBarActiveBrowserNode", "showSequenceBrowser"):
+            if hasattr(sequencesModule, method):
+                getattr(sequencesModule, method)(browser)
+
+    def onExportDRRs(self) -> None:
+        p = self._parameterNode
+        path = qt.QFileDialog.getSaveFileName(self.parent, _("Save DRR stack"),
+                                              f"{p.drrSequence.GetName()}.nii.gz",
+                                              _("NIfTI DRR stack (*.nii.gz)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the DRR stack."), waitCursor=True):
+            out = self.logic.exportDRRs(p.drrSequence, path, png=True)
+            self.ui.statusLabel.text = _("Saved {path}").format(path=out)
+
+    # ------------------------------------------------------------------ inference
+    def onRunInference(self) -> None:
+        # TODO(issue 4): inference lands with issue 4. Issue 6 asks for it to run in the
+        # background: a Job running `xray2xray infer CXR --out DIR` (see Xray2XrayLib.jobs),
+        # then the outputs loaded as nodes by the logic; for now it calls the logic directly.
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Inference failed."), waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            views = [float(v) for v in p.predictedViews.replace(" ", "").split(",") if v]
+            outputs = self.logic.runInference(p.cxrVolume, model=p.modelName or None,
+                                              views=views, volumeSize=p.volumeSize)
+            self.ui.statusLabel.text = _("Inference done: {keys}").format(keys=", ".join(outputs))
+
+    # ------------------------------------------------------------------ background jobs
+    def _startJob(self, makeJob) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not start the job."), waitCursor=True):
+            if not self.logic.ensureDependencies(torch=True):
+                return
+            job = makeJob()
+            self.ui.logPlainTextEdit.clear()
+            self.ui.jobLabel.text = job.name
+            self._runner.start(job)
+            self._updateButtons()
+
+    def onRunBatch(self) -> None:
+        p = self._parameterNode
+        args = self._drrArguments()
+        angles = [float(a) for a in args.pop("angles").replace(" ", "").split(",") if a]
+        self._startJob(lambda: self.logic.drrFolderJob(
+            p.batchInputFolder, p.batchOutputFolder, angles, device=p.device, png=True, **args))
+
+    def onTrain(self) -> None:
+        p = self._parameterNode
+        self._startJob(lambda: self.logic.trainJob(
+            p.trainingData, p.trainingOutputFolder, config=p.trainingConfig, steps=p.trainingSteps,
+            device=p.device, resume=p.resumeTraining))
+
+    def onCancel(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            self.ui.jobLabel.text = _("Cancelling...")
+
+    def _appendLog(self, text: str) -> None:
+        self.ui.logPlainTextEdit.appendPlainText(text.rstrip("\n"))
+
+    def _showProgress(self, fraction, text: str) -> None:
+        if fraction is None:
+            self.ui.jobProgressBar.setRange(0, 0)   # busy indicator
+        else:
+            self.ui.jobProgressBar.setRange(0, 100)
+            self.ui.jobProgressBar.setValue(int(round(100 * fraction)))
+        if text:
+            self.ui.jobProgressBar.setFormat(f"%p% - {text}" if fraction is not None else text)
+
+    def _jobFinished(self, job, exitCode: int, message: str) -> None:
+        self.ui.jobProgressBar.setRange(0, 100)
+        name = job.name if job is not None else _("Job")
+        if exitCode == 0:
+            self.ui.jobProgressBar.setValue(100)
+            self.ui.jobLabel.text = _("{name}: done, output in {out}").format(name=name, out=job.outputs)
+        else:
+            self.ui.jobLabel.text = _("{name}: {message}").format(name=name, message=message)
+            if message != _("cancelled"):
+                slicer.util.errorDisplay(_("{name} failed: {message}").format(name=name, message=message),
+                                         detailedText="".join(self._runner.output)[-20000:])
+        self._updateButtons()
+
+    # ------------------------------------------------------------------ models
+    def onRefreshModels(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not list the models."), waitCursor=True):
+            from Xray2XrayLib import jobs
+            self.ui.modelsListWidget.clear()
+            for model in self.logic.listModels():
+                self.ui.modelsListWidget.addItem(jobs.modelLabel(model))
+            self.ui.modelsCacheLabel.text = _("Cache: {folder}").format(folder=self.logic.modelCacheDir())
+
+    def onModelChosen(self, item) -> None:
+        name = item.text().split()[0] if item.text().strip() else ""
+        self._parameterNode.modelName = name
+
+    def onImportModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import model weights"), "",
+                                              _("Model files (*.safetensors);;All files (*)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the model."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.importModel(path)
+            self.onRefreshModels()
+
+    def onOpenCache(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not open the model cache."), waitCursor=True):
+            folder = self.logic.modelCacheDir()
+            folder.mkdir(parents=True, exist_ok=True)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    def onClearCache(self) -> None:
+        folder = self.logic.modelCacheDir()
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Remove every downloaded and imported model from {folder}?").format(folder=folder)):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not clear the model cache."), waitCursor=True):
+            self.ui.statusLabel.text = self.logic.clearModelCache()
+            self.onRefreshModels()
+
+    def onInstallDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not install the dependencies."), waitCursor=True):
+            if self.logic.ensureDependencies(torch=True, askConfirmation=False):
+                self.ui.statusLabel.text = _("Dependencies are installed.")
+
+
+#
+# Xray2XrayLogic
+#
+class Xray2XrayLogic(ScriptedLoadableModuleLogic):
+    """Everything the module does, callable from the Python console without the GUI.
+
+    Scene work is delegated to ``Xray2XrayLib.Xray2XrayCoreLogic`` (Qt-free, tested on
+    slicer-core); background processes are described by ``Xray2XrayLib.jobs``.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._core = None
+        self._dependenciesChecked = False
+
+    def getParameterNode(self):
+        return Xray2XrayParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ dependencies
+    @staticmethod
+    def requirementsPath() -> str:
+        return os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+
+    def ensureDependencies(self, torch: bool = True, askConfirmation: bool = True) -> bool:
+        """Install what the package needs on first use (never at import): torch through the
+        PyTorch extension, the rest through ``slicer.packaging.pip_ensure`` (or
+        ``slicer.util.pip_install`` on older Slicer). Returns False if the user declined."""
+        if self._dependenciesChecked:
+            return True
+        if torch and not self._ensureTorch(askConfirmation):
+            return False
+        self._ensurePipRequirements()
+        self._dependenciesChecked = True
+        return True
+
+    @staticmethod
+    def _ensureTorch(askConfirmation: bool = True) -> bool:
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise RuntimeError(_("Xray2Xray needs the PyTorch extension: install 'PyTorch' from "
+                                 "the Extensions Manager and restart Slicer."))
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if torchLogic.torchInstalled():
+            return True
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("Xray2Xray needs PyTorch. Download and install it now? This can take several "
+                  "minutes."), _("Install PyTorch")):
+            return False
+        torchModule = torchLogic.installTorch(askConfirmation=False,
+                                              torchVersionRequirement=TORCH_REQUIREMENT)
+        if torchModule is None:
+            raise RuntimeError(_("PyTorch could not be installed."))
+        return True
+
+    def _ensurePipRequirements(self) -> None:
+        path = self.requirementsPath()
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            packaging.pip_ensure(packaging.load_requirements(path), requester="Xray2Xray")
+            return
+        if self._missingRequirements(path):   # Slicer before slicer.packaging
+            slicer.util.pip_install(["-r", path])
+
+    @staticmethod
+    def _missingRequirements(path: str) -> list:
+        import importlib.metadata
+        missing = []
+        try:
+            from packaging.requirements import Requirement
+        except ImportError:
+            Requirement = None
+        for line in Path(path).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if Requirement is None:
+                missing.append(line)
+                continue
+            req = Requirement(line)
+            try:
+                version = importlib.metadata.version(req.name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(line)
+                continue
+            if req.specifier and not req.specifier.contains(version, prereleases=True):
+                missing.append(line)
+        return missing
+
+    # ------------------------------------------------------------------ scene work
+    @property
+    def core(self):
+        """The Qt-free logic on Slicer's scene (``Xray2XrayLib.Xray2XrayCoreLogic``)."""
+        if self._core is None or self._core.scene is not slicer.mrmlScene:
+            from Xray2XrayLib import Xray2XrayCoreLogic
+            sequencesLogic = slicer.modules.sequences.logic() if hasattr(slicer.modules, "sequences") else None
+            self._core = Xray2XrayCoreLogic(slicer.mrmlScene, sequencesLogic=sequencesLogic)
+        return self._core
+
+    def loadCT(self, path, name: Optional[str] = None):
+        return self.core.loadCT(path, name)
+
+    def loadRadiograph(self, path, name: Optional[str] = None):
+        return self.core.loadRadiograph(path, name)
+
+    def generateDRRs(self, ctNode, angles, detectorSize=(256, 256), pixelSpacing=1.6, sdd=1800.0,
+                     sod=1500.0, method="fast", device=None, progressCallback=None, **kwargs):
+        """See ``Xray2XrayCoreLogic.generateDRRs``; returns the vtkMRMLSequenceNode."""
+        self.ensureDependencies()
+        return self.core.generateDRRs(ctNode, angles, detectorSize=detectorSize,
+                                      pixelSpacing=pixelSpacing, sdd=sdd, sod=sod, method=method,
+                                      device=device, progressCallback=progressCallback, **kwargs)
+
+    def generateDRRsForFolder(self, folder, angles, outputFolder=None, **kwargs):
+        self.ensureDependencies()
+        return self.core.generateDRRsForFolder(folder, angles, outputFolder, **kwargs)
+
+    def exportDRRs(self, sequenceNode, path, png: bool = False, dicom: bool = False):
+        return self.core.exportDRRs(sequenceNode, path, png=png, dicom=dicom)
+
+    def runInference(self, cxrNode, model=None, views=(90,), volumeSize=128) -> dict:
+        """See ``Xray2XrayCoreLogic.runInference`` (keys ``volume``, ``views``, ``table``)."""
+        self.ensureDependencies()
+        return self.core.runInference(cxrNode, model=model, views=views, volumeSize=volumeSize)
+
+    def browserForSequence(self, sequenceNode):
+        return self.core.sequencesLogic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
+
+    # ------------------------------------------------------------------ background jobs
+    def drrFolderJob(self, inputFolder, outputFolder, angles, **kwargs):
+        from Xray2XrayLib import jobs
+        return jobs.drrFolderJob(inputFolder, outputFolder, angles, **kwargs)
+
+    def trainJob(self, dataSource, outDir, **kwargs):
+        from Xray2XrayLib import jobs
+        return jobs.trainJob(dataSource, outDir, **kwargs)
+
+    # ------------------------------------------------------------------ models
+    @staticmethod
+    def _runModels(action, *args, timeout=600) -> str:
+        from Xray2XrayLib import jobs
+        result = jobs.modelsJob(action, *args).run(timeout=timeout)
+        if result.returncode != 0:
+            message = jobs.errorFromOutput(result.stderr + result.stdout) or \
+                (result.stderr or result.stdout).strip()[-500:]
+            raise RuntimeError(_("xray2xray models {action} failed: {message}").format(
+                action=action, message=message))
+        return result.stdout
+
+    def listModels(self) -> list:
+        """Known models (registry entries and imported files) as dicts, from
+        ``xray2xray models list --json``."""
+        from Xray2XrayLib import jobs
+        return jobs.parseModels(self._runModels("list", timeout=120))
+
+    def importModel(self, path) -> str:
+        """Copy a model file into the cache; returns where it went."""
+        return self._runModels("import", str(path)).strip()
+
+    @staticmethod
+    def modelCacheDir() -> Path:
+        from Xray2XrayLib import jobs
+        return jobs.modelsCacheDir()
+
+    def clearModelCache(self) -> str:
+        """Remove every cached model that can be removed (not those shipped in the package)."""
+        from Xray2XrayLib import jobs
+        names = jobs.removableModels(self.listModels())
+        removed = [self._runModels("remove", name).strip() for name in names]
+        return _("Removed {n} model(s).").format(n=len(names)) if removed else _("Nothing to remove.")
+
+
+#
+# Xray2XrayTest
+#
+class Xray2XrayTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer (Reload and Test): the same path as the pytest suite, on Slicer's
+    CTChest sample."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_Xray2XrayDRRs()
+        self.setUp()
+        self.test_Xray2XrayBadInput()
+
+    def test_Xray2XrayDRRs(self):
+        import numpy as np
+        import SampleData
+        from Xray2XrayLib import conversions
+
+        self.delayDisplay("Loading CTChest")
+        ct = SampleData.downloadSample("CTChest")
+        logic = Xray2XrayLogic()
+        self.delayDisplay("Rendering DRRs at 0 and 90 deg")
+        seq = logic.generateDRRs(ct, [0, 90], detectorSize=(128, 128), pixelSpacing=3.2)
+        self.assertEqual(seq.GetNumberOfDataNodes(), 2)
+        iso = conversions.nodeCenterRas(ct)
+        pa = conversions.nodeCenterRas(seq.GetDataNodeAtValue("0"))
+        lat = conversions.nodeCenterRas(seq.GetDataNodeAtValue("90"))
+        np.testing.assert_allclose(pa - iso, [0, 300, 0], atol=1e-3)    # anterior
+        np.testing.assert_allclose(lat - iso, [-300, 0, 0], atol=1e-3)  # patient's left
+        self.assertIsNotNone(logic.browserForSequence(seq))
+
+        volume = conversions.volumeNodeToVolume(ct)
+        back = conversions.volumeToVolumeNode(volume, slicer.mrmlScene, "roundtrip")
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(back), slicer.util.arrayFromVolume(ct))
+        np.testing.assert_allclose(conversions.ijkToRas(back), conversions.ijkToRas(ct))
+        self.delayDisplay("Test passed")
+
+    def test_Xray2XrayBadInput(self):
+        logic = Xray2XrayLogic()
+        n = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(ValueError):
+            logic.generateDRRs(None, [0])
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
+        self.delayDisplay("Test passed")

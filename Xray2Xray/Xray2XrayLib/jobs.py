@@ -1,0 +1,321 @@
+"""Background jobs of the Slicer module, described without Qt.
+
+Long work (a folder of CTs to DRR stacks, training, the model registry) runs in a separate
+Python process running the package's own command line, ``python -m XrayWorldModel.cli ...``,
+so Slicer's UI never freezes and Cancel is a plain process kill (the DRR and training
+commands resume where they stopped when run again). A :class:`Job` holds the command line and
+knows how to measure its progress from what the process writes to disk (finished DRR
+sidecars, the training log), because the CLI draws progress bars only on a terminal.
+
+The widget runs a :class:`Job` with ``qt.QProcess``; scripts and tests can use
+:meth:`Job.run` (``subprocess``). Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from XrayWorldModel.errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda")
+CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: ``xray2xray models`` sub-commands used by the models section. The registry
+#: (``XrayWorldModel.weights``) is reached through the CLI only, never imported here.
+MODELS_COMMANDS: Dict[str, Tuple[str, ...]] = {
+    "list": ("models", "list", "--json"),    # JSON list of {name, version, cached, path, ...}
+    "fetch": ("models", "fetch"),            # + NAME
+    "import": ("models", "import"),          # + FILE
+    "remove": ("models", "remove"),          # + NAME
+    "path": ("models", "path"),              # [+ NAME]
+}
+MODELS_ENV = "XRAY2XRAY_MODELS"
+
+
+# ----------------------------------------------------------------------------- environment
+def packageParentDir() -> Path:
+    """The folder holding the ``XrayWorldModel`` package (put on the child's PYTHONPATH)."""
+    spec = importlib.util.find_spec("XrayWorldModel")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the XrayWorldModel package cannot be found on sys.path")
+    return Path(list(spec.submodule_search_locations)[0]).resolve().parent
+
+
+def pythonExecutable() -> str:
+    """Slicer's ``PythonSlicer`` when running inside Slicer, else this interpreter."""
+    exe = Path(sys.executable)
+    if not exe.stem.lower().startswith("slicer"):   # plain Python, or PythonSlicer itself
+        return sys.executable
+    found = shutil.which("PythonSlicer")             # SlicerApp-real is no Python interpreter
+    if found:
+        return found
+    candidate = exe.parent / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def childEnvironment(device: str = "auto", threads: Optional[int] = None) -> Dict[str, str]:
+    """Variables to add for a job process: the package on PYTHONPATH, unbuffered output."""
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+    parent = str(packageParentDir())
+    old = os.environ.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = parent + (os.pathsep + old if old else "")
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if threads:
+        env["OMP_NUM_THREADS"] = str(int(threads))
+    return env
+
+
+def checkDevice(device: str) -> str:
+    device = (device or "auto").strip().lower()
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+        raise InputError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {device!r}")
+    return device
+
+
+# ----------------------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    """One background process: ``program arguments...`` plus extra environment variables.
+
+    ``progress()`` returns (fraction in 0..1 or None when unknown, short text). ``outputs``
+    names what the job writes (a folder or run directory) for the widget to open or load.
+    """
+
+    name: str
+    arguments: List[str]
+    program: str = field(default_factory=pythonExecutable)
+    environment: Dict[str, str] = field(default_factory=dict)
+    outputs: Optional[Path] = None
+    progressProbe: Optional[Callable[[], Tuple[Optional[float], str]]] = None
+
+    @property
+    def commandLine(self) -> List[str]:
+        return [self.program] + list(self.arguments)
+
+    def progress(self) -> Tuple[Optional[float], str]:
+        if self.progressProbe is None:
+            return None, ""
+        try:
+            return self.progressProbe()
+        except (OSError, ValueError):   # a file half-written at this instant
+            return None, ""
+
+    def fullEnvironment(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.environment)
+        return env
+
+    def run(self, timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+        """Run to completion (scripts, tests): stdout and stderr captured as text."""
+        return subprocess.run(self.commandLine, env=self.fullEnvironment(), capture_output=True,
+                              text=True, timeout=timeout)
+
+
+def cliArguments(*args: str) -> List[str]:
+    return ["-m", "XrayWorldModel.cli"] + [str(a) for a in args]
+
+
+def listCTs(folder) -> List[Path]:
+    """CT files (NIfTI, NRRD, MetaImage) and DICOM series folders directly inside ``folder``."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputError("is not a folder", folder)
+    found = []
+    for p in sorted(folder.iterdir()):
+        name = p.name.lower()
+        if p.is_file() and name.endswith(CT_SUFFIXES):
+            found.append(p)
+        elif p.is_dir() and any(c.is_file() for c in p.iterdir()):
+            found.append(p)   # a DICOM series folder; the reader says if it is not one
+    if not found:
+        raise InputError("holds no CT files (.nii.gz, .nii, .nrrd, .mha, .mhd) or DICOM "
+                         "series folders", folder)
+    return found
+
+
+def _completeStacks(outFolder: Path) -> int:
+    n = 0
+    for side in outFolder.glob("*.json"):
+        try:
+            if json.loads(side.read_text()).get("complete") is True:
+                n += 1
+        except (OSError, ValueError):
+            continue
+    return n
+
+
+def drrFolderJob(inputFolder, outputFolder, angles: Sequence[float],
+                 detectorSize=(256, 256), pixelSpacing: float = 1.6, sdd: float = 1800.0,
+                 sod: float = 1500.0, method: str = "fast", device: str = "auto",
+                 png: bool = False) -> Job:
+    """DRR stacks for every CT in ``inputFolder`` written to ``outputFolder`` (resumable)."""
+    cts = listCTs(inputFolder)
+    if not angles:
+        raise InputError("no angles given")
+    out = Path(outputFolder).expanduser()
+    device = checkDevice(device)
+    rows, cols = (int(v) for v in (detectorSize if len(detectorSize) == 2 else (detectorSize[0],) * 2))
+    args = cliArguments("drr", *map(str, cts), "--out", str(out),
+                        "--angles", ",".join(f"{float(a):g}" for a in angles),
+                        "--detector", str(rows), str(cols), "--pixel-spacing", f"{float(pixelSpacing):g}",
+                        "--sdd", f"{float(sdd):g}", "--sod", f"{float(sod):g}",
+                        "--method", method, "--device", device)
+    if len(cts) == 1:   # the CLI takes an existing folder as "write NAME.nii.gz in it"
+        out.mkdir(parents=True, exist_ok=True)
+    if png:
+        args.append("--png")
+    total = len(cts)
+
+    def probe():
+        done = _completeStacks(out) if out.is_dir() else 0
+        return min(done, total) / total, f"{min(done, total)} of {total} CTs"
+
+    return Job(name=f"DRRs for {total} CT{'s' if total != 1 else ''}", arguments=args,
+               environment=childEnvironment(device), outputs=out, progressProbe=probe)
+
+
+def _presetSteps(config: str) -> Optional[int]:
+    path = Path(config)
+    if not path.exists():
+        path = packageParentDir() / "XrayWorldModel" / "configs" / f"{config}.json"
+    try:
+        return int(json.loads(path.read_text())["optim"]["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _lastStep(metrics: Path) -> int:
+    step = 0
+    if not metrics.exists():
+        return 0
+    with open(metrics, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 65536))
+        tail = fh.read().decode("utf-8", "replace").splitlines()
+    for line in tail:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            step = max(step, rec["step"])
+    return step
+
+
+def trainJob(dataSource, outDir, config: str = "cpu-small", steps: Optional[int] = None,
+             device: str = "auto", resume: bool = False, overrides: Sequence[str] = ()) -> Job:
+    """Train the world model on a CT folder / CSV manifest / ``phantom:N`` into ``outDir``."""
+    device = checkDevice(device)
+    src = str(dataSource)
+    if not src.startswith("phantom:") and not Path(src).expanduser().exists():
+        raise InputError("training data not found (a CT folder, a CSV manifest or phantom:N)", src)
+    out = Path(outDir).expanduser()
+    ov = [f"data.source={src}", f"run.out_dir={out}", f"run.device={device}"]
+    if steps is not None:
+        if int(steps) < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        ov.append(f"optim.steps={int(steps)}")
+    ov += list(overrides)
+    args = cliArguments("train", "--config", config, *ov)
+    if resume:
+        args.append("--resume")
+    total = int(steps) if steps is not None else _presetSteps(config)
+
+    def probe():
+        step = _lastStep(out / "metrics.jsonl")
+        if not total:
+            return None, f"step {step}"
+        return min(step, total) / total, f"step {step} of {total}"
+
+    return Job(name="Training", arguments=args, environment=childEnvironment(device),
+               outputs=out, progressProbe=probe)
+
+
+def modelsJob(action: str, *args: str) -> Job:
+    """An ``xray2xray models ...`` command: list (JSON), fetch NAME, import FILE, remove NAME,
+    path [NAME]."""
+    if action not in MODELS_COMMANDS:
+        raise InputError(f"unknown models action {action!r}; one of {', '.join(MODELS_COMMANDS)}")
+    return Job(name=f"models {action}", arguments=cliArguments(*MODELS_COMMANDS[action], *args),
+               environment=childEnvironment("cpu"))
+
+
+def parseModels(stdout: str) -> List[dict]:
+    """The JSON of ``xray2xray models list --json`` as a list of dicts."""
+    text = stdout.strip()
+    start = text.find("[")
+    if start < 0:
+        raise InputError("unexpected output from 'xray2xray models list --json': "
+                         f"{text[:200]!r}")
+    data = json.loads(text[start:])
+    if not isinstance(data, list):
+        raise InputError("'xray2xray models list --json' did not print a list")
+    return [m for m in data if isinstance(m, dict) and m.get("name")]
+
+
+def modelLabel(model: dict) -> str:
+    """One line for the models list: name first (the widget takes the first word)."""
+    state = "cached" if model.get("cached") else "not downloaded"
+    desc = str((model.get("card") or {}).get("description", ""))
+    text = f"{model['name']}  {model.get('version', '')}  [{model.get('source', '')}, {state}]"
+    return f"{text}  {desc}".rstrip()
+
+
+def removableModels(models: Sequence[dict]) -> List[str]:
+    """Names of cached models that can be removed (not the ones shipped in the package)."""
+    names = []
+    for m in models:
+        if m.get("cached") and m.get("source") != "package" and m["name"] not in names:
+            names.append(m["name"])
+    return names
+
+
+def _userCacheDir() -> Path:
+    try:
+        from platformdirs import user_cache_dir
+        return Path(user_cache_dir("xray2xray"))
+    except ImportError:
+        if sys.platform == "win32":
+            base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+            return base / "xray2xray" / "xray2xray" / "Cache"
+        if sys.platform == "darwin":
+            return Path.home() / "Library" / "Caches" / "xray2xray"
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xray2xray"
+
+
+def modelsCacheDir() -> Path:
+    """Where models are cached: ``$XRAY2XRAY_MODELS``, else ``<user cache dir>/xray2xray/models``
+    (the registry's rule, computed without importing it)."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    return _userCacheDir() / "models"
+
+
+# ----------------------------------------------------------------------------- output lines
+_ERROR = re.compile(r"^xray2xray: error: (.*)$")
+_TQDM = re.compile(r"(\d{1,3})%\|")
+
+
+def errorFromOutput(text: str) -> Optional[str]:
+    """The CLI's one-line error (``xray2xray: error: ...``) in a job's output, if any."""
+    for line in reversed(text.splitlines()):
+        m = _ERROR.match(line.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
+def progressFromLine(line: str) -> Optional[float]:
+    """A fraction from a tqdm-style line (``42%|``), when the child draws one."""
+    m = _TQDM.search(line)
+    return None if m is None else min(int(m.group(1)), 100) / 100.0
