@@ -19,15 +19,18 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass
 class DataConfig:
-    source: str = "phantom:64"          # folder, CSV manifest, or phantom:N
-    val_source: Optional[str] = None    # held-out CTs; None = the last val_count of source
+    # CT folder, CSV manifest, or phantom:N (views rendered on the fly); or "stacks:PATH" to
+    # train from DRR stacks written by `xray2xray drr` (PATH: a folder of stacks, a list file
+    # or one stack; angles are the stacks' own, see XrayWorldModel/data/stacks.py)
+    source: str = "phantom:64"
+    val_source: Optional[str] = None    # held-out CTs or stacks:PATH; None = last val_count of source
     val_count: int = 4
     cache_dir: Optional[str] = None     # None = the user cache dir ($XRAY2XRAY_CACHE)
     grid_size: int = 96                 # preprocessed cube, voxels per side
     grid_spacing: float = 3.5           # mm
     hu_min: float = -1024.0
     hu_max: float = 3071.0
-    max_volumes_in_memory: int = 512
+    max_volumes_in_memory: int = 512    # CT volumes, or DRR stacks in stack mode
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(self.grid_size, self.grid_spacing, (self.hu_min, self.hu_max))

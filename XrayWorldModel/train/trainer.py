@@ -26,6 +26,8 @@ from torch import nn
 
 from .. import __version__
 from ..data import PreprocessedCache, ViewRenderer, resolve_source
+from ..data.stacks import (DRRStackSet, evaluate_stacks, is_stack_source, list_stacks,
+                           mean_stack_views)
 from ..drr import resolve_device
 from ..errors import InputError, XrayWorldModelError
 from ..models import EMAEncoder, PixelLoss, WorldModel, world_model_losses
@@ -147,17 +149,37 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.progress = progress
 
-        items = resolve_source(cfg.data.source)
+        # data: CTs rendered on the fly, or DRR stacks ("stacks:DIR", see data/stacks.py);
+        # the validation source may be of either kind
+        def listing(source):
+            return list_stacks(source) if is_stack_source(source) else resolve_source(source)
+
+        train_stacks = is_stack_source(cfg.data.source)
+        items = listing(cfg.data.source)
         if cfg.data.val_source:
-            val_items = resolve_source(cfg.data.val_source)
+            val_stacks = is_stack_source(cfg.data.val_source)
+            val_items = listing(cfg.data.val_source)
         else:
+            val_stacks = train_stacks
             n_val = min(cfg.data.val_count, max(0, len(items) - 1))
             items, val_items = items[: len(items) - n_val], items[len(items) - n_val:]
-        cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
-        prep = cfg.data.preprocessing()
-        self.train_data = VolumeProvider(items, cache, prep, cfg.data.max_volumes_in_memory)
-        self.val_data = VolumeProvider(val_items, cache, prep, len(val_items) or 1)
+        cache = prep = None
+        if not (train_stacks and val_stacks):
+            cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+            prep = cfg.data.preprocessing()
+
+        def provider(its, stacks: bool, memory: int):
+            return (DRRStackSet(its, cfg.views, memory) if stacks
+                    else VolumeProvider(its, cache, prep, memory))
+
+        self.train_data = provider(items, train_stacks, cfg.data.max_volumes_in_memory)
+        self.val_data = provider(val_items, val_stacks, len(val_items) or 1)
         self.train_data.get(0)                     # fail now if nothing is readable
+        if cfg.run.val_every and len(self.val_data):   # stored views must exist at val angles
+            if val_stacks:
+                self.val_data.require_angles(cfg.run.val_angles)
+            if train_stacks:                       # the mean-view baseline's stacks
+                self.train_data.require_angles(cfg.run.val_angles, limit=16)
 
         self.model = WorldModel(cfg.model).to(self.device)
         self.ema = EMAEncoder(self.model.encoder, cfg.model.ema_start, cfg.model.ema_end).to(self.device)
@@ -224,6 +246,9 @@ class Trainer:
         picks = np.random.default_rng([seed, step]).integers(0, len(self.train_data), size=B)
         per = B // self.world
         lo = self.rank * per
+        if isinstance(self.train_data, DRRStackSet):
+            rngs = [np.random.default_rng([seed, step, b]) for b in range(lo, lo + per)]
+            return self.train_data.batch(picks[lo: lo + per], rngs).to(self.device)
         vols, ids = [], []
         for b in range(lo, lo + per):
             vol, item = self.train_data.get(int(picks[b]))
@@ -234,6 +259,8 @@ class Trainer:
 
     def mean_views(self) -> Dict[float, np.ndarray]:
         """Mean training DRR at each validation angle (the 'mean view' baseline)."""
+        if self._mean_views is None and isinstance(self.train_data, DRRStackSet):
+            self._mean_views = mean_stack_views(self.train_data, self.cfg.run.val_angles, 16)
         if self._mean_views is None:
             n = min(16, len(self.train_data))
             vols = [self.train_data.get(i)[0] for i in range(n)]
@@ -245,6 +272,9 @@ class Trainer:
     def validate(self) -> Dict:
         if not len(self.val_data):
             return {}
+        if isinstance(self.val_data, DRRStackSet):
+            return evaluate_stacks(self.model, self.val_data, self.cfg.run.val_angles,
+                                   self.mean_views())
         vols = [self.val_data.get(i)[0] for i in range(len(self.val_data))]
         return evaluate_views(self.model, vols, self.cfg.views, self.cfg.run.val_angles,
                               self.mean_views())
