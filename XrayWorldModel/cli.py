@@ -555,6 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .weights.cli import add_models_parser
     add_models_parser(sub)
+    from .probe.cli import add_probe_parser
+    add_probe_parser(sub)
+    from .infer.cli import add_infer_parser
+    add_infer_parser(sub)
     return p
 
 
@@ -594,7 +598,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
         _emit(f"{PROG}: error: a command is required "
-              "(drr, phantom, recon, train, eval-views or models)")
+              "(drr, phantom, recon, train, eval-views, models or infer)")
         return 2
     _quiet_itk()
     with warnings.catch_warnings():

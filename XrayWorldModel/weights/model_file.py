@@ -26,6 +26,10 @@ PathLike = Union[str, Path]
 CARD_KEY = "xray2xray_card"
 MODEL_FORMAT = "xray2xray-model"
 DIGEST_KEY = "content_sha256"
+#: Layout of the card and tensors; a reader refuses files from a newer layout rather than
+#: misreading them. Bump when a change would make older readers load a model wrongly.
+FORMAT_VERSION = 1
+
 #: Names and versions become cache file names (``<name>-<version>.safetensors``).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _MAX_HEADER = 100 << 20   # safetensors' own limit on the JSON header
@@ -99,6 +103,11 @@ def _read_header(path: Path) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         raise ModelFileError("the model card is not valid JSON", path) from None
     if not isinstance(card, dict) or card.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"the model card's format is not {MODEL_FORMAT!r}", path)
+    version = card.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f"this model file has format version {version!r}, newer than the "
+                             f"{FORMAT_VERSION} this Xray2Xray reads; upgrade the package "
+                             f"(pip install -U XrayWorldModel)", path)
     return header, card
 
 
@@ -118,7 +127,8 @@ def save_model_file(path: PathLike, tensors: Mapping[str, "torch.Tensor"],
     from safetensors.torch import save_file
     path = Path(path)
     try:
-        full = json.loads(json.dumps(dict(card, format=MODEL_FORMAT), allow_nan=True))
+        full = json.loads(json.dumps(dict(card, format=MODEL_FORMAT, format_version=FORMAT_VERSION),
+                                     allow_nan=True))
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"model card is not JSON-serialisable: {exc}", path) from None
     full.pop(DIGEST_KEY, None)

@@ -1,0 +1,225 @@
+"""Inference from one radiograph: outputs, geometry, schema, domain mapping and bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from XrayWorldModel.cli import main
+from XrayWorldModel.data import ViewSampling
+from XrayWorldModel.infer import domain_reference, run_inference, to_model_input
+from XrayWorldModel.infer.domain import FlippedImageWarning
+from XrayWorldModel.infer.outputs import load_schema
+from XrayWorldModel.infer.pipeline import imagine_views, wrap_delta
+from XrayWorldModel.io import read_ct
+from XrayWorldModel.models import WorldModel
+from XrayWorldModel.radiograph import Radiograph
+from XrayWorldModel.train.config import load_config
+from XrayWorldModel.train.metrics import render_views
+from XrayWorldModel.weights.model_file import save_model_file
+
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (test extra) validates results.json")
+
+TINY = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "heads": 2,
+        "transition_depth": 1, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
+        "decoder_channels": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny_config():
+    cfg = load_config("cpu-small", [f"model.{k}={v}" for k, v in TINY.items()]
+                      + ["views.image_size=32"])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def phantom_frontals(tiny_config):
+    from XrayWorldModel.phantom import procedural_chest
+    vols = [procedural_chest(s, (64, 64, 48), (5.6, 5.6, 7.0)) for s in range(3)]
+    return vols, render_views(vols, tiny_config.views, [0.0])[:, 0]
+
+
+PATHOLOGIES = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion"]
+
+
+def _heads(model):
+    """Real probe heads fitted on random features of the right width."""
+    from XrayWorldModel.probe.heads import TASK_FORMAT, TASK_VERSION, fit_cox, fit_logistic
+    rng = np.random.default_rng(0)
+    F = 2 * model.config.embed_dim                    # observed + one imagined view (90)
+    X = rng.normal(size=(60, F))
+    Y = (X[:, :5] + rng.normal(size=(60, 5)) > 0).astype(int)
+    spec = {"angle": 0.0, "imagined": [90.0], "pooling": "mean", "n_features": F}
+    wrap = lambda task, heads: {"format": TASK_FORMAT, "version": TASK_VERSION, "task": task,
+                                "features": spec, "heads": heads}
+    event = Y[:, 0]
+    time = rng.exponential(1.0, 60) + 0.1
+    return {"pathology": wrap("pathology", [fit_logistic(X, Y, PATHOLOGIES, C=1.0)]),
+            "risk": wrap("risk", [fit_logistic(X, event[:, None], ["event"], C=1.0),
+                                  fit_cox(X, time, event, alpha=1.0)])}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, tiny_config, phantom_frontals):
+    torch.manual_seed(0)
+    model = WorldModel(tiny_config.model)
+    card = {"name": "tiny-test", "version": "1", "config": tiny_config.to_dict(),
+            "domain": domain_reference(phantom_frontals[1]),
+            "intended_use": "tests only", "heads": _heads(model)}
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    return save_model_file(path, tensors, card)
+
+
+def test_wrap_delta():
+    assert wrap_delta([0, 90, 180, 270, 360, -90]).tolist() == [0, 90, -180, -90, 0, -90]
+
+
+def test_far_views_are_mirrors_of_near_ones(tiny_config):
+    """Beyond +-90 deg the sweep uses the opposite view mirrored (no extrapolated rotation)."""
+    model = WorldModel(tiny_config.model).eval()
+    x = torch.rand(1, 1, 32, 32) * 3
+    state = model.encode(x, torch.zeros(1))
+    v = imagine_views(model, state, [30.0, 210.0, -60.0, 120.0])
+    assert np.array_equal(v[1], v[0][:, ::-1])
+    assert np.array_equal(v[3], v[2][:, ::-1])
+    assert not np.allclose(v[0], v[2])
+
+
+def test_domain_mapping_matches_drr_quantiles(tiny_config, phantom_frontals):
+    """A radiograph-like image (any monotone display mapping of a DRR) comes back in DRR
+    units: its body quantiles follow the reference's, and the padding is air (0)."""
+    vols, frontals = phantom_frontals
+    ref = domain_reference(frontals)
+    drr = frontals[0]
+    display = np.sqrt(drr / drr.max())                      # monotone, not linear
+    s = tiny_config.views
+    rad = Radiograph(display, (s.pixel_spacing, s.pixel_spacing), "PA")
+    mi = to_model_input(rad, s, ref)
+    assert mi.image.shape == (32, 32) and mi.covered.all()
+    body = mi.image > ref["body_threshold"]
+    q_out = np.quantile(mi.image[body], [0.1, 0.5, 0.9])
+    q_ref = np.quantile(np.asarray(ref["quantiles"]), [0.1, 0.5, 0.9])
+    assert np.allclose(q_out, q_ref, rtol=0.15)
+    # same pixels, half the pitch: the image shrinks to half the size, centred, air around
+    small = to_model_input(Radiograph(display, (s.pixel_spacing / 2,) * 2, "PA"), s, ref)
+    assert 0.2 < small.covered.mean() < 0.3
+    assert np.all(small.image[~small.covered] == 0)
+
+
+def test_lateral_radiograph_is_refused(tiny_config):
+    from XrayWorldModel.errors import InputError
+    rad = Radiograph(np.random.default_rng(0).random((40, 40)), (1.0, 1.0), "LL")
+    with pytest.raises(InputError, match="frontal"):
+        to_model_input(rad, tiny_config.views)
+
+
+def test_mirrored_radiograph_warns(tiny_config, phantom_frontals):
+    _, frontals = phantom_frontals
+    ref = domain_reference(frontals)
+    s = tiny_config.views
+    mirrored = frontals[1][:, ::-1] / frontals.max()
+    with pytest.warns(FlippedImageWarning):
+        to_model_input(Radiograph(mirrored, (s.pixel_spacing,) * 2, "PA"), s, ref)
+
+
+def test_infer_real_radiograph_outputs(tmp_path, shared_data, model_file):
+    """Acceptance: the real PA radiograph (broken zero PixelSpacing) gives every output."""
+    cr = shared_data / "chest_cr_pa.dcm"
+    out = tmp_path / "out"
+    rc = main(["infer", str(cr), "--out", str(out), "--model", str(model_file),
+               "--volume-size", "40"])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    jsonschema.validate(data, load_schema())
+    assert data["model"]["name"] == "tiny-test" and len(data["model"]["sha256"]) == 64
+    assert data["input"]["spacing_is_default"] is True
+    assert any("spacing" in n for n in data["preprocessing"]["notes"])
+    # predicted views: a NIfTI stack + PNGs at the requested angles
+    from XrayWorldModel.export import read_drr_stack
+    views, geom, _ = read_drr_stack(out / "views.nii.gz")
+    assert views.shape == (3, 32, 32) and list(geom.angles) == [90.0, 180.0, 270.0]
+    assert np.isfinite(views).all() and views.min() >= 0
+    assert len(data["views"]["pngs"]) == 3
+    # volume: HU, 40^3, LPS affine of the results, behind the PA detector plane
+    vol = read_ct(out / "volume.nii.gz")
+    assert vol.shape == (40, 40, 40)
+    assert np.allclose(vol.affine, np.asarray(data["volume"]["affine_lps"]), atol=1e-3)
+    assert vol.array.min() >= -1024 and vol.array.max() <= 3071
+    corners = np.array([[i, j, k, 1] for i in (0, 39) for j in (0, 39) for k in (0, 39)]) @ vol.affine.T
+    s = ViewSampling(**{**load_config("cpu-small").views.__dict__, "image_size": 32})
+    detector_y = -(s.sdd - s.sod)          # PA: the detector is anterior (-y in LPS)
+    assert corners[:, 1].min() > detector_y
+    assert -1 <= data["consistency"]["ncc"] <= 1
+    assert sorted(data["scores"]["pathologies"]) == sorted(PATHOLOGIES)
+    assert 0 <= data["scores"]["risk"] <= 1 and "hazard_ratio" in data["scores"]["risk_details"]
+    assert data["timings_s"]["total"] > 0
+
+
+def test_infer_rejects_ct_dicom(tmp_path, capsys, model_file):
+    """A CT DICOM given to infer: one line, exit 2, nothing written."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows = ds.Columns = 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = np.zeros((16, 16), np.int16).tobytes()
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    out = tmp_path / "out"
+    assert main(["infer", str(path), "--out", str(out), "--model", str(model_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ct.dcm" in err[0] and "CT" in err[0]
+    assert not (out / "results.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "newer"])
+def test_infer_rejects_bad_model_files(tmp_path, capsys, model_file, damage):
+    bad = tmp_path / "bad.safetensors"
+    raw = bytearray(Path(model_file).read_bytes())
+    if damage == "flip":
+        raw[-5] ^= 0xFF
+    elif damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:   # a card from a newer, incompatible format
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        card = json.loads(header["__metadata__"]["xray2xray_card"])
+        card["format_version"] = 99
+        header["__metadata__"]["xray2xray_card"] = json.dumps(card)
+        text = json.dumps(header).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+        raw = len(text).to_bytes(8, "little") + text + raw[8 + n:]
+    bad.write_bytes(bytes(raw))
+    img = tmp_path / "cxr.png"
+    from PIL import Image
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(img)
+    assert main(["infer", str(img), "--out", str(tmp_path / "o"), "--model", str(bad)]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert len(err) == 1 and "bad.safetensors" in err[-1]
+    if damage == "newer":
+        assert "newer" in err[-1]
+
+
+def test_run_inference_api_and_bad_volume_size(model_file, phantom_frontals, tiny_config):
+    from XrayWorldModel.errors import InputError
+    _, frontals = phantom_frontals
+    s = tiny_config.views
+    rad = Radiograph(frontals[2] / frontals.max(), (s.pixel_spacing,) * 2, "PA")
+    res = run_inference(rad, model_file, views=(90,), volume_size=24)
+    assert res.views.shape == (1, 32, 32) and res.volume.shape == (24, 24, 24)
+    assert set(res.timings) >= {"load", "preprocess", "encode", "views", "reconstruct", "heads",
+                                "consistency", "total"}
+    with pytest.raises(InputError, match="volume size"):
+        run_inference(rad, model_file, volume_size=4)

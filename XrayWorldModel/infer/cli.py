@@ -1,0 +1,67 @@
+"""``xray2xray infer CXR --out DIR``: the command-line face of :func:`.pipeline.run_inference`."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def input_info(path: Path, rad) -> dict:
+    from ..fileutil import sha256_file
+    return {"path": str(path), "sha256": sha256_file(path), "view_position": rad.view_position,
+            "shape": [int(n) for n in rad.image.shape],
+            "spacing_mm": [float(s) for s in rad.spacing],
+            "spacing_is_default": bool(rad.spacing_is_default)}
+
+
+def parse_views(text: str):
+    from ..errors import InputError
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--views takes comma-separated angles in degrees, got {text!r}") from None
+
+
+def run_infer(args) -> int:
+    from ..io import read_cxr
+    from .outputs import write_outputs
+    from .pipeline import run_inference
+    t0 = time.perf_counter()
+    path = Path(args.cxr).expanduser()
+    rad = read_cxr(path)
+    result = run_inference(rad, args.model, parse_views(args.views), args.volume_size, args.device,
+                           args.sweep_step)
+    data = write_outputs(result, args.out, input_info(path, rad))
+    s = data["scores"]
+    print(f"model {data['model']['name']}: consistency NCC {result.consistency:.3f} "
+          f"({data['consistency']['reading']})")
+    if s["risk"] is not None:
+        print(f"cardiovascular risk {s['risk']:.3f}")
+    if s["pathologies"]:
+        print("pathologies: " + ", ".join(f"{k} {v:.3f}" for k, v in s["pathologies"].items()))
+    for note in data["preprocessing"]["notes"]:
+        print(f"note: {note}")
+    print(f"wrote views, volume and results.json to {args.out} "
+          f"({time.perf_counter() - t0:.1f} s; model {result.timings['total']:.2f} s)")
+    if args.json:
+        print(json.dumps(data, indent=1))
+    return 0
+
+
+def add_infer_parser(sub) -> None:
+    p = sub.add_parser("infer", help="predict views, a volume and scores from one frontal CXR",
+                       description="From one frontal chest radiograph (DICOM, PNG, JPEG): "
+                       "predicted views, a reconstructed volume, risk and pathology scores, "
+                       "and a consistency score.")
+    p.add_argument("cxr", help="the radiograph file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=None,
+                   help="registry name, model file or checkpoint (default: the built-in demo model)")
+    p.add_argument("--views", default="90,180,270", help="angles to predict, degrees (default 90,180,270)")
+    p.add_argument("--volume-size", type=int, default=128, help="reconstructed volume, voxels per side")
+    p.add_argument("--sweep-step", type=float, default=15.0,
+                   help="angular step of the sweep reconstructed by FDK (degrees, default 15)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--json", action="store_true", help="also print results.json")
+    p.set_defaults(func=run_infer)

@@ -1,0 +1,167 @@
+"""Bringing a real radiograph into the model's DRR domain.
+
+The world model is trained on DRRs: line integrals at a fixed detector pitch, field of view
+and orientation (PA, patient's right on the image's left). A real chest radiograph differs
+in all of these, so :func:`to_model_input` does three things, in order:
+
+1. **Orientation**: the model takes frontal views. PA is the trained pose; an AP image in
+   display convention looks like a PA one apart from magnification, so it is accepted with a
+   note; a lateral view is refused. When the model carries a reference frontal view, an image
+   that matches the reference better mirrored than as is gets a warning (a flipped export).
+2. **Geometry**: the image is resampled from its own pixel spacing (mm at the detector) to the
+   model's detector pitch and centred in the model's field of view, padded with air. The
+   physical scale is thus kept, so a wrong spacing (a broken header) shows as a wrong size.
+3. **Intensity**: display values are not line integrals. Inside the body, the radiograph's
+   quantiles are mapped onto the quantiles of the training DRRs (histogram matching, stored in
+   the model card as ``domain``); outside it values ramp linearly to air (0).
+
+What remains of the domain gap: scatter, the detector's own processing (unsharp masking,
+look-up tables), breast and soft-tissue shadows absent from the phantoms, and inspiration
+and positioning that differ from the training set. The consistency score in
+:mod:`.pipeline` is there to show when this gap is too wide.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+from skimage.filters import threshold_otsu
+from skimage.transform import resize
+
+from ..data import ViewSampling
+from ..errors import InputError
+from ..radiograph import Radiograph
+
+FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
+LATERAL_POSITIONS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "RLO", "LLO"}
+N_QUANTILES = 101
+
+
+class FlippedImageWarning(UserWarning):
+    """The radiograph matches the model's reference frontal view better when mirrored."""
+
+
+@dataclass
+class ModelInput:
+    """A radiograph in the model's DRR units, with what was done to get there."""
+
+    image: np.ndarray            # [H, W] float32, DRR line-integral units
+    covered: np.ndarray          # [H, W] bool: pixels that came from the radiograph (not padding)
+    scale: float                 # model pixels per radiograph pixel (columns)
+    notes: list
+
+    def to_dict(self) -> Dict:
+        return {"scale": self.scale, "covered_fraction": float(self.covered.mean()),
+                "notes": list(self.notes)}
+
+
+def domain_reference(frontal_drrs: np.ndarray) -> Dict:
+    """What :func:`to_model_input` needs to know of the training domain, from frontal DRRs
+    ``[N, H, W]``: quantiles of the body pixels, the body threshold and the mean view.
+    Stored in a model's card under ``domain``."""
+    d = np.asarray(frontal_drrs, dtype=np.float64)
+    if d.ndim != 3 or d.shape[0] < 1:
+        raise InputError(f"frontal DRRs must be [N, H, W], got shape {d.shape}")
+    threshold = 0.05 * float(d.max())
+    body = d[d > threshold]
+    q = np.quantile(body, np.linspace(0.0, 1.0, N_QUANTILES))
+    return {"quantiles": [float(v) for v in q], "body_threshold": threshold,
+            "mean_frontal": np.round(d.mean(0), 5).tolist(), "n_views": int(d.shape[0])}
+
+
+def _check_orientation(rad: Radiograph, notes: list) -> None:
+    vp = (rad.view_position or "").strip().upper()
+    if vp in LATERAL_POSITIONS:
+        raise InputError(f"the model takes a frontal (PA or AP) chest radiograph; this one's "
+                         f"view position is {vp}")
+    if vp.startswith("AP"):
+        notes.append("AP view: treated as PA (same display orientation; heart magnified more)")
+    elif not vp:
+        notes.append("no view position in the header: assumed PA")
+
+
+def _resample(rad: Radiograph, sampling: ViewSampling):
+    """The radiograph at the model's detector pitch, centred on an image_size canvas."""
+    n = sampling.image_size
+    pitch = sampling.pixel_spacing
+    rows = max(1, int(round(rad.image.shape[0] * rad.spacing[0] / pitch)))
+    cols = max(1, int(round(rad.image.shape[1] * rad.spacing[1] / pitch)))
+    small = resize(rad.image.astype(np.float64), (rows, cols), order=1, anti_aliasing=True,
+                   preserve_range=True)
+    canvas = np.zeros((n, n))
+    covered = np.zeros((n, n), dtype=bool)
+    # centred crop of the source and centred placement on the canvas
+    r0, c0 = max(0, (rows - n) // 2), max(0, (cols - n) // 2)
+    src = small[r0:r0 + n, c0:c0 + n]
+    R0, C0 = (n - src.shape[0]) // 2, (n - src.shape[1]) // 2
+    canvas[R0:R0 + src.shape[0], C0:C0 + src.shape[1]] = src
+    covered[R0:R0 + src.shape[0], C0:C0 + src.shape[1]] = True
+    return canvas, covered, cols / rad.image.shape[1]
+
+
+def _match_intensity(canvas: np.ndarray, covered: np.ndarray, reference: Optional[Dict]) -> np.ndarray:
+    vals = canvas[covered]
+    if vals.size < 4 or float(vals.max() - vals.min()) <= 0:
+        raise InputError("the radiograph is blank after resampling (one value everywhere)")
+    if reference is None:   # no domain statistics in the card: a plain range mapping
+        q_ref = np.linspace(0.0, 5.0, N_QUANTILES)
+        thr_ref = 0.0
+    else:
+        q_ref = np.asarray(reference["quantiles"], dtype=np.float64)
+        thr_ref = float(reference["body_threshold"])
+    try:
+        thr = threshold_otsu(vals)
+    except ValueError:
+        thr = float(np.median(vals))
+    body = vals[vals > thr]
+    if body.size < 2:
+        body = vals
+    q_src = np.quantile(body, np.linspace(0.0, 1.0, len(q_ref)))
+    q_src = np.maximum.accumulate(q_src + np.arange(len(q_src)) * 1e-9)   # strictly rising
+    out = np.interp(canvas, q_src, q_ref)
+    low = canvas < q_src[0]                              # outside the body: ramp to air
+    lo = float(vals.min())
+    ramp = (canvas - lo) / max(q_src[0] - lo, 1e-9)
+    out[low] = np.clip(ramp[low], 0.0, 1.0) * max(q_ref[0], thr_ref)
+    out[~covered] = 0.0
+    return out.astype(np.float32)
+
+
+def _laterality(image: np.ndarray, reference: Optional[Dict], notes: list) -> None:
+    if not reference or "mean_frontal" not in reference:
+        return
+    ref = np.asarray(reference["mean_frontal"], dtype=np.float64)
+    if ref.shape != image.shape:
+        return
+
+    def ncc(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+    # asymmetric parts only: the heart, the aortic knob, the liver
+    asym = lambda x: x - x[:, ::-1]
+    as_is, mirrored = ncc(asym(image), asym(ref)), ncc(asym(image[:, ::-1]), asym(ref))
+    if mirrored > as_is + 0.2:
+        msg = (f"the radiograph looks mirrored (asymmetry correlates {mirrored:.2f} with the "
+               f"reference when flipped vs {as_is:.2f} as is): is the patient's right on the "
+               f"image's left?")
+        notes.append(msg)
+        warnings.warn(msg, FlippedImageWarning, stacklevel=3)
+
+
+def to_model_input(rad: Radiograph, sampling: ViewSampling,
+                   reference: Optional[Dict] = None) -> ModelInput:
+    """The radiograph as the model's frontal DRR-like input (see the module docstring)."""
+    if not np.all(np.isfinite(rad.image)):
+        raise InputError("the radiograph holds NaN or infinite values")
+    notes: list = []
+    _check_orientation(rad, notes)
+    if rad.spacing_is_default:
+        notes.append(f"pixel spacing missing from the header: {rad.spacing[1]:g} mm assumed")
+    canvas, covered, scale = _resample(rad, sampling)
+    image = _match_intensity(canvas, covered, reference)
+    if reference is None:
+        notes.append("the model card has no domain statistics: plain range mapping used")
+    _laterality(image, reference, notes)
+    return ModelInput(image, covered, scale, notes)

@@ -1,0 +1,74 @@
+"""Writing an inference result: predicted views (NIfTI stack + PNGs), the reconstructed
+volume (NIfTI), and ``results.json`` (its schema: ``XrayWorldModel/schemas/results.schema.json``).
+Every file is written atomically, ``results.json`` last, so its presence means the rest is whole.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+from .. import __version__
+from ..export import write_drr_stack
+from ..fileutil import atomic_path
+from ..io import write_volume
+from .pipeline import InferenceResult
+
+RESULTS_FORMAT = "xray2xray-results"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
+
+
+def consistency_reading(ncc: float) -> str:
+    """Plain words for the consistency score (thresholds from the demo model on phantoms)."""
+    if ncc >= 0.9:
+        return "consistent: the imagined volume re-projects onto the input"
+    if ncc >= 0.7:
+        return "partly consistent: treat predicted views and volume with caution"
+    return "inconsistent: the input is far from what the model knows; do not trust the outputs"
+
+
+def results_dict(result: InferenceResult, input_info: Optional[Dict] = None,
+                 files: Optional[Dict] = None) -> Dict:
+    vol = result.volume
+    return {
+        "format": RESULTS_FORMAT,
+        "package_version": __version__,
+        "input": input_info or {},
+        "model": result.model,
+        "preprocessing": result.model_input.to_dict(),
+        "views": {"angles_deg": result.view_angles, **(files or {}).get("views", {})},
+        "volume": {"shape": list(vol.shape), "spacing_mm": [float(s) for s in vol.spacing],
+                   "affine_lps": vol.affine.tolist(), "units": "HU",
+                   **(files or {}).get("volume", {})},
+        "scores": {"risk": result.scores.get("risk"),
+                   "risk_details": result.scores.get("risk_details"),
+                   "pathologies": result.scores.get("pathologies")},
+        "consistency": {"ncc": result.consistency,
+                        "reading": consistency_reading(result.consistency)},
+        "timings_s": {k: round(float(v), 4) for k, v in result.timings.items()},
+    }
+
+
+def write_outputs(result: InferenceResult, out_dir, input_info: Optional[Dict] = None) -> Dict:
+    """Write every output into ``out_dir``; returns the results dict (also on disk)."""
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    files: Dict = {}
+    if len(result.view_angles):
+        stack = write_drr_stack(result.views, result.view_geometry, out / "views.nii.gz",
+                                meta={"kind": "predicted views", "model": result.model.get("name")},
+                                png=True)
+        pngs = sorted(p.name for p in (out / "views_png").glob("*.png")) \
+            if (out / "views_png").is_dir() else []
+        files["views"] = {"file": stack.name, "png_dir": "views_png" if pngs else None,
+                          "pngs": pngs}
+    vol_path = write_volume(result.volume, out / "volume.nii.gz")
+    files["volume"] = {"file": vol_path.name}
+    data = results_dict(result, input_info, files)
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+    return data
+
+
+def load_schema() -> Dict:
+    return json.loads(SCHEMA_PATH.read_text())

@@ -1,0 +1,188 @@
+"""From one frontal radiograph to predicted views, a volume, scores and a consistency check.
+
+Stages (each timed): load the model, bring the radiograph into the DRR domain
+(:mod:`.domain`), encode it, sweep the transition model over the trained rotations, decode the
+views, reconstruct a volume with FDK, apply the probe heads stored in the model card, and
+re-project the volume at the input angle to score how consistent the imagined 3D is with what
+was seen.
+
+The sweep uses the rotations the model was trained on (``-90..90``). The far half of the
+circle comes from the symmetry of transmission imaging: the view from ``a + 180`` sees the
+same line integrals as the view from ``a``, mirrored left-right (exactly for a parallel beam;
+up to the cone's magnification here), so no rotation is extrapolated beyond training.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..data import ViewSampling
+from ..errors import InputError
+from ..geometry import ProjectionGeometry
+from ..radiograph import Radiograph
+from ..recon import fdk, mu_to_hu
+from ..volume import Volume
+from .domain import ModelInput, to_model_input
+
+@dataclass
+class InferenceResult:
+    """Everything ``infer`` produces; :mod:`.outputs` writes it to disk."""
+
+    views: np.ndarray                    # [V, H, W] predicted views (DRR units)
+    view_angles: List[float]
+    view_geometry: ProjectionGeometry    # resolved geometry of ``views``
+    volume: Volume                       # reconstructed HU volume (LPS)
+    model_input: ModelInput
+    consistency: float                   # NCC of the re-projected volume with the input
+    scores: Dict                         # {"risk": float|None, "pathologies": {name: p}}
+    model: Dict                          # name, version, sha256 of the weights file
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def wrap_delta(target, source=0.0):
+    """Signed shortest rotation (degrees) from ``source`` to ``target``, in [-180, 180)."""
+    return (np.asarray(target, dtype=np.float64) - source + 180.0) % 360.0 - 180.0
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(np.float64) - a.mean()
+    b = b.astype(np.float64) - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+@torch.no_grad()
+def imagine_views(model, state: torch.Tensor, angles: Sequence[float]) -> np.ndarray:
+    """Decoded views [A, H, W] at ``angles`` (degrees) from the state of the 0-deg view.
+
+    Rotations within +-90 deg are model steps; beyond, the mirrored view from the opposite
+    side is used (see the module docstring)."""
+    angles = np.asarray(angles, dtype=np.float64)
+    deltas = wrap_delta(angles)
+    far = np.abs(deltas) > 90.0
+    near_deltas = np.where(far, wrap_delta(deltas + 180.0), deltas)
+    b = len(angles)
+    z = state.expand(b, *state.shape[1:])
+    d = torch.as_tensor(near_deltas, dtype=torch.float32, device=state.device)
+    a0 = torch.zeros(b, device=state.device)
+    views = model.decode(model.step(z, d, a0)).float().cpu().numpy()[:, 0]
+    views[far] = views[far][:, :, ::-1]
+    return np.clip(views, 0.0, None)
+
+
+def _geometry(sampling: ViewSampling, angles) -> ProjectionGeometry:
+    return sampling.geometry([float(a) for a in angles], 0.0, (0.0, 0.0, 0.0))
+
+
+def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size: int,
+                sweep_step: float = 15.0, mu_water: Optional[float] = None) -> Volume:
+    """FDK of a full sweep of imagined views onto a ``volume_size``^3 grid (HU, LPS), centred
+    on the isocentre, so it lies behind the detector plane of the 0-deg (PA) view."""
+    if not 0 < sweep_step <= 45 or (360.0 / sweep_step) % 1:
+        raise InputError(f"sweep step must divide 360 and be at most 45 deg, got {sweep_step}")
+    angles = np.arange(0.0, 360.0, sweep_step)
+    views = imagine_views(model, state, angles)
+    mu = fdk(views, _geometry(sampling, angles), shape=(volume_size,) * 3)
+    hu = mu_to_hu(mu.array, mu_water if mu_water is not None else sampling.mu_water)
+    return Volume(np.clip(hu, -1024.0, 3071.0).astype(np.float32), mu.affine,
+                  {"sweep_angles": angles.tolist(), "source": "xray2xray infer"})
+
+
+def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSampling) -> float:
+    """NCC between the volume re-projected at 0 deg and the model's input, over the pixels the
+    radiograph covered: near 1 when the imagined 3D agrees with what was seen."""
+    from ..drr import DRRRenderer
+    drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water).render(_geometry(sampling, [0.0]))[0]
+    m = model_input.covered
+    return _ncc(drr[m], model_input.image[m])
+
+
+def apply_card_heads(model, card: Dict, image: torch.Tensor) -> Dict:
+    """Risk and pathology scores from the probe heads in the card (None when absent).
+
+    ``risk`` is the risk head's event probability; the Cox outputs (log hazard ratio,
+    hazard ratio) go to ``risk_details``."""
+    heads = card.get("heads") or {}
+    out = {"risk": None, "pathologies": None, "risk_details": None}
+    if not heads:
+        return out
+    from ..probe.features import predict_heads
+    pred = predict_heads(model, image, heads)
+    first = lambda v: float(np.asarray(v).reshape(-1)[0])
+    if "pathology" in pred:
+        out["pathologies"] = {k: first(v) for k, v in pred["pathology"].items()}
+    if "risk" in pred:
+        risk = {k: first(v) for k, v in pred["risk"].items()}
+        out["risk"] = risk.pop("event", None)
+        out["risk_details"] = risk or None
+    return out
+
+
+def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (90.0, 180.0, 270.0),
+                  volume_size: int = 128, device="cpu", sweep_step: float = 15.0) -> InferenceResult:
+    """Predicted ``views`` (degrees), the reconstructed volume, the card's scores and the
+    consistency score for one frontal radiograph. ``model``: a registry name, a model file,
+    a checkpoint, ``None`` for the default model, or an already loaded ``(WorldModel, card)``."""
+    if volume_size < 16 or volume_size > 512:
+        raise InputError(f"volume size must be between 16 and 512, got {volume_size}")
+    t = {}
+    t0 = time.perf_counter()
+    model, card, path = _load(model, device)
+    dev = next(model.parameters()).device
+    t["load"] = time.perf_counter() - t0
+
+    from ..train.config import TrainConfig
+    sampling = TrainConfig.from_dict(card["config"]).views
+    t0 = time.perf_counter()
+    mi = to_model_input(radiograph, sampling, card.get("domain"))
+    t["preprocess"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x = torch.from_numpy(mi.image)[None, None].to(dev)
+        state = model.encode(x, torch.zeros(1, device=dev))
+    t["encode"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    view_angles = [float(a) for a in views]
+    predicted = imagine_views(model, state, view_angles) if view_angles else \
+        np.zeros((0, sampling.image_size, sampling.image_size), np.float32)
+    t["views"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    volume = reconstruct(model, state, sampling, volume_size, sweep_step)
+    t["reconstruct"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores = apply_card_heads(model, card, x)
+    t["heads"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    consistency = consistency_score(volume, mi, sampling)
+    t["consistency"] = time.perf_counter() - t0
+    t["total"] = sum(t.values())
+    info = {"name": card.get("name", "unnamed"), "version": card.get("version"),
+            "path": str(path) if path else None, "sha256": card.get("file_sha256"),
+            "intended_use": (card.get("card") or {}).get("intended_use") or card.get("intended_use")}
+    geometry = _geometry(sampling, view_angles) if view_angles else None
+    return InferenceResult(predicted.astype(np.float32), view_angles, geometry, volume, mi,
+                           consistency, scores, info, t)
+
+
+def _load(spec, device):
+    """(model, card, path) from whatever ``run_inference`` was given."""
+    if isinstance(spec, tuple):
+        model, card = spec
+        return model.eval(), card, None
+    from ..fileutil import sha256_file
+    from ..weights import load_world_model
+    from ..weights.registry import resolve_model
+    path = resolve_model(spec)
+    model, card = load_world_model(path, device)
+    if path.is_file():
+        card = dict(card, file_sha256=sha256_file(path))
+    return model, card, path

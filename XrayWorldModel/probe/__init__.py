@@ -1,0 +1,48 @@
+"""Linear probes on frozen world-model latents (``xray2xray probe``).
+
+* :mod:`.features` - pooled latents of the observed view and of imagined views; frontal
+  DRRs of CTs rendered the way the model saw them in training.
+* :mod:`.heads`    - logistic (binary / multi-label) and Cox heads, fitted with
+  scikit-learn / numpy and stored as plain JSON; :func:`apply_heads` needs numpy only.
+* :mod:`.evaluate` - cross-validated AUROC and C-index with bootstrap CIs, paired
+  bootstrap comparison of two models.
+* :mod:`.run`      - labels CSV, fitting a task end to end, saving heads into a model card.
+
+Names are imported lazily, so ``apply_heads`` (used by inference) never pulls in torch
+or scikit-learn.
+"""
+from __future__ import annotations
+
+import importlib
+
+#: The five pathologies of the paper: default label names and CSV columns of ``probe``.
+PATHOLOGIES = ("atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion")
+#: Default binary outcome column(s) of the risk probe.
+RISK_LABELS = ("event",)
+
+_EXPORTS = {
+    "features": ["extract_features", "extract_for_heads", "feature_spec", "pooled_features",
+                 "predict_heads",
+                 "render_frontal_views", "CTSkippedWarning"],
+    "heads": ["ProbeError", "apply_head", "apply_heads", "fit_cox", "fit_logistic",
+              "linear_predictor", "check_task_entry", "task_entry"],
+    "evaluate": ["auroc", "auroc_ci", "bootstrap_ci", "c_index", "c_index_ci", "cv_cox",
+                 "cv_logistic", "multilabel_auroc_ci", "paired_bootstrap",
+                 "paired_bootstrap_test", "FoldWarning"],
+    "run": ["LabelsError", "LabelTable", "build_targets", "fit_task",
+            "match_ids", "read_labels_csv", "save_heads_into"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

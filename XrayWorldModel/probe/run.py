@@ -1,0 +1,241 @@
+"""A probe from end to end: labels CSV -> matched CTs -> features -> cross-validated
+metrics and final heads -> JSON (and optionally a model file whose card carries them).
+
+Labels are a CSV keyed by an ``id`` column that matches the CT item ids of the data source
+(``phantom-00000`` for ``phantom:N``, the file name without its suffix for a folder, the
+``id`` column, else the file stem, for a manifest). A manifest CSV can be its own labels
+file. Empty cells are missing labels: those CTs are left out of that label only.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import FileNotFoundInputError, InputError
+from . import PATHOLOGIES, RISK_LABELS  # noqa: F401  (re-exported)
+from .heads import ProbeError, _check_binary, fit_cox, fit_logistic, task_entry
+
+TASKS = ("pathology", "risk")
+TIME_COLUMN, EVENT_COLUMN = "time", "event"
+
+
+class LabelsError(ProbeError):
+    """A labels CSV that does not fit the probe (missing columns, ids, classes)."""
+
+
+@dataclass
+class LabelTable:
+    """Label columns by CT id, as floats (NaN = missing)."""
+
+    rows: Dict[str, Dict[str, str]]
+    columns: List[str]
+    path: Optional[Path] = None
+
+    def values(self, ids: Sequence[str], column: str) -> np.ndarray:
+        out = np.full(len(ids), np.nan)
+        for k, i in enumerate(ids):
+            raw = (self.rows[i].get(column) or "").strip()
+            if raw == "":
+                continue
+            try:
+                out[k] = float(raw)
+            except ValueError:
+                raise LabelsError(f"column {column!r}, id {i!r}: {raw!r} is not a number",
+                                  self.path) from None
+        return out
+
+
+def read_labels_csv(path, id_column: str = "id") -> LabelTable:
+    """The labels CSV at ``path`` (needs a header with ``id_column``; ids unique)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundInputError("no such labels file" if not path.exists()
+                                     else "is a folder, not a labels CSV", path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [c.strip() for c in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(f"not a readable CSV ({exc})", path) from None
+    if id_column not in header:
+        raise LabelsError(f"labels CSV has no {id_column!r} column (columns: "
+                          f"{', '.join(header) or 'none'})", path)
+    table: Dict[str, Dict[str, str]] = {}
+    for n, row in enumerate(rows, start=2):
+        key = (row.get(id_column) or "").strip()
+        if not key:
+            raise LabelsError(f"line {n}: empty {id_column!r}", path)
+        if key in table:
+            raise LabelsError(f"line {n}: id {key!r} appears twice", path)
+        table[key] = row
+    if not table:
+        raise LabelsError("labels CSV has a header but no rows", path)
+    return LabelTable(table, [c for c in header if c != id_column], path)
+
+
+def table_from_items(items) -> LabelTable:
+    """The labels carried by the CT items themselves (a manifest's extra columns)."""
+    rows, columns = {}, []
+    for it in items:
+        rows[it.id] = {k: repr(float(v)) for k, v in it.labels.items()}
+        columns += [k for k in it.labels if k not in columns]
+    if not columns:
+        raise LabelsError("no --labels CSV given and the data source carries no label columns")
+    return LabelTable(rows, columns, None)
+
+
+def parse_columns(spec: Union[str, Sequence[str], None], default: Sequence[str]
+                  ) -> List[Tuple[str, str]]:
+    """``"a,b"`` or ``["name=column", ...]`` -> [(label name, CSV column)]; ``none`` -> []."""
+    if spec is None:
+        tokens = list(default)
+    else:
+        parts = [spec] if isinstance(spec, str) else list(spec)
+        tokens = [t.strip() for p in parts for t in str(p).split(",") if t.strip()]
+    if [t.lower() for t in tokens] == ["none"]:
+        return []
+    out = []
+    for t in tokens:
+        name, _, column = t.partition("=")
+        name, column = name.strip(), (column.strip() if _ else name.strip())
+        if not name or not column:
+            raise InputError(f"--labels-columns: bad entry {t!r} (use COLUMN or NAME=COLUMN)")
+        out.append((name, column))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise InputError(f"--labels-columns: a label name appears twice ({', '.join(names)})")
+    return out
+
+
+@dataclass
+class Targets:
+    """What a task is fitted to, aligned with ``ids``."""
+
+    task: str
+    ids: List[str]
+    labels: List[str] = field(default_factory=list)      # binary label names
+    Y: Optional[np.ndarray] = None                        # [N, L], NaN = missing
+    time: Optional[np.ndarray] = None                     # Cox, rows with both known
+    event: Optional[np.ndarray] = None
+    survival_rows: Optional[np.ndarray] = None
+
+    @property
+    def columns_used(self) -> List[str]:
+        return self.labels + (["time", "event"] if self.time is not None else [])
+
+
+def build_targets(task: str, table: LabelTable, ids: Sequence[str],
+                  columns: Sequence[Tuple[str, str]], time_column: Optional[str] = TIME_COLUMN,
+                  event_column: str = EVENT_COLUMN) -> Targets:
+    """Check the table has every needed column, both classes for each binary label, and
+    enough events; returns the targets of the CTs ``ids`` (all present in the table)."""
+    if task not in TASKS:
+        raise InputError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    where = table.path
+    need = [c for _, c in columns]
+    if time_column:
+        need += [time_column, event_column]
+    missing = [c for c in dict.fromkeys(need) if c not in table.columns]
+    if missing:
+        raise LabelsError(f"labels CSV lacks column{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(map(repr, missing))} (has: {', '.join(table.columns)}); "
+                          "choose columns with --labels-columns"
+                          + (" / --time-column / --event-column" if task == "risk" else ""),
+                          where)
+    if not columns and not time_column:
+        raise InputError(f"task {task}: no label columns to fit")
+    t = Targets(task, list(ids), [n for n, _ in columns])
+    if columns:
+        t.Y = np.stack([table.values(ids, c) for _, c in columns], axis=1)
+        for j, (name, column) in enumerate(columns):
+            y = t.Y[~np.isnan(t.Y[:, j]), j]
+            if y.size == 0:
+                raise LabelsError(f"column {column!r} has no value for any of the "
+                                  f"{len(ids)} matched CTs", where)
+            try:
+                _check_binary(y, name)
+            except ProbeError as exc:
+                raise LabelsError(f"column {column!r}: {exc.reason}", where) from None
+    if time_column:
+        time = table.values(ids, time_column)
+        event = table.values(ids, event_column)
+        keep = np.flatnonzero(~np.isnan(time) & ~np.isnan(event))
+        if np.any(time[keep] < 0) or not np.all(np.isin(event[keep], (0.0, 1.0))):
+            raise LabelsError(f"column {time_column!r} must be times >= 0 and "
+                              f"{event_column!r} 0 (censored) or 1 (event)", where)
+        if event[keep].sum() < 2:
+            raise LabelsError(f"column {event_column!r}: a Cox head needs at least 2 events "
+                              f"among the matched CTs, got {int(event[keep].sum())}", where)
+        t.time, t.event, t.survival_rows = time[keep], event[keep].astype(bool), keep
+    return t
+
+
+def match_ids(item_ids: Sequence[str], table: LabelTable) -> List[str]:
+    """The item ids that have a row in the labels table; an error when none do."""
+    matched = [i for i in item_ids if i in table.rows]
+    if not matched:
+        ex_items = ", ".join(repr(i) for i in list(item_ids)[:3])
+        ex_rows = ", ".join(repr(i) for i in list(table.rows)[:3])
+        raise LabelsError(f"no CT id of the data source has a row in the labels CSV "
+                          f"(CT ids: {ex_items}...; CSV ids: {ex_rows}...)", table.path)
+    if len(matched) < len(item_ids):
+        warnings.warn(f"{len(item_ids) - len(matched)} of {len(item_ids)} CTs have no row in "
+                      "the labels CSV and are left out", UserWarning, stacklevel=2)
+    return matched
+
+
+def fit_task(features: np.ndarray, targets: Targets, feature_spec: Mapping[str, Any],
+             folds: int = 5, seed: int = 0, n_boot: int = 1000, C="auto", alpha="auto",
+             trained_on: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Cross-validated metrics and the final heads (fitted on all cases): a task entry."""
+    from .evaluate import c_index_ci, cv_cox, cv_logistic, multilabel_auroc_ci
+    X = np.asarray(features, dtype=np.float64)
+    heads, used = [], {}
+    metrics = {"n": int(X.shape[0]), "folds": int(folds), "seed": int(seed),
+               "n_boot": int(n_boot), "cross_validated": True}
+    if targets.labels:
+        oof = cv_logistic(X, targets.Y, targets.labels, folds, seed, C, used)
+        metrics.update(multilabel_auroc_ci(targets.Y, oof, targets.labels, n_boot, seed))
+        for name in targets.labels:
+            metrics["labels"][name]["folds"] = used[name]
+        heads.append(fit_logistic(X, targets.Y, targets.labels, C=C, seed=seed))
+    if targets.time is not None:
+        Xs = X[targets.survival_rows]
+        oof = cv_cox(Xs, targets.time, targets.event, folds, seed, alpha, used)
+        metrics["c_index"] = dict(c_index_ci(targets.time, targets.event, oof, n_boot, seed),
+                                  folds=used["c_index"])
+        heads.append(fit_cox(Xs, targets.time, targets.event, alpha=alpha, seed=seed))
+    info = {"n": int(X.shape[0]), "date": datetime.date.today().isoformat(),
+            **dict(trained_on or {})}
+    return task_entry(targets.task, heads, feature_spec, metrics, info)
+
+
+def save_heads_into(model_spec, out_path, entries: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write a new model file: the model of ``model_spec`` (model file or training
+    checkpoint) with ``entries`` merged into its card's ``heads`` (tasks not in ``entries``
+    keep their existing heads)."""
+    from ..weights import ModelFileError, export_checkpoint, load_model_file, read_card, \
+        save_model_file
+    from ..weights.registry import resolve_model
+    path = resolve_model(model_spec)
+    is_model_file = False
+    if path.is_file() and path.suffix == ".safetensors":
+        try:
+            read_card(path)
+            is_model_file = True
+        except ModelFileError:
+            pass
+    if not is_model_file:
+        return export_checkpoint(path, out_path, {"heads": {k: dict(v) for k, v in entries.items()}})
+    tensors, card = load_model_file(path)
+    old = card.get("heads") if isinstance(card.get("heads"), Mapping) else {}
+    card["heads"] = {**old, **{k: dict(v) for k, v in entries.items()}}
+    return save_model_file(out_path, tensors, card)
