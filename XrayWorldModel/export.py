@@ -367,6 +367,33 @@ def stack_complete(out_path: PathLike) -> bool:
     return data.get("complete") is True and image.is_file()
 
 
+def check_image_whole(image: Path, n_values: int) -> None:
+    """:class:`UnreadableFileError` when a stack's NIfTI holds fewer bytes than its
+    ``n_values`` float32 voxels need. ITK pads a truncated file instead of
+    failing, so a reader would otherwise get half-zero views."""
+    if image.name.lower().endswith(".gz"):
+        import gzip
+        import zlib
+        size = 0
+        try:
+            with gzip.open(image, "rb") as f:
+                while True:
+                    chunk = f.read(1 << 22)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise UnreadableFileError(f"the gzip stream is truncated or corrupt: {exc}",
+                                      image) from None
+    else:
+        size = image.stat().st_size
+    need = 348 + 4 * int(n_values)     # the smallest NIfTI-1 header, then float32 voxels
+    if size < need:
+        raise UnreadableFileError(f"the NIfTI file is truncated: {size} bytes"
+                                  f"{' (decompressed)' if image.name.lower().endswith('.gz') else ''}"
+                                  f", its {n_values} float32 values need at least {need}", image)
+
+
 def read_drr_stack(path: PathLike) -> Tuple[np.ndarray, ProjectionGeometry, Dict[str, Any]]:
     """Read a stack written by :func:`write_drr_stack`: (drrs [A, H, W] float32, geometry, sidecar).
 
@@ -396,6 +423,7 @@ def read_drr_stack(path: PathLike) -> Tuple[np.ndarray, ProjectionGeometry, Dict
         raise UnreadableFileError(f"the sidecar's geometry is unusable: {exc}", side) from exc
 
     import SimpleITK as sitk
+    check_image_whole(image, geometry.n_angles * int(np.prod(geometry.detector_shape)))
     try:
         img = sitk.ReadImage(str(image), sitk.sitkFloat32)
     except RuntimeError as exc:

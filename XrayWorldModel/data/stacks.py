@@ -231,33 +231,6 @@ def list_stacks(source: Union[str, Path]) -> List[StackItem]:
     return items
 
 
-def check_image_whole(image: Path, n_values: int) -> None:
-    """:class:`UnreadableFileError` when a stack's NIfTI holds fewer bytes than its
-    ``n_values`` float32 voxels need. ITK (inside ``read_drr_stack``) pads a truncated file
-    instead of failing, so training would otherwise learn from half-zero views."""
-    if image.name.lower().endswith(".gz"):
-        import gzip
-        import zlib
-        size = 0
-        try:
-            with gzip.open(image, "rb") as f:
-                while True:
-                    chunk = f.read(1 << 22)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise UnreadableFileError(f"the gzip stream is truncated or corrupt: {exc}",
-                                      image) from None
-    else:
-        size = image.stat().st_size
-    need = 348 + 4 * int(n_values)     # the smallest NIfTI-1 header, then float32 voxels
-    if size < need:
-        raise UnreadableFileError(f"the NIfTI file is truncated: {size} bytes"
-                                  f"{' (decompressed)' if image.name.lower().endswith('.gz') else ''}"
-                                  f", its {n_values} float32 values need at least {need}", image)
-
-
 def _resample(views: torch.Tensor, size: int) -> torch.Tensor:
     """[A, H, W] -> [A, size, size]: bilinear with antialiasing (area-like when shrinking)."""
     if tuple(views.shape[-2:]) == (size, size):
@@ -369,7 +342,6 @@ class DRRStackSet:
     # ------------------------------------------------------------------ loading
     def _load(self, i: int) -> Tuple[torch.Tensor, np.ndarray]:
         drrs, geometry, _ = read_drr_stack(self.items[i].path)
-        check_image_whole(self.items[i].path, drrs.size)
         views = _resample(torch.from_numpy(np.ascontiguousarray(drrs, dtype=np.float32)),
                           int(self.sampling.image_size))
         return views, np.asarray(geometry.angles, dtype=np.float64)
