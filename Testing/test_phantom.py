@@ -308,3 +308,46 @@ def test_chest_heart_scale_and_bad_input():
         procedural_chest(0, shape=(1, 10, 10))
     with pytest.raises(InputError):
         procedural_chest(0, spacing=(1, -1, 1))
+
+
+# Reference numbers of the chest as it was before findings existed: the default output of
+# procedural_chest must not move (caches and cohorts rely on it).
+_CHEST_REFERENCE = {0: (-55384944.642567635, 58090271684.7813,
+                        [47840, 21314, 5937, 6304, 1348, 1250, 2350, 311, 5506]),
+                    5: (-52430501.65237665, 54857034712.6355,
+                        [43840, 25669, 6400, 6772, 1171, 1298, 2382, 317, 4311])}
+
+
+@pytest.mark.parametrize("seed", sorted(_CHEST_REFERENCE))
+def test_chest_default_output_is_stable(seed):
+    total, squares, counts = _CHEST_REFERENCE[seed]
+    vol, lab = procedural_chest(seed, (48, 48, 40), (7.0, 7.0, 8.0), return_labels=True)
+    a = vol.array.astype(np.float64)
+    assert np.bincount(lab.array.ravel(), minlength=9).tolist() == counts
+    assert a.sum() == pytest.approx(total, rel=1e-6)
+    assert (a * a).sum() == pytest.approx(squares, rel=1e-6)
+
+
+def test_chest_parameters_match_the_built_chest():
+    from XrayWorldModel.phantom import chest_parameters
+    for seed in (0, 3):
+        anatomy = procedural_chest(seed, (32, 32, 24), 10.0).metadata["anatomy"]
+        p = chest_parameters(seed)
+        assert p["heart_scale"] == pytest.approx(anatomy["heart_scale"], abs=0)
+        assert list(p["heart_c"]) == pytest.approx(anatomy["heart_center_mm"], abs=0)
+        assert p["lung_top"] == anatomy["lung_top_z_mm"]
+
+
+def test_heart_scale_changes_the_heart_only():
+    """An explicit heart_scale is the same patient with another heart: voxels differ only
+    where either heart is, and every other sampled size is the same."""
+    kw = dict(shape=(48, 48, 40), spacing=(7.0, 7.0, 8.0), return_labels=True)
+    v0, l0 = procedural_chest(2, **kw)
+    v1, l1 = procedural_chest(2, heart_scale=1.4, **kw)
+    hearts = (l0.array == 4) | (l1.array == 4)
+    changed = v0.array != v1.array
+    assert changed.any() and not (changed & ~hearts).any()
+    a0, a1 = v0.metadata["anatomy"], v1.metadata["anatomy"]
+    assert a1["heart_scale"] == 1.4
+    assert {k: v for k, v in a0.items() if not k.startswith("heart_s")} == \
+        {k: v for k, v in a1.items() if not k.startswith("heart_s")}

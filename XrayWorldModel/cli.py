@@ -1,12 +1,16 @@
-"""The ``xray2xray`` command line: DRR datasets from CTs, phantoms, and reconstructions.
+"""The ``xray2xray`` command line.
 
 Subcommands:
 
-* ``drr``     CT(s) -> DRR stacks (NIfTI + JSON sidecar, optional PNG/DICOM views); many CTs
+* ``demo``        a built-in phantom (or a CXR) through the default model: report.png + results.
+* ``infer``       one frontal CXR -> predicted views, a volume, scores, consistency (:mod:`.infer`).
+* ``drr``         CT(s) -> DRR stacks (NIfTI + JSON sidecar, optional PNG/DICOM views); many CTs
   go to a folder, resumable and shardable across processes (torchrun's WORLD_SIZE/RANK).
-* ``phantom`` write a synthetic chest CT (HU) so everything runs on a machine with no data.
-* ``recon``   DRR stack -> volume (FDK), in HU.
-* ``models``  list, fetch, import, remove and locate trained models (:mod:`.weights`).
+* ``phantom``     a synthetic chest CT (HU), or a labelled cohort (``--cohort N``).
+* ``recon``       DRR stack -> volume (FDK), in HU.
+* ``train``, ``eval-views``, ``eval-volume``: the world model's training and evaluation.
+* ``probe``       logistic / Cox heads on the model's latents (:mod:`.probe`).
+* ``models``      list, fetch, import, remove and locate trained models (:mod:`.weights`).
 
 Bad input ends with one line ``xray2xray: error: ...`` on stderr and exit status 2, never a
 traceback; heavy modules (torch, the renderers) are imported only once inputs are known good.
@@ -393,14 +397,66 @@ def _triple(values, what: str):
     return tuple(values) * 3 if len(values) == 1 else tuple(values)
 
 
+def _parse_prevalence(text: Optional[str]):
+    """``--prevalence``: one probability for all five findings, or NAME=P[,NAME=P...]."""
+    if text is None:
+        return None
+    from .phantom.findings import FINDINGS
+    parts = [text] if "=" not in text else text.split(",")
+    table = {}
+    for part in parts:
+        name, _, value = part.rpartition("=")
+        name = name.strip().replace("-", "_")
+        if name and name not in FINDINGS:
+            raise InputError(f"--prevalence names an unknown finding {name!r}; use "
+                             + ", ".join(FINDINGS))
+        try:
+            table[name] = float(value)
+        except ValueError:
+            raise InputError(f"--prevalence takes a number or NAME=P[,NAME=P...], got "
+                             f"{text!r}") from None
+    return table[""] if "" in table else table
+
+
+def _cmd_cohort(args, shape, spacing) -> int:
+    from .phantom.cohort import CohortConfig, write_cohort
+    if args.kind != "chest":
+        raise InputError("--cohort builds procedural chests; drop --kind ellipsoid")
+    if args.cohort < 1:
+        raise InputError(f"--cohort needs at least one case, got {args.cohort}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be a non-negative integer, got {args.seed}")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise InputError("with --cohort, --out is a folder for the CTs, not a file", out)
+    prevalence = _parse_prevalence(args.prevalence)
+    cfg = CohortConfig() if prevalence is None else CohortConfig.with_prevalence(prevalence)
+    kw = {k: v for k, v in (("shape", shape), ("spacing", spacing)) if v is not None}
+    res = write_cohort(args.cohort, out, args.labels, first_seed=args.seed, config=cfg,
+                       write_masks=args.masks, overwrite=args.overwrite,
+                       progress=_progress(), **kw)
+    note = f"; kept {res['skipped']} already complete" if res["skipped"] else ""
+    print(f"wrote {res['written']} cohort CT{'s' if res['written'] != 1 else ''} "
+          f"(seeds {args.seed}..{args.seed + args.cohort - 1}) to {out}{note}; "
+          f"labels in {res['csv']}")
+    return 0
+
+
 def cmd_phantom(args) -> int:
     from .io import write_volume
     from .volume import Volume
 
-    out = Path(args.out).expanduser()
-    _check_volume_suffix(out)
     shape = _triple(args.shape, "--shape")
     spacing = _triple(args.spacing, "--spacing")
+    if args.cohort is not None:
+        return _cmd_cohort(args, shape, spacing)
+    for flag, given in (("--labels", args.labels is not None),
+                        ("--prevalence", args.prevalence is not None),
+                        ("--masks", args.masks), ("--overwrite", args.overwrite)):
+        if given:
+            raise InputError(f"{flag} goes with --cohort N")
+    out = Path(args.out).expanduser()
+    _check_volume_suffix(out)
     if args.kind == "chest":
         from .phantom import procedural_chest
         kw = {k: v for k, v in (("shape", shape), ("spacing", spacing)) if v is not None}
@@ -503,12 +559,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render again even when a complete stack exists")
     d.set_defaults(func=cmd_drr)
 
-    ph = sub.add_parser("phantom", help="write a synthetic chest CT (HU)",
-                        description="Write a built-in phantom as a CT volume in HU.")
+    ph = sub.add_parser("phantom", help="write a synthetic chest CT (HU), or a labelled cohort",
+                        description="Write a built-in phantom as a CT volume in HU; with "
+                        "--cohort N, a labelled synthetic cohort: N chests with findings "
+                        "(atelectasis, cardiomegaly, consolidation, edema, pleural effusion), "
+                        "coronary and aortic calcium and a known event outcome, as NIfTI CTs "
+                        "plus a label CSV usable as a training manifest. Resumable.")
     ph.add_argument("--kind", choices=PHANTOM_KINDS, default="chest",
                     help="chest (procedural, seeded; default) or ellipsoid (fixed, exact)")
-    ph.add_argument("--seed", type=int, default=0, help="chest anatomy seed (default: 0)")
-    ph.add_argument("--out", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha)")
+    ph.add_argument("--seed", type=int, default=0,
+                    help="chest anatomy seed; with --cohort the first case's seed (default: 0)")
+    ph.add_argument("--out", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha); "
+                    "with --cohort, the folder for the cases")
+    ph.add_argument("--cohort", type=int, default=None, metavar="N",
+                    help="write N labelled cases (seeds SEED..SEED+N-1) to the --out folder")
+    ph.add_argument("--labels", default=None, metavar="CSV",
+                    help="with --cohort: the label CSV (default: OUT/labels.csv)")
+    ph.add_argument("--prevalence", default=None, metavar="P|NAME=P,...",
+                    help="with --cohort: probability of each finding, one number for all or "
+                    "e.g. edema=0.2,pleural_effusion=0.35 (default: 0.3 each)")
+    ph.add_argument("--masks", action="store_true",
+                    help="with --cohort: also write each case's finding mask (uint8 bits)")
+    ph.add_argument("--overwrite", action="store_true",
+                    help="with --cohort: rebuild cases that are already complete")
     ph.add_argument("--shape", nargs="+", type=int, metavar="N",
                     help="voxels, one value or X Y Z (default: chest 128 128 96, ellipsoid 128)")
     ph.add_argument("--spacing", nargs="+", type=float, metavar="MM",
@@ -557,8 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     from .probe.cli import add_probe_parser
     add_probe_parser(sub)
-    from .infer.cli import add_infer_parser
+    from .infer.cli import add_demo_parser, add_eval_volume_parser, add_infer_parser
     add_infer_parser(sub)
+    add_demo_parser(sub)
+    add_eval_volume_parser(sub)
     return p
 
 
@@ -598,7 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
         _emit(f"{PROG}: error: a command is required "
-              "(drr, phantom, recon, train, eval-views, models or infer)")
+              "(demo, infer, drr, phantom, recon, train, eval-views, probe or models)")
         return 2
     _quiet_itk()
     with warnings.catch_warnings():

@@ -1,7 +1,6 @@
 """``xray2xray infer CXR --out DIR``: the command-line face of :func:`.pipeline.run_inference`."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -65,3 +64,63 @@ def add_infer_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", action="store_true", help="also print results.json")
     p.set_defaults(func=run_infer)
+
+
+def run_demo_command(args) -> int:
+    from .demo import run_demo
+    data = run_demo(args.out, args.cxr, args.model, args.volume_size, args.device)
+    out = Path(args.out)
+    print(f"report: {out / data['report']}")
+    print(f"results: {out / 'results.json'} (consistency NCC {data['consistency']['ncc']:.3f})")
+    print(f"done in {data['wall_time_s']:.1f} s")
+    return 0
+
+
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="one-page report: a built-in phantom (or your CXR) through "
+                       "the default model", description="Render a built-in procedural chest (or "
+                       "read --cxr), run inference with the default model and write report.png "
+                       "and results.json.")
+    p.add_argument("--out", default="xray2xray-demo", help="output folder (default ./xray2xray-demo)")
+    p.add_argument("--cxr", default=None, help="a frontal chest radiograph instead of the phantom")
+    p.add_argument("--model", default=None, help="model name or file (default: the built-in demo model)")
+    p.add_argument("--volume-size", type=int, default=128, help="reconstructed volume, voxels per side")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=run_demo_command)
+
+
+def run_eval_volume(args) -> int:
+    from pathlib import Path as _P
+    from ..data import PreprocessedCache, resolve_source
+    from ..train.config import TrainConfig
+    from ..train.trainer import VolumeProvider
+    from ..weights import load_world_model
+    from .evaluate import evaluate_volumes
+    model, card = load_world_model(args.model, args.device)
+    cfg = TrainConfig.from_dict(card["config"])
+    cache = PreprocessedCache(_P(args.cache_dir) if args.cache_dir else None)
+    prep = cfg.data.preprocessing()
+
+    def volumes(source, limit):
+        items = resolve_source(source)[:limit]
+        data = VolumeProvider(items, cache, prep, len(items))
+        return [data.get(i)[0] for i in range(len(items)) if i not in data.bad]
+    held_out = volumes(args.data, args.limit)
+    train = volumes(cfg.data.source, 16)
+    result = evaluate_volumes(model, card, held_out, train, args.volume_size)
+    print(json.dumps({"model": str(args.model), "data": args.data, **result}, indent=1))
+    return 0
+
+
+def add_eval_volume_parser(sub) -> None:
+    p = sub.add_parser("eval-volume", help="volume from one frontal view vs the true CT, as JSON",
+                       description="Pearson r and SSIM of the volume reconstructed from each "
+                       "CT's frontal DRR against the CT, next to the mean training CT and FDK of "
+                       "the frontal view copied to every angle.")
+    p.add_argument("--model", default=None, help="model name, file or checkpoint")
+    p.add_argument("--data", required=True, help="held-out CTs: folder, CSV or phantom:N[:SEED]")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many CTs")
+    p.add_argument("--volume-size", type=int, default=64)
+    p.add_argument("--cache-dir", default=None, help="preprocessed-CT cache (default: user cache)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_eval_volume)

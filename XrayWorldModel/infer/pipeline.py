@@ -13,6 +13,7 @@ up to the cone's magnification here), so no rotation is extrapolated beyond trai
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -24,7 +25,7 @@ from ..data import ViewSampling
 from ..errors import InputError
 from ..geometry import ProjectionGeometry
 from ..radiograph import Radiograph
-from ..recon import fdk, mu_to_hu
+from ..recon import default_grid, fdk, mu_to_hu
 from ..volume import Volume
 from .domain import ModelInput, to_model_input
 
@@ -81,15 +82,34 @@ def _geometry(sampling: ViewSampling, angles) -> ProjectionGeometry:
 def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size: int,
                 sweep_step: float = 15.0, mu_water: Optional[float] = None) -> Volume:
     """FDK of a full sweep of imagined views onto a ``volume_size``^3 grid (HU, LPS), centred
-    on the isocentre, so it lies behind the detector plane of the 0-deg (PA) view."""
+    on the isocentre, so it lies behind the detector plane of the 0-deg (PA) view.
+
+    The views have ``image_size`` pixels across, so FDK runs on a grid of at most that many
+    voxels per side (finer would add no detail, only time) and the result is resampled
+    trilinearly to ``volume_size`` over the same extent."""
     if not 0 < sweep_step <= 45 or (360.0 / sweep_step) % 1:
         raise InputError(f"sweep step must divide 360 and be at most 45 deg, got {sweep_step}")
     angles = np.arange(0.0, 360.0, sweep_step)
     views = imagine_views(model, state, angles)
-    mu = fdk(views, _geometry(sampling, angles), shape=(volume_size,) * 3)
+    geometry = _geometry(sampling, angles)
+    n_fdk = min(volume_size, sampling.image_size)
+    # the square around the circle every view sees (not the square inside it), so the whole
+    # chest fits; corners outside that circle are unknown and set to air
+    extent = default_grid(geometry, (1, 1, 1)).spacing * np.array([math.sqrt(2), math.sqrt(2), 1.0])
+    mu = fdk(views, geometry, shape=(n_fdk,) * 3, spacing=extent / n_fdk)
     hu = mu_to_hu(mu.array, mu_water if mu_water is not None else sampling.mu_water)
-    return Volume(np.clip(hu, -1024.0, 3071.0).astype(np.float32), mu.affine,
-                  {"sweep_angles": angles.tolist(), "source": "xray2xray infer"})
+    affine = mu.affine
+    if n_fdk != volume_size:
+        import torch.nn.functional as F
+        t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
+        hu = F.interpolate(t, size=(volume_size,) * 3, mode="trilinear",
+                           align_corners=False)[0, 0].numpy()
+        affine = default_grid(geometry, (volume_size,) * 3, extent / volume_size).affine
+    c = (np.arange(volume_size) - (volume_size - 1) / 2) / volume_size * extent[0]
+    outside = (c[:, None] ** 2 + c[None, :] ** 2) > (extent[0] / 2) ** 2
+    hu[outside] = -1024.0
+    return Volume(np.clip(hu, -1024.0, 3071.0).astype(np.float32), affine,
+                  {"sweep_angles": angles.tolist(), "fdk_grid": n_fdk, "source": "xray2xray infer"})
 
 
 def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSampling) -> float:

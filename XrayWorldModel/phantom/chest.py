@@ -49,6 +49,47 @@ def _smooth_noise(rng, shape, sigma_vox):
     return f / (f.std() + 1e-12)
 
 
+def chest_parameters(seed: int = 0, heart_scale: Optional[float] = None) -> Dict[str, object]:
+    """The scalar anatomy ``procedural_chest(seed)`` samples first (sizes and positions, mm),
+    without building any voxels: cheap enough to draw labels for thousands of chests.
+
+    The heart-size jitter is always drawn, so an explicit ``heart_scale`` changes the heart
+    and nothing else: the same patient with a bigger (or smaller) heart.
+    """
+    return _draw_parameters(np.random.default_rng(seed), heart_scale)
+
+
+def _draw_parameters(rng: np.random.Generator, heart_scale: Optional[float]) -> Dict[str, object]:
+    def jit(rel):  # multiplicative jitter 1 +- rel
+        return 1.0 + rel * rng.uniform(-1.0, 1.0)
+
+    def add(abs_mm):  # additive jitter +- abs_mm
+        return abs_mm * rng.uniform(-1.0, 1.0)
+
+    p: Dict[str, object] = {}
+    ax, ay = 160.0 * jit(0.06), 110.0 * jit(0.06)          # body semi-axes (L-R, A-P)
+    fat = 12.0 * jit(0.3)
+    p.update(ax=ax, ay=ay, fat=fat, iax=ax - fat, iay=ay - fat)   # inside the fat layer
+    p["cage_x"], p["cage_y"] = p["iax"] - 10.0, p["iay"] - 8.0    # rib ring (rib tube centres)
+    p["spine_y"] = 0.42 * ay + add(3.0)
+    p["dome_r"] = dome_r = -65.0 + add(10.0)               # right dome apex z (higher)
+    p["dome_l"] = dome_l = dome_r - 15.0 + add(5.0)
+    p["dome_curv"] = 95.0 * jit(0.15)
+    p["lung_top"] = lung_top = 138.0 + add(8.0)
+    hs_jitter = 1.0 * jit(0.08)
+    p["heart_scale"] = hs = hs_jitter if heart_scale is None else float(heart_scale)
+    p["heart_c"] = (28.0 + add(6.0), -0.32 * ay + add(5.0), dome_l + 45.0 + add(6.0))
+    p["heart_semi_unit"] = (58.0 * jit(0.08), 42.0 * jit(0.08), 50.0 * jit(0.08))
+    p["heart_semi"] = tuple(s * hs for s in p["heart_semi_unit"])
+    p["heart_rot"] = rotation_matrix((add(8.0), 18.0 + add(8.0), -35.0 + add(10.0)))
+    p["aorta_x"], p["aorta_r"] = 20.0 + add(3.0), 11.0 * jit(0.1)
+    p["arch_z"] = lung_top - 70.0 + add(8.0)
+    p["vert_h"] = vert_h = 26.0 * jit(0.05)                # vertebral level height
+    p["vert_phase"] = rng.uniform(0.0, vert_h)
+    p["rib_drop"] = 70.0 * jit(0.15)
+    return p
+
+
 def procedural_chest(seed: int = 0, shape: Tuple[int, int, int] = (128, 128, 96),
                      spacing: Union[float, Tuple[float, float, float]] = (2.8, 2.8, 3.5),
                      return_labels: bool = False, noise_hu: float = 10.0,
@@ -57,10 +98,41 @@ def procedural_chest(seed: int = 0, shape: Tuple[int, int, int] = (128, 128, 96)
 
     ``seed`` controls every jittered size and position and the textures, so the same seed
     gives the same volume. ``heart_scale`` (default: jittered around 1) enlarges the heart,
-    e.g. to simulate cardiomegaly. With ``return_labels`` also returns a uint8 label Volume
+    e.g. to simulate cardiomegaly; it changes the heart only, the rest of the anatomy is that
+    of the same seed. With ``return_labels`` also returns a uint8 label Volume
     (values in :data:`CHEST_LABELS`). The sampled anatomy is stored in
-    ``volume.metadata['anatomy']``.
+    ``volume.metadata['anatomy']``. Findings (pathology, calcium) are added by
+    :mod:`XrayWorldModel.phantom.findings`.
     """
+    hu, labels, ctx = _build_chest(seed, shape, spacing, noise_hu, heart_scale)
+    return _as_volumes(hu, labels, ctx, seed, return_labels)
+
+
+def _as_volumes(hu, labels, ctx, seed, return_labels, extra_meta=None):
+    p, h, origin = ctx["params"], ctx["spacing"], ctx["origin"]
+    anatomy = {
+        "body_semi_axes_mm": [p["ax"], p["ay"]], "fat_mm": p["fat"], "spine_y_mm": p["spine_y"],
+        "dome_right_z_mm": p["dome_r"], "dome_left_z_mm": p["dome_l"],
+        "lung_top_z_mm": p["lung_top"], "heart_center_mm": list(p["heart_c"]),
+        "heart_semi_axes_mm": list(p["heart_semi"]), "heart_scale": p["heart_scale"],
+        "aorta_x_mm": p["aorta_x"], "aorta_radius_mm": p["aorta_r"],
+    }
+    meta = {"units": "HU", "source": "procedural_chest", "seed": seed,
+            "anatomy": {k: (float(v) if np.isscalar(v) else [float(e) for e in v])
+                        for k, v in anatomy.items()}}
+    meta.update(extra_meta or {})
+    vol = Volume.from_spacing(hu, spacing=h, origin=origin, metadata=meta)
+    if not return_labels:
+        return vol
+    lab = Volume.from_spacing(labels, spacing=h, origin=origin,
+                              metadata={"labels": dict(CHEST_LABELS), "source": "procedural_chest",
+                                        "seed": seed})
+    return vol, lab
+
+
+def _build_chest(seed, shape, spacing, noise_hu, heart_scale):
+    """(hu, labels, context): the arrays and the intermediate geometry (grids, masks,
+    parameters) that findings need to place themselves in this anatomy."""
     shape = tuple(int(n) for n in np.broadcast_to(np.asarray(shape), (3,)))
     if min(shape) < 2:
         raise InputError(f"procedural chest shape must be at least 2 in every axis, got {shape}")
@@ -82,24 +154,14 @@ def procedural_chest(seed: int = 0, shape: Tuple[int, int, int] = (128, 128, 96)
     z = (origin[2] + np.arange(shape[2]) * h[2]).astype(f32)[None, None, :]
 
     # ---------------------------------------------------------------- parameters (mm)
-    ax, ay = 160.0 * jit(0.06), 110.0 * jit(0.06)          # body semi-axes (L-R, A-P)
-    fat = 12.0 * jit(0.3)
-    iax, iay = ax - fat, ay - fat                          # inside the fat layer
-    cage_x, cage_y = iax - 10.0, iay - 8.0                 # rib ring (centre of rib tubes)
-    spine_y = 0.42 * ay + add(3.0)
-    dome_r = -65.0 + add(10.0)                             # right dome apex z (higher)
-    dome_l = dome_r - 15.0 + add(5.0)
-    dome_curv = 95.0 * jit(0.15)
-    lung_top = 138.0 + add(8.0)
-    hs = (1.0 * jit(0.08)) if heart_scale is None else float(heart_scale)
-    heart_c = (28.0 + add(6.0), -0.32 * ay + add(5.0), dome_l + 45.0 + add(6.0))
-    heart_semi = tuple(s * hs for s in (58.0 * jit(0.08), 42.0 * jit(0.08), 50.0 * jit(0.08)))
-    heart_rot = rotation_matrix((add(8.0), 18.0 + add(8.0), -35.0 + add(10.0)))
-    aorta_x, aorta_r = 20.0 + add(3.0), 11.0 * jit(0.1)
-    arch_z = lung_top - 70.0 + add(8.0)
-    vert_h = 26.0 * jit(0.05)                              # vertebral level height
-    vert_phase = rng.uniform(0.0, vert_h)
-    rib_drop = 70.0 * jit(0.15)
+    prm = _draw_parameters(rng, heart_scale)
+    ax, ay, fat, iax, iay = (prm[k] for k in ("ax", "ay", "fat", "iax", "iay"))
+    cage_x, cage_y, spine_y = prm["cage_x"], prm["cage_y"], prm["spine_y"]
+    dome_r, dome_l, dome_curv, lung_top = (prm[k] for k in ("dome_r", "dome_l", "dome_curv",
+                                                            "lung_top"))
+    heart_c, heart_semi, heart_rot = prm["heart_c"], prm["heart_semi"], prm["heart_rot"]
+    aorta_x, aorta_r, arch_z = prm["aorta_x"], prm["aorta_r"], prm["arch_z"]
+    vert_h, vert_phase, rib_drop = prm["vert_h"], prm["vert_phase"], prm["rib_drop"]
 
     # ---------------------------------------------------------------- body and fat
     body = (x / ax) ** 2 + (y / ay) ** 2 <= 1.0
@@ -206,19 +268,8 @@ def procedural_chest(seed: int = 0, shape: Tuple[int, int, int] = (128, 128, 96)
     # ---------------------------------------------------------------- noise and output
     if noise_hu > 0:
         hu[body] += (noise_hu * rng.standard_normal(int(body.sum()))).astype(f32)
-    anatomy = {
-        "body_semi_axes_mm": [ax, ay], "fat_mm": fat, "spine_y_mm": spine_y,
-        "dome_right_z_mm": dome_r, "dome_left_z_mm": dome_l, "lung_top_z_mm": lung_top,
-        "heart_center_mm": list(heart_c), "heart_semi_axes_mm": list(heart_semi),
-        "heart_scale": hs, "aorta_x_mm": aorta_x, "aorta_radius_mm": aorta_r,
-    }
-    meta = {"units": "HU", "source": "procedural_chest", "seed": seed,
-            "anatomy": {k: (float(v) if np.isscalar(v) else [float(e) for e in v])
-                        for k, v in anatomy.items()}}
-    vol = Volume.from_spacing(hu, spacing=h, origin=origin, metadata=meta)
-    if not return_labels:
-        return vol
-    lab = Volume.from_spacing(labels, spacing=h, origin=origin,
-                              metadata={"labels": dict(CHEST_LABELS), "source": "procedural_chest",
-                                        "seed": seed})
-    return vol, lab
+    ctx = {"params": prm, "spacing": h, "origin": origin, "shape": shape, "x": x, "y": y, "z": z,
+           "body": body, "inner": inner, "below": below, "z_dome": z_dome, "lungs": lungs,
+           "rho": rho, "ring": ring, "heart": heart, "aorta": aorta, "bone": bone | ribs,
+           "asc_xy": (asc_x, asc_y), "desc_xy": (aorta_x, spine_y - 27.0), "noise_hu": noise_hu}
+    return hu, labels, ctx
