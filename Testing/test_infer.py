@@ -223,3 +223,19 @@ def test_run_inference_api_and_bad_volume_size(model_file, phantom_frontals, tin
                                 "consistency", "total"}
     with pytest.raises(InputError, match="volume size"):
         run_inference(rad, model_file, volume_size=4)
+
+
+def test_demo_writes_report_and_results(tmp_path, model_file):
+    """`xray2xray demo` on the built-in phantom: a one-page report and valid results."""
+    from PIL import Image
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", str(model_file), "--volume-size", "32"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    jsonschema.validate(data, load_schema())
+    assert data["input"]["path"].startswith("procedural chest")
+    # the phantom's DRR is already in the model's units: no intensity mapping note
+    assert not any("mapping" in n for n in data["preprocessing"]["notes"])
+    with Image.open(out / "report.png") as im:
+        assert im.format == "PNG" and im.width >= 600 and im.height >= 600
+        px = np.asarray(im.convert("L"), dtype=np.float64)
+    assert px.std() > 20            # a page with images on it, not a blank canvas

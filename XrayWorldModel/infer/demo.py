@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..radiograph import Radiograph
+from .domain import LINE_INTEGRAL
 
 #: The demo phantom's seed: far from the seeds the demo model was trained on.
 DEMO_SEED = 90210
@@ -27,9 +28,8 @@ def demo_phantom(sampling, seed: int = DEMO_SEED):
     vol = procedural_chest(seed)
     g = sampling.geometry([0.0, 90.0, 180.0, 270.0], 0.0, vol.center)
     drrs = DRRRenderer(vol, "fast", "cpu", sampling.mu_water).render(g)
-    rad = Radiograph(drrs[0] / max(float(drrs[0].max()), 1e-6),
-                     (sampling.pixel_spacing, sampling.pixel_spacing), "PA",
-                     {"source": f"procedural chest, seed {seed}"})
+    rad = Radiograph(drrs[0], (sampling.pixel_spacing, sampling.pixel_spacing), "PA",
+                     {"source": f"procedural chest, seed {seed}", "units": LINE_INTEGRAL})
     return rad, {a: d for a, d in zip((0.0, 90.0, 180.0, 270.0), drrs)}
 
 

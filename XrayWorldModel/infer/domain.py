@@ -11,7 +11,8 @@ in all of these, so :func:`to_model_input` does three things, in order:
 2. **Geometry**: the image is resampled from its own pixel spacing (mm at the detector) to the
    model's detector pitch and centred in the model's field of view, padded with air. The
    physical scale is thus kept, so a wrong spacing (a broken header) shows as a wrong size.
-3. **Intensity**: display values are not line integrals. Inside the body, the radiograph's
+3. **Intensity**: display values are not line integrals (a DRR given as a Radiograph with
+   ``metadata["units"] == "line_integral"`` keeps its values). Inside the body, the radiograph's
    quantiles are mapped onto the quantiles of the training DRRs (histogram matching, stored in
    the model card as ``domain``); outside it values ramp linearly to air (0).
 
@@ -37,6 +38,9 @@ from ..radiograph import Radiograph
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
 LATERAL_POSITIONS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "RLO", "LLO"}
 N_QUANTILES = 101
+#: ``Radiograph.metadata["units"]`` of an image that is already a DRR (line integrals),
+#: which skips the intensity mapping.
+LINE_INTEGRAL = "line_integral"
 
 
 class FlippedImageWarning(UserWarning):
@@ -160,8 +164,12 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
     if rad.spacing_is_default:
         notes.append(f"pixel spacing missing from the header: {rad.spacing[1]:g} mm assumed")
     canvas, covered, scale = _resample(rad, sampling)
-    image = _match_intensity(canvas, covered, reference)
-    if reference is None:
-        notes.append("the model card has no domain statistics: plain range mapping used")
+    if rad.metadata.get("units") == LINE_INTEGRAL:
+        # already a DRR (e.g. the demo's phantom): its values are the model's units
+        image = np.where(covered, canvas, 0.0).astype(np.float32)
+    else:
+        image = _match_intensity(canvas, covered, reference)
+        if reference is None:
+            notes.append("the model card has no domain statistics: plain range mapping used")
     _laterality(image, reference, notes)
     return ModelInput(image, covered, scale, notes)

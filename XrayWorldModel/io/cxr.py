@@ -71,7 +71,6 @@ def _spacing_pair(value) -> Optional[Tuple[float, float]]:
 def _default_spacing(p: Path, why: str) -> Tuple[float, float]:
     msg = (f"{p}: {why}; assuming the default pixel spacing of {DEFAULT_CXR_SPACING_MM} mm "
            "(a typical CR pixel pitch), so distances in mm are approximate")
-    log.warning(msg)
     warnings.warn(msg, DefaultSpacingWarning, stacklevel=4)
     return DEFAULT_CXR_SPACING_MM, DEFAULT_CXR_SPACING_MM
 

@@ -1,0 +1,113 @@
+"""Build the built-in demonstration model from a ``cpu-small`` training run on phantoms.
+
+    python -m XrayWorldModel.weights.build_demo RUN_DIR [--cohort N] [--work DIR]
+
+Steps, all reproducible from the run and a seed: export the run's best checkpoint as a model
+file; add the domain statistics inference needs (quantiles of the training frontal DRRs);
+write a labelled synthetic cohort and fit the pathology and risk probe heads on it
+(``xray2xray probe --save-into``); copy the result into ``weights/builtin/`` and record its
+size and SHA256 in the shipped registry. The card says plainly what the model is: a
+demonstration trained on synthetic chests, not for clinical use.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from ..fileutil import atomic_path, sha256_file
+
+NAME = "xray2xray-demo"
+BUILTIN = Path(__file__).resolve().parent / "builtin"
+REGISTRY = Path(__file__).resolve().parent / "registry.json"
+INTENDED_USE = ("Demonstration only. Trained on synthetic procedural chest phantoms (no patient "
+                "data); its scores are fitted on synthetic labels. Not for clinical use, not a "
+                "medical device.")
+
+
+def _frontals(cfg, n: int = 64):
+    from ..data import PreprocessedCache, resolve_source
+    from ..train.metrics import render_views
+    from ..train.trainer import VolumeProvider
+    items = resolve_source(cfg.data.source)[:n]
+    cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+    data = VolumeProvider(items, cache, cfg.data.preprocessing(), len(items))
+    vols = [data.get(i)[0] for i in range(len(items))]
+    return render_views(vols, cfg.views, [0.0])[:, 0]
+
+
+def build(run_dir, version: str, work, n_cohort: int = 160, cohort_seed: int = 50_000) -> Path:
+    from ..cli import main as cli
+    from ..infer.domain import domain_reference
+    from ..phantom.cohort import write_cohort
+    from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+    from ..train.config import TrainConfig
+    from .model_file import export_checkpoint
+
+    run_dir, work = Path(run_dir), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    best = run_dir / "checkpoints" / "best.safetensors"
+    ckpt = best if best.exists() else resolve_checkpoint(run_dir)
+    _, ck, _ = load_checkpoint(ckpt)
+    cfg = TrainConfig.from_dict(ck["config"])
+    card = {"name": NAME, "version": version, "license": "Apache-2.0",
+            "description": "Xray2Xray world model (cpu-small: ViT 64 px, 1.7 M parameters) "
+                           "trained on procedural chest phantoms, with probe heads for "
+                           "cardiovascular risk and five pathologies fitted on a synthetic cohort.",
+            "intended_use": INTENDED_USE,
+            "domain": domain_reference(_frontals(cfg)),
+            "training": {"run": str(run_dir), "checkpoint_step": ck["step"],
+                         "validation": ck.get("metrics"), "data": cfg.data.source}}
+    base = export_checkpoint(ckpt, work / "base.safetensors", card)
+
+    cohort = write_cohort(n_cohort, work / "cohort", first_seed=cohort_seed, progress=True)
+    csv = str(cohort["csv"])
+    cache = ["--device", "cpu"]
+    with_path = work / "with-pathology.safetensors"
+    if cli(["probe", "--model", str(base), "--data", csv, "--labels", csv, "--task", "pathology",
+            "--save-into", str(with_path), "--out", str(work / "pathology.json"), *cache]):
+        raise SystemExit("probe (pathology) failed")
+    final = work / f"{NAME}-{version}.safetensors"
+    if cli(["probe", "--model", str(with_path), "--data", csv, "--labels", csv, "--task", "risk",
+            "--save-into", str(final), "--out", str(work / "risk.json"), *cache]):
+        raise SystemExit("probe (risk) failed")
+    return final
+
+
+def install(model_file: Path) -> dict:
+    """Copy into ``builtin/`` and record it in the shipped registry (replacing older entries)."""
+    from .model_file import read_card
+    card = read_card(model_file)
+    BUILTIN.mkdir(exist_ok=True)
+    for old in BUILTIN.glob(f"{NAME}-*.safetensors"):
+        old.unlink()
+    dest = BUILTIN / model_file.name
+    shutil.copyfile(model_file, dest)
+    entry = {"name": NAME, "version": card["version"],
+             "url": f"package://XrayWorldModel/weights/builtin/{dest.name}",
+             "sha256": sha256_file(dest), "size": dest.stat().st_size,
+             "card": {"description": card["description"], "license": card["license"],
+                      "intended_use": card["intended_use"]}}
+    registry = json.loads(REGISTRY.read_text())
+    registry["models"] = [m for m in registry["models"] if m.get("name") != NAME] + [entry]
+    with atomic_path(REGISTRY) as tmp:
+        tmp.write_text(json.dumps(registry, indent=1) + "\n")
+    return entry
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="build and install the built-in demo model")
+    ap.add_argument("run_dir")
+    ap.add_argument("--version", default="1.0")
+    ap.add_argument("--work", default="demo-model-build")
+    ap.add_argument("--cohort", type=int, default=160, help="synthetic cohort size for the heads")
+    args = ap.parse_args(argv)
+    final = build(args.run_dir, args.version, args.work, args.cohort)
+    entry = install(final)
+    print(json.dumps(entry, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
