@@ -1,14 +1,19 @@
 """The Slicer module's Qt-free logic (Xray2Xray/Xray2XrayLib) on real MRML from slicer-core.
 
 DRR sequences from the real chest CT (placement on the detector plane in RAS, pixels equal to
-the package's DRRs), RAS <-> LPS conversions, bad input, the background-job command lines,
-and the README's console snippets executed against a scene.
+the package's DRRs), RAS <-> LPS conversions, inference from the real radiograph with a tiny
+real model (volume, predicted views on their detector planes, results table; in process and
+through the background job / CLI outputs), bad input, the background-job command lines, and
+the README's console snippets executed against a scene.
 """
+import hashlib
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -398,6 +403,359 @@ def test_logic_needs_a_scene(monkeypatch):
         Xray2XrayCoreLogic(None)
 
 
+# ----------------------------------------------------------------------------- inference
+#: A world model small enough for CPU tests (as in test_infer.py), saved as a real model file.
+TINY = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "heads": 2,
+        "transition_depth": 1, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
+        "decoder_channels": 4}
+PATHOLOGIES = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion"]
+
+
+def _probe_heads(model):
+    """Real probe heads (pathologies; risk: logistic event + Cox) fitted on random features of
+    the width the card's feature spec gives."""
+    from XrayWorldModel.probe.heads import TASK_FORMAT, TASK_VERSION, fit_cox, fit_logistic
+    rng = np.random.default_rng(0)
+    F = 2 * model.config.embed_dim                    # observed + one imagined view (90)
+    X = rng.normal(size=(60, F))
+    Y = (X[:, :5] + rng.normal(size=(60, 5)) > 0).astype(int)
+    spec = {"angle": 0.0, "imagined": [90.0], "pooling": "mean", "n_features": F}
+    wrap = lambda task, heads: {"format": TASK_FORMAT, "version": TASK_VERSION, "task": task,
+                                "features": spec, "heads": heads}
+    time = rng.exponential(1.0, 60) + 0.1
+    return {"pathology": wrap("pathology", [fit_logistic(X, Y, PATHOLOGIES, C=1.0)]),
+            "risk": wrap("risk", [fit_logistic(X, Y[:, :1], ["event"], C=1.0),
+                                  fit_cox(X, time, Y[:, 0], alpha=1.0)])}
+
+
+def _tiny_model_file(path: Path, heads: bool) -> Path:
+    import torch
+    from XrayWorldModel.infer import domain_reference
+    from XrayWorldModel.models import WorldModel
+    from XrayWorldModel.train.config import load_config
+    from XrayWorldModel.train.metrics import render_views
+    from XrayWorldModel.weights.model_file import save_model_file
+    cfg = load_config("cpu-small", [f"model.{k}={v}" for k, v in TINY.items()] + ["views.image_size=32"])
+    frontals = render_views([_phantom(s, (48, 48, 40), (7.5, 7.5, 9.0)) for s in (0, 1)],
+                            cfg.views, [0.0])[:, 0]
+    torch.manual_seed(0)
+    model = WorldModel(cfg.model)
+    card = {"name": "tiny-test" if heads else "tiny-plain", "version": "1",
+            "config": cfg.to_dict(), "domain": domain_reference(frontals),
+            "intended_use": "tests only"}
+    if heads:
+        card["heads"] = _probe_heads(model)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    return Path(save_model_file(path, tensors, card))
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return {"heads": _tiny_model_file(folder / "tiny.safetensors", heads=True),
+            "plain": _tiny_model_file(folder / "tiny-plain.safetensors", heads=False)}
+
+
+def _load_real_radiograph(logic, shared_data):
+    from XrayWorldModel.io import DefaultSpacingWarning
+    path = shared_data / "chest_cr_pa.dcm"
+    if not path.is_file():
+        pytest.skip(f"the real radiograph {path} is absent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DefaultSpacingWarning)   # its PixelSpacing is 0, 0
+        return logic.loadRadiograph(path)
+
+
+@pytest.fixture(scope="module")
+def cxr_inference(shared_data, tiny_models):
+    """The real PA radiograph as a node under a study, through runInference with the tiny
+    model (views at 90 deg, a 32^3 volume)."""
+    scene = _new_scene()
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    logic = Xray2XrayCoreLogic(scene)
+    cxr = _load_real_radiograph(logic, shared_data)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "Chest X-ray study")
+    sh.CreateItem(study, cxr)
+    n = _node_count(scene)
+    calls = []
+    outputs = logic.runInference(cxr, model=tiny_models["heads"], views=(90,), volumeSize=32,
+                                 progressCallback=lambda f, text: calls.append(f))
+    yield dict(scene=scene, logic=logic, cxr=cxr, sh=sh, study=study, outputs=outputs,
+               result=outputs["result"], added=_node_count(scene) - n, calls=calls)
+    scene.Clear(1)
+
+
+def _table_values(tableNode) -> dict:
+    table = tableNode.GetTable()
+    names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
+    assert names[:2] == ["Output", "Value"]
+    return {table.GetValue(r, 0).ToString(): table.GetValue(r, 1).ToString()
+            for r in range(table.GetNumberOfRows())}
+
+
+def test_inference_returns_the_three_outputs(cxr_inference):
+    out = cxr_inference["outputs"]
+    assert set(out) == {"volume", "views", "table", "results", "result"}
+    assert out["volume"].IsA("vtkMRMLScalarVolumeNode") and out["volume"].GetScene() is cxr_inference["scene"]
+    assert out["views"].IsA("vtkMRMLSequenceNode") and out["table"].IsA("vtkMRMLTableNode")
+    assert out["table"].GetScene() is cxr_inference["scene"]
+    assert cxr_inference["added"] > 3                 # + browser, proxy, display nodes
+    assert cxr_inference["calls"][0] == 0.0 and cxr_inference["calls"][-1] == 1.0
+
+
+def test_inference_volume_node_has_the_true_geometry(cxr_inference):
+    node, result = cxr_inference["outputs"]["volume"], cxr_inference["result"]
+    assert node.GetImageData().GetDimensions() == (32, 32, 32)
+    np.testing.assert_allclose(conv.ijkToRas(node), conv.LPS_TO_RAS @ result.volume.affine, atol=1e-9)
+    np.testing.assert_array_equal(conv.volumeNodeToVolume(node).array, result.volume.array)
+    assert node.GetNodeReference("Xray2XraySourceCXR") is cxr_inference["cxr"]
+
+
+def test_predicted_view_lies_on_its_detector_plane(cxr_inference):
+    seq, result = cxr_inference["outputs"]["views"], cxr_inference["result"]
+    assert seq.GetNumberOfDataNodes() == 1 and seq.GetNthIndexValue(0) == "90"
+    node = seq.GetDataNodeAtValue("90")
+    g = result.view_geometry
+    assert g.angles == (90.0,)
+    # the detector centre of the package's geometry, in RAS
+    np.testing.assert_allclose(conv.nodeCenterRas(node), g.detector_centers()[0] * RAS_FROM_LPS,
+                               atol=1e-6)
+    # 90 deg (left lateral), isocentre at the origin: the detector at the patient's left, -R
+    np.testing.assert_allclose(conv.nodeCenterRas(node), [-(g.sdd - g.sod), 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(conv.ijkToRas(node), conv.LPS_TO_RAS @ g.detector_affine(0), atol=1e-9)
+    rg = conv.volumeNodeToRadiograph(node)
+    np.testing.assert_array_equal(rg.image, result.views[0])
+    assert rg.view_position == "LL"
+    browser = cxr_inference["logic"].sequencesLogic().GetFirstBrowserNodeForSequenceNode(seq)
+    assert browser is not None and browser.GetProxyNode(seq) is not None
+
+
+def test_inference_table_holds_the_models_values(cxr_inference, tiny_models):
+    result = cxr_inference["result"]
+    values = _table_values(cxr_inference["outputs"]["table"])
+    scores = result.scores
+    assert float(values["Cardiovascular risk"]) == pytest.approx(scores["risk"], abs=5e-5)
+    assert set(scores["pathologies"]) == set(PATHOLOGIES)
+    for name, p in scores["pathologies"].items():
+        assert float(values[f"Pathology: {name.replace('_', ' ')}"]) == pytest.approx(p, abs=5e-5)
+    for name, v in scores["risk_details"].items():
+        assert float(values[f"Risk: {name.replace('_', ' ')}"]) == pytest.approx(v, abs=5e-5)
+    assert float(values["Consistency (NCC)"]) == pytest.approx(result.consistency, abs=5e-5)
+    assert values["Model name"] == "tiny-test" and values["Model version"] == "1"
+    assert values["Model SHA256"] == hashlib.sha256(tiny_models["heads"].read_bytes()).hexdigest()
+    # the full-precision results ride on the table node
+    stored = Xray2XrayCoreLogic.tableResults(cxr_inference["outputs"]["table"])
+    assert stored["scores"]["risk"] == scores["risk"] and stored["consistency"]["ncc"] == result.consistency
+
+
+def test_inference_outputs_are_placed_under_the_radiographs_study(cxr_inference):
+    sh, study, out = cxr_inference["sh"], cxr_inference["study"], cxr_inference["outputs"]
+    browser = cxr_inference["logic"].sequencesLogic().GetFirstBrowserNodeForSequenceNode(out["views"])
+    for node in (out["volume"], out["table"], out["views"], browser, browser.GetProxyNode(out["views"])):
+        item = sh.GetItemByDataNode(node)
+        assert item and sh.GetItemParent(item) == study, node.GetName()
+
+
+def _phantom_drr_node(logic, scene):
+    """A frontal (0 deg) DRR of a phantom chest: the proxy node a user would pick."""
+    ct = conv.volumeToVolumeNode(_phantom(), scene, "phantom")
+    seq = logic.generateDRRs(ct, [0], detectorSize=(48, 48), pixelSpacing=8.0)
+    return logic.sequencesLogic().GetFirstBrowserNodeForSequenceNode(seq).GetProxyNode(seq)
+
+
+def test_inference_without_heads_or_views(scene, tiny_models):
+    logic = Xray2XrayCoreLogic(scene)
+    drr = _phantom_drr_node(logic, scene)
+    n = _node_count(scene)
+    out = logic.runInference(drr, model=str(tiny_models["plain"]), views=[], volumeSize=16)
+    assert out["views"] is None and out["volume"].GetImageData().GetDimensions() == (16, 16, 16)
+    values = _table_values(out["table"])
+    assert values["Cardiovascular risk"] == "n/a"
+    assert [values[f"Pathology: {p.replace('_', ' ')}"] for p in PATHOLOGIES] == ["n/a"] * 5
+    assert values["Model name"] == "tiny-plain"
+    logic.removeInferenceOutputs(out)
+    assert _node_count(scene) == n
+    assert out["volume"].GetScene() is None and out["table"].GetScene() is None
+
+
+@pytest.mark.parametrize("case", ["none", "ct node", "model node", "empty volume", "label map",
+                                  "lateral view", "bad views", "bad volume size", "missing model"])
+def test_bad_radiograph_gives_a_clear_error_and_leaves_the_scene(scene, tiny_models, tmp_path, case):
+    logic = Xray2XrayCoreLogic(scene)
+    cases = _bad_input_cases(scene)
+    node = {"none": None, "ct node": conv.volumeToVolumeNode(_phantom(), scene, "CT"),
+            "model node": cases["model node"], "empty volume": cases["empty volume"],
+            "label map": cases["label map"],
+            "lateral view": conv.radiographToVolumeNode(
+                Radiograph(np.random.default_rng(0).random((40, 40)).astype(np.float32), (1.0, 1.0), "LL"),
+                scene, "lateral")}.get(case, cases["single-slice image"])
+    kwargs = dict(model=tiny_models["plain"], views=(90,), volumeSize=16)
+    if case == "bad views":
+        kwargs["views"] = [90, float("nan")]
+    elif case == "bad volume size":
+        kwargs["volumeSize"] = 8
+    elif case == "missing model":
+        kwargs["model"] = tmp_path / "nope.safetensors"
+    n = _node_count(scene)
+    with pytest.raises(InputError) as info:
+        logic.runInference(node, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 300
+    words = {"none": "no radiograph node", "ct node": "3D volume", "model node": "not a volume node",
+             "empty volume": "no image data", "label map": "label map", "lateral view": "lateral",
+             "bad views": "finite", "bad volume size": "between 16 and 512",
+             "missing model": "nope.safetensors"}[case]
+    assert words in message
+    if case == "ct node":
+        assert isinstance(info.value, NotARadiographError)
+    assert _node_count(scene) == n
+
+
+def test_inference_cancel_leaves_the_scene_unchanged(scene, tiny_models):
+    logic = Xray2XrayCoreLogic(scene)
+    drr = _phantom_drr_node(logic, scene)
+    n = _node_count(scene)
+    with pytest.raises(CancelledError):
+        logic.runInference(drr, model=tiny_models["plain"], views=(90,), volumeSize=16,
+                           progressCallback=lambda fraction, text: fraction < 0.5)
+    assert _node_count(scene) == n
+
+
+def test_inference_failing_while_adding_nodes_leaves_the_scene_unchanged(scene, tiny_models,
+                                                                         monkeypatch):
+    """A failure after the volume and the views sequence were added removes them again."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    logic = Xray2XrayCoreLogic(scene)
+    drr = _phantom_drr_node(logic, scene)
+    n, items = _node_count(scene), sh.GetNumberOfItems()
+
+    def broken(self, results, name):
+        raise RuntimeError("table failed")
+
+    monkeypatch.setattr(Xray2XrayCoreLogic, "_addResultsTable", broken)
+    with pytest.raises(RuntimeError, match="table failed"):
+        logic.runInference(drr, model=tiny_models["plain"], views=(90, 270), volumeSize=16)
+    assert _node_count(scene) == n and sh.GetNumberOfItems() == items
+
+
+def test_load_inference_outputs_written_by_the_cli(scene, tmp_path, shared_data, tiny_models):
+    from XrayWorldModel.cli import main
+    from XrayWorldModel.export import read_drr_stack
+    from XrayWorldModel.io import read_ct
+    cr = shared_data / "chest_cr_pa.dcm"
+    if not cr.is_file():
+        pytest.skip(f"the real radiograph {cr} is absent")
+    out = tmp_path / "out"
+    rc = main(["infer", str(cr), "--out", str(out), "--model", str(tiny_models["heads"]),
+               "--views", "90,270", "--volume-size", "32", "--device", "cpu"])
+    assert rc == 0
+    logic = Xray2XrayCoreLogic(scene)
+    n = _node_count(scene)
+    loaded = logic.loadInferenceOutputs(out)
+    assert _node_count(scene) > n
+    data = json.loads((out / "results.json").read_text())
+    assert loaded["results"] == data
+    # the volume node: the file's voxels and geometry
+    vol = read_ct(out / "volume.nii.gz")
+    np.testing.assert_allclose(conv.ijkToRas(loaded["volume"]), conv.LPS_TO_RAS @ vol.affine, atol=1e-9)
+    np.testing.assert_array_equal(conv.volumeNodeToVolume(loaded["volume"]).array, vol.array)
+    assert loaded["volume"].GetName().startswith("chest_cr_pa")
+    # the views: the stack's pixels on the stack's detector planes
+    views, geometry, _ = read_drr_stack(out / "views.nii.gz")
+    seq = loaded["views"]
+    assert seq.GetNumberOfDataNodes() == 2
+    for a, angle in enumerate(geometry.angles):
+        node = seq.GetDataNodeAtValue(f"{angle:g}")
+        np.testing.assert_array_equal(conv.volumeNodeToRadiograph(node).image, views[a])
+        np.testing.assert_allclose(conv.ijkToRas(node), conv.LPS_TO_RAS @ geometry.detector_affine(a),
+                                   atol=1e-9)
+    lat = conv.nodeCenterRas(seq.GetDataNodeAtValue("90"))
+    assert lat[0] < -100 and conv.nodeCenterRas(seq.GetDataNodeAtValue("270"))[0] > 100
+    # the table: results.json's values
+    values = _table_values(loaded["table"])
+    assert float(values["Cardiovascular risk"]) == pytest.approx(data["scores"]["risk"], abs=5e-5)
+    for name, p in data["scores"]["pathologies"].items():
+        assert float(values[f"Pathology: {name.replace('_', ' ')}"]) == pytest.approx(p, abs=5e-5)
+    assert float(values["Consistency (NCC)"]) == pytest.approx(data["consistency"]["ncc"], abs=5e-5)
+    assert values["Model SHA256"] == data["model"]["sha256"]
+
+    # broken output folders: a clear error, the scene unchanged
+    n = _node_count(scene)
+    with pytest.raises(InputError, match="not a folder"):
+        logic.loadInferenceOutputs(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no results.json"):
+        logic.loadInferenceOutputs(tmp_path / "empty")
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "views.nii.gz").unlink()
+    with pytest.raises(InputError, match="views.nii.gz"):
+        logic.loadInferenceOutputs(broken)
+    assert _node_count(scene) == n
+
+
+def test_infer_job_runs_the_cli_on_a_written_radiograph(scene, tmp_path, tiny_models):
+    """The widget's path: the radiograph node written as a 2D NRRD, `xray2xray infer` in a
+    background process, its outputs loaded as nodes."""
+    from XrayWorldModel.io import read_cxr
+    logic = Xray2XrayCoreLogic(scene)
+    drr = _phantom_drr_node(logic, scene)
+    path = logic.writeRadiographFile(drr, tmp_path / "cxr.nrrd")
+    back, node = read_cxr(path), conv.volumeNodeToRadiograph(drr)
+    assert back.shape == node.shape == (48, 48) and back.spacing == node.spacing == (8.0, 8.0)
+    lo, hi = node.image.min(), node.image.max()
+    np.testing.assert_allclose(back.image, (node.image - lo) / (hi - lo), atol=1e-6)
+
+    out = tmp_path / "out"
+    job = jobs.inferJob(path, out, model=tiny_models["heads"], views=[90], volumeSize=16, device="cpu")
+    assert job.arguments[:4] == ["-m", "XrayWorldModel.cli", "infer", str(path)]
+    assert job.arguments[job.arguments.index("--views") + 1] == "90"
+    assert job.arguments[-2:] == ["--model", str(tiny_models["heads"])]
+    assert job.environment["CUDA_VISIBLE_DEVICES"] == "" and job.outputs == out
+    assert job.progress() == (None, "running the model")
+    result = job.run(timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert job.progress() == (1.0, "results written")
+    # a new job on the same folder does not take the old results.json for its own
+    again = jobs.inferJob(path, out, model=tiny_models["heads"], device="cpu")
+    assert again.progress() == (None, "running the model")
+
+    n = _node_count(scene)
+    loaded = logic.loadInferenceOutputs(job.outputs, sourceNode=drr)
+    assert _node_count(scene) > n and loaded["views"].GetNumberOfDataNodes() == 1
+    assert loaded["volume"].GetImageData().GetDimensions() == (16, 16, 16)
+    assert loaded["volume"].GetName().startswith(drr.GetName())
+    assert loaded["results"]["model"]["name"] == "tiny-test"
+
+
+def test_infer_job_bad_input(tmp_path):
+    cxr = tmp_path / "cxr.nrrd"
+    with pytest.raises(InputError, match="no such radiograph"):
+        jobs.inferJob(cxr, tmp_path / "out")
+    cxr.write_bytes(b"x")
+    with pytest.raises(InputError, match="device"):
+        jobs.inferJob(cxr, tmp_path / "out", device="tpu")
+    with pytest.raises(InputError, match="between 16 and 512"):
+        jobs.inferJob(cxr, tmp_path / "out", volumeSize=8)
+    with pytest.raises(InputError, match="finite"):
+        jobs.inferJob(cxr, tmp_path / "out", views=[float("inf")])
+
+
+def test_write_radiograph_file_refuses_a_ct(scene, tmp_path):
+    ct = conv.volumeToVolumeNode(_phantom(), scene, "CT")
+    with pytest.raises(NotARadiographError, match="3D volume"):
+        Xray2XrayCoreLogic(scene).writeRadiographFile(ct, tmp_path / "x.nrrd")
+    assert not (tmp_path / "x.nrrd").exists()
+
+
+def test_lib_constants_match_the_package():
+    from XrayWorldModel.infer.domain import LATERAL_POSITIONS
+    from XrayWorldModel.infer.outputs import RESULTS_FORMAT
+    from Xray2XrayLib import core
+    assert core.LATERAL_VIEW_POSITIONS == set(LATERAL_POSITIONS)
+    assert core.RESULTS_FORMAT == RESULTS_FORMAT
+
+
 # ----------------------------------------------------------------------------- jobs
 def test_importing_the_lib_does_not_import_torch():
     code = ("import sys; sys.path.insert(0, %r); import Xray2XrayLib, Xray2XrayLib.jobs; "
@@ -485,7 +843,7 @@ def _readme_snippets():
 
 def test_readme_has_the_batch_snippets():
     snippets = _readme_snippets()
-    assert {"drr-folder", "drr-folder-one-call"} <= set(snippets)
+    assert {"drr-folder", "drr-folder-one-call", "infer-folder", "infer-dicom-database"} <= set(snippets)
 
 
 @pytest.mark.parametrize("name", ["drr-folder", "drr-folder-one-call"])
@@ -511,5 +869,98 @@ def test_readme_snippet_runs(name, tmp_path, capsys):
         assert seqs.GetNumberOfItems() == (2 if name == "drr-folder" else 0)
         printed = capsys.readouterr().out
         assert printed.strip()
+    finally:
+        scene.Clear(1)
+
+
+def _infer_snippet(name, model, volume_size=32):
+    code = _readme_snippets()[name]
+    for text in ("model = None", "volumeSize=128"):
+        assert text in code, f"the {name} snippet changed: {text!r} is gone"
+    return code.replace("model = None", f"model = {str(model)!r}").replace(
+        "volumeSize=128", f"volumeSize={volume_size}")
+
+
+def test_readme_infer_folder_snippet_runs(tmp_path, shared_data, tiny_models, capsys):
+    cr = shared_data / "chest_cr_pa.dcm"
+    if not cr.is_file():
+        pytest.skip(f"the real radiograph {cr} is absent")
+    cxrs, out = tmp_path / "cxrs", tmp_path / "results.csv"
+    cxrs.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        shutil.copy(cr, cxrs / name)
+    code = _infer_snippet("infer-folder", tiny_models["heads"])
+    assert '"/path/to/cxrs"' in code and '"/path/to/results.csv"' in code
+    code = code.replace('"/path/to/cxrs"', repr(str(cxrs))).replace('"/path/to/results.csv"', repr(str(out)))
+    scene = _new_scene()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(compile(code, "README.md:infer-folder", "exec"), {"__name__": "__main__"})
+        import csv
+        with open(out, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["file"] for r in rows] == ["a.dcm", "b.dcm"]
+        assert rows[0]["risk"] == rows[1]["risk"] and 0 <= float(rows[0]["risk"]) <= 1
+        assert {"cardiomegaly", "consistency", "model"} <= set(rows[0])
+        assert rows[0]["model"] == "tiny-test"
+        # the snippet removes each radiograph's nodes once its row is written
+        assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 0
+        assert "a.dcm" in capsys.readouterr().out
+    finally:
+        scene.Clear(1)
+
+
+class _DicomDatabaseStub:
+    """The part of Slicer's ``slicer.dicomDatabase`` (ctkDICOMDatabase) the snippet uses,
+    over real files: one patient, one study, a CR series (the real radiograph) and a CT
+    series (a file that must not be opened)."""
+
+    def __init__(self, cr: Path, ct: Path):
+        self.series = {"1.2.3.cr": [str(cr)], "1.2.3.ct": [str(ct)]}
+        self.opened = []
+
+    def patients(self):
+        return ["patient-1"]
+
+    def studiesForPatient(self, patient):
+        return ["1.2.3"] if patient == "patient-1" else []
+
+    def seriesForStudy(self, study):
+        return list(self.series) if study == "1.2.3" else []
+
+    def filesForSeries(self, series):
+        return list(self.series[series])
+
+    def fileValue(self, path, tag):
+        import pydicom
+        self.opened.append(path)
+        group, element = (int(t, 16) for t in tag.split(","))
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return str(ds[group, element].value) if (group, element) in ds else ""
+
+
+def test_readme_infer_dicom_database_snippet_runs(tmp_path, shared_data, tiny_models, monkeypatch, capsys):
+    cr = shared_data / "chest_cr_pa.dcm"
+    if not cr.is_file():
+        pytest.skip(f"the real radiograph {cr} is absent")
+    import pydicom
+    ct = tmp_path / "ct.dcm"
+    ds = pydicom.dcmread(cr, stop_before_pixels=True)
+    ds.Modality = "CT"
+    ds.save_as(ct)
+    db = _DicomDatabaseStub(shutil.copy(cr, tmp_path / "cr.dcm"), ct)
+    monkeypatch.setattr(slicer, "dicomDatabase", db, raising=False)
+    code = _infer_snippet("infer-dicom-database", tiny_models["heads"])
+    scene = _new_scene()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(compile(code, "README.md:infer-dicom-database", "exec"), {"__name__": "__main__"})
+        tables = scene.GetNodesByClass("vtkMRMLTableNode")
+        assert tables.GetNumberOfItems() == 1                 # the CR only, not the CT
+        assert scene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 1
+        printed = capsys.readouterr().out
+        assert "cr.dcm" in printed and "ct.dcm" not in printed
     finally:
         scene.Clear(1)

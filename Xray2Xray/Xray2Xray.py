@@ -11,6 +11,8 @@ package are imported (and installed on first use) only when the user asks for wo
 """
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -206,6 +208,8 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._runner = None
+        self._jobSuccess = None     # called with the job when the running job succeeds
+        self._jobWorkDir = None     # temporary folder removed when the running job ends
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -359,27 +363,67 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ inference
     def onRunInference(self) -> None:
-        # TODO(issue 4): inference lands with issue 4. Issue 6 asks for it to run in the
-        # background: a Job running `xray2xray infer CXR --out DIR` (see Xray2XrayLib.jobs),
-        # then the outputs loaded as nodes by the logic; for now it calls the logic directly.
+        """Inference in a background process (``xray2xray infer``): the radiograph node is
+        written to a temporary 2D NRRD, the job writes views, volume and results.json next to
+        it, and when it finishes they are loaded as nodes under the radiograph's study."""
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Inference failed."), waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
+
+        def makeJob():
+            cxrNode = p.cxrVolume
             views = [float(v) for v in p.predictedViews.replace(" ", "").split(",") if v]
-            outputs = self.logic.runInference(p.cxrVolume, model=p.modelName or None,
-                                              views=views, volumeSize=p.volumeSize)
-            self.ui.statusLabel.text = _("Inference done: {keys}").format(keys=", ".join(outputs))
+            workDir = Path(tempfile.mkdtemp(prefix="Xray2Xray-infer-", dir=slicer.app.temporaryPath))
+            try:
+                cxrPath = self.logic.writeRadiographFile(cxrNode, workDir / "radiograph.nrrd")
+                job = self.logic.inferJob(cxrPath, workDir / "outputs", model=p.modelName.strip() or None,
+                                          views=views, volumeSize=p.volumeSize, device=p.device)
+            except Exception:
+                shutil.rmtree(workDir, ignore_errors=True)
+                raise
+
+            def loadOutputs(finishedJob):
+                source = cxrNode if cxrNode is not None and cxrNode.GetScene() is slicer.mrmlScene else None
+                outputs = self.logic.loadInferenceOutputs(finishedJob.outputs, sourceNode=source)
+                self._showInferenceOutputs(outputs)
+
+            return job, loadOutputs, workDir
+
+        self._startJob(makeJob)
+
+    def _showInferenceOutputs(self, outputs: dict) -> None:
+        volume, views, table = outputs["volume"], outputs["views"], outputs["table"]
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        if views is not None:
+            self._showSequence(views)
+        layoutManager = slicer.app.layoutManager()
+        if table is not None and layoutManager is not None:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+            appLogic = slicer.app.applicationLogic()
+            appLogic.GetSelectionNode().SetActiveTableID(table.GetID())
+            appLogic.PropagateTableSelection()
+        ncc = outputs["results"].get("consistency", {}).get("ncc")
+        self.ui.statusLabel.text = _("Inference done: '{volume}', {n} predicted view(s), table "
+                                     "'{table}' (consistency {ncc})").format(
+            volume=volume.GetName(), n=views.GetNumberOfDataNodes() if views is not None else 0,
+            table=table.GetName(), ncc="n/a" if ncc is None else f"{ncc:.3f}")
 
     # ------------------------------------------------------------------ background jobs
     def _startJob(self, makeJob) -> None:
+        """``makeJob()`` returns a Job, or (job, onSuccess(job), temporary folder)."""
         with slicer.util.tryWithErrorDisplay(_("Could not start the job."), waitCursor=True):
             if not self.logic.ensureDependencies(torch=True):
                 return
-            job = makeJob()
+            made = makeJob()
+            job, onSuccess, workDir = made if isinstance(made, tuple) else (made, None, None)
             self.ui.logPlainTextEdit.clear()
             self.ui.jobLabel.text = job.name
-            self._runner.start(job)
+            self.ui.jobCollapsibleButton.collapsed = False
+            try:
+                self._runner.start(job)
+            except Exception:
+                if workDir is not None:
+                    shutil.rmtree(workDir, ignore_errors=True)
+                raise
+            self._jobSuccess, self._jobWorkDir = onSuccess, workDir
             self._updateButtons()
 
     def onRunBatch(self) -> None:
@@ -415,6 +459,21 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _jobFinished(self, job, exitCode: int, message: str) -> None:
         self.ui.jobProgressBar.setRange(0, 100)
         name = job.name if job is not None else _("Job")
+        onSuccess, workDir = self._jobSuccess, self._jobWorkDir
+        self._jobSuccess = self._jobWorkDir = None
+        if exitCode == 0 and onSuccess is not None:
+            try:
+                with slicer.util.tryWithErrorDisplay(_("Could not load the results."), waitCursor=True):
+                    onSuccess(job)
+                    self.ui.jobProgressBar.setValue(100)
+                    self.ui.jobLabel.text = _("{name}: done").format(name=name)
+            finally:
+                if workDir is not None:
+                    shutil.rmtree(workDir, ignore_errors=True)
+                self._updateButtons()
+            return
+        if workDir is not None:
+            shutil.rmtree(workDir, ignore_errors=True)
         if exitCode == 0:
             self.ui.jobProgressBar.setValue(100)
             self.ui.jobLabel.text = _("{name}: done, output in {out}").format(name=name, out=job.outputs)
@@ -591,10 +650,27 @@ class Xray2XrayLogic(ScriptedLoadableModuleLogic):
     def exportDRRs(self, sequenceNode, path, png: bool = False, dicom: bool = False):
         return self.core.exportDRRs(sequenceNode, path, png=png, dicom=dicom)
 
-    def runInference(self, cxrNode, model=None, views=(90,), volumeSize=128) -> dict:
-        """See ``Xray2XrayCoreLogic.runInference`` (keys ``volume``, ``views``, ``table``)."""
+    def runInference(self, cxrNode, model=None, views=(90,), volumeSize=128, device="cpu",
+                     progressCallback=None) -> dict:
+        """In this process; see ``Xray2XrayCoreLogic.runInference`` (keys ``volume``, ``views``,
+        ``table``, ``results``, ``result``). The widget runs :meth:`inferJob` instead."""
         self.ensureDependencies()
-        return self.core.runInference(cxrNode, model=model, views=views, volumeSize=volumeSize)
+        return self.core.runInference(cxrNode, model=model, views=views, volumeSize=volumeSize,
+                                      device=device, progressCallback=progressCallback)
+
+    def runInferenceForFolder(self, folder, **kwargs) -> dict:
+        self.ensureDependencies()
+        return self.core.runInferenceForFolder(folder, **kwargs)
+
+    def loadInferenceOutputs(self, outDir, sourceNode=None, name=None) -> dict:
+        """The files ``xray2xray infer`` wrote, as the nodes ``runInference`` makes."""
+        return self.core.loadInferenceOutputs(outDir, sourceNode=sourceNode, name=name)
+
+    def writeRadiographFile(self, cxrNode, path):
+        return self.core.writeRadiographFile(cxrNode, path)
+
+    def removeInferenceOutputs(self, outputs: dict) -> None:
+        self.core.removeInferenceOutputs(outputs)
 
     def browserForSequence(self, sequenceNode):
         return self.core.sequencesLogic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
@@ -603,6 +679,10 @@ class Xray2XrayLogic(ScriptedLoadableModuleLogic):
     def drrFolderJob(self, inputFolder, outputFolder, angles, **kwargs):
         from Xray2XrayLib import jobs
         return jobs.drrFolderJob(inputFolder, outputFolder, angles, **kwargs)
+
+    def inferJob(self, cxrPath, outDir, **kwargs):
+        from Xray2XrayLib import jobs
+        return jobs.inferJob(cxrPath, outDir, **kwargs)
 
     def trainJob(self, dataSource, outDir, **kwargs):
         from Xray2XrayLib import jobs
@@ -648,7 +728,8 @@ class Xray2XrayLogic(ScriptedLoadableModuleLogic):
 #
 class Xray2XrayTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer (Reload and Test): the same path as the pytest suite, on Slicer's
-    CTChest sample."""
+    CTChest sample (DRRs) and on a DRR of a generated phantom chest (inference, with a tiny
+    untrained model built by the test, so nothing is downloaded)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -658,6 +739,8 @@ class Xray2XrayTest(ScriptedLoadableModuleTest):
         self.test_Xray2XrayDRRs()
         self.setUp()
         self.test_Xray2XrayBadInput()
+        self.setUp()
+        self.test_Xray2XrayInference()
 
     def test_Xray2XrayDRRs(self):
         import numpy as np
@@ -689,4 +772,95 @@ class Xray2XrayTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             logic.generateDRRs(None, [0])
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
+        self.delayDisplay("Test passed")
+
+    @staticmethod
+    def _tinyModelFile(path, frontals):
+        """A tiny untrained world model saved as a real model file (card with the domain
+        statistics of ``frontals``; no probe heads)."""
+        import torch
+        from XrayWorldModel.infer import domain_reference
+        from XrayWorldModel.models import WorldModel
+        from XrayWorldModel.train.config import load_config
+        from XrayWorldModel.weights.model_file import save_model_file
+        tiny = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "heads": 2,
+                "transition_depth": 1, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
+                "decoder_channels": 4}
+        config = load_config("cpu-small", [f"model.{k}={v}" for k, v in tiny.items()]
+                             + ["views.image_size=32"])
+        torch.manual_seed(0)
+        model = WorldModel(config.model)
+        card = {"name": "tiny-selftest", "version": "1", "config": config.to_dict(),
+                "domain": domain_reference(frontals(config.views)), "intended_use": "self test"}
+        return save_model_file(path, {f"model.{k}": v for k, v in model.state_dict().items()}, card)
+
+    def test_Xray2XrayInference(self):
+        import numpy as np
+        from Xray2XrayLib import conversions
+        from XrayWorldModel.phantom import procedural_chest
+        from XrayWorldModel.train.metrics import render_views
+
+        logic = Xray2XrayLogic()
+        logic.ensureDependencies()
+        workDir = Path(tempfile.mkdtemp(prefix="Xray2XrayTest-", dir=slicer.app.temporaryPath))
+        try:
+            self.delayDisplay("A frontal DRR of a phantom chest, and a tiny model")
+            phantom = procedural_chest(seed=0, shape=(48, 48, 40), spacing=(7.5, 7.5, 9.0))
+            modelPath = str(self._tinyModelFile(workDir / "tiny.safetensors",
+                                                lambda views: render_views([phantom], views, [0.0])[:, 0]))
+            ct = conversions.volumeToVolumeNode(phantom, slicer.mrmlScene, "phantom chest")
+            seq = logic.generateDRRs(ct, [0], detectorSize=(64, 64), pixelSpacing=6.0)
+            drr = logic.browserForSequence(seq).GetProxyNode(seq)
+
+            def tableValues(tableNode):
+                t = tableNode.GetTable()
+                return {t.GetValue(r, 0).ToString(): t.GetValue(r, 1).ToString()
+                        for r in range(t.GetNumberOfRows())}
+
+            def check(outputs, volume, viewGeometry, views):
+                node = outputs["volume"]
+                self.assertEqual(node.GetImageData().GetDimensions(), (32, 32, 32))
+                np.testing.assert_allclose(conversions.ijkToRas(node),
+                                           conversions.LPS_TO_RAS @ volume.affine, atol=1e-6)
+                self.assertEqual(outputs["views"].GetNumberOfDataNodes(), 1)
+                view = outputs["views"].GetDataNodeAtValue("90")
+                # 90 deg: the detector at the patient's left of the isocentre (RAS origin), -R
+                np.testing.assert_allclose(conversions.nodeCenterRas(view),
+                                           [-(viewGeometry.sdd - viewGeometry.sod), 0.0, 0.0], atol=1e-3)
+                np.testing.assert_allclose(conversions.volumeNodeToRadiograph(view).image, views[0],
+                                           rtol=1e-6, atol=1e-6)
+                values = tableValues(outputs["table"])
+                self.assertEqual(values["Model name"], "tiny-selftest")
+                self.assertEqual(values["Cardiovascular risk"], "n/a")   # no probe heads
+                self.assertAlmostEqual(float(values["Consistency (NCC)"]),
+                                       outputs["results"]["consistency"]["ncc"], places=4)
+
+            self.delayDisplay("Inference in Slicer's process")
+            out = logic.runInference(drr, model=modelPath, views=[90], volumeSize=32)
+            result = out["result"]
+            check(out, result.volume, result.view_geometry, result.views)
+
+            self.delayDisplay("Inference in a background process, as the widget runs it")
+            cxrPath = logic.writeRadiographFile(drr, workDir / "radiograph.nrrd")
+            job = logic.inferJob(cxrPath, workDir / "outputs", model=modelPath, views=[90],
+                                 volumeSize=32, device="cpu")
+            completed = job.run(timeout=600)
+            self.assertEqual(completed.returncode, 0, completed.stderr[-2000:])
+            self.assertEqual(job.progress()[0], 1.0)
+            loaded = logic.loadInferenceOutputs(job.outputs, sourceNode=drr)
+            from XrayWorldModel.export import read_drr_stack
+            from XrayWorldModel.io import read_ct
+            views, geometry, _ = read_drr_stack(job.outputs / "views.nii.gz")
+            check(loaded, read_ct(job.outputs / "volume.nii.gz"), geometry, views)
+
+            self.delayDisplay("Bad input: a clear error, the scene unchanged")
+            n = slicer.mrmlScene.GetNumberOfNodes()
+            for bad in (None, ct):
+                with self.assertRaises(ValueError):
+                    logic.runInference(bad, model=modelPath)
+            with self.assertRaises(ValueError):
+                logic.runInference(drr, model=str(workDir / "missing.safetensors"))
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), n)
+        finally:
+            shutil.rmtree(workDir, ignore_errors=True)
         self.delayDisplay("Test passed")

@@ -23,8 +23,24 @@ from . import conversions as conv
 ATTR_GEOMETRY = conv.ATTR_PREFIX + "Geometry"            # JSON of ProjectionGeometry.to_dict()
 ATTR_METHOD = conv.ATTR_PREFIX + "Method"
 ATTR_ANGLE = conv.ATTR_PREFIX + "Angle"
-ATTR_KIND = conv.ATTR_PREFIX + "Kind"                    # "DRRSequence", "DRR"
+ATTR_KIND = conv.ATTR_PREFIX + "Kind"                    # "DRRSequence", "DRR", ...
+ATTR_RESULTS = conv.ATTR_PREFIX + "Results"              # JSON of results.json (table node)
 REF_SOURCE_CT = "Xray2XraySourceCT"
+REF_SOURCE_CXR = "Xray2XraySourceCXR"
+
+#: Kinds of the inference outputs (``ATTR_KIND``).
+KIND_PREDICTED_VIEWS = "PredictedViews"
+KIND_PREDICTED_VIEW = "PredictedView"
+KIND_VOLUME = "InferenceVolume"
+KIND_RESULTS = "InferenceResults"
+
+#: ``results.json``'s format tag (``XrayWorldModel.infer.outputs.RESULTS_FORMAT``; that module
+#: imports torch, so the tag is repeated here and a test keeps the two equal).
+RESULTS_FORMAT = "xray2xray-results"
+#: View positions the model refuses (``XrayWorldModel.infer.domain.LATERAL_POSITIONS``, kept
+#: equal by a test): checked before anything runs, because a radiograph handed to the
+#: background process as an image file loses its view position.
+LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "RLO", "LLO"})
 
 DEFAULT_DETECTOR = (256, 256)
 DEFAULT_PIXEL_SPACING = 1.6
@@ -63,6 +79,67 @@ def _parseAngles(angles) -> Tuple[float, ...]:
     if len(set(keys)) != len(keys):
         raise InputError(f"angles must be distinct (each becomes one sequence item), got {values}")
     return tuple(values)
+
+
+def _parseViews(views) -> Tuple[float, ...]:
+    """Angles of the views to predict (degrees); an empty list predicts none."""
+    if views is None:
+        return ()
+    if isinstance(views, str):
+        views = [v for v in views.replace(" ", "").split(",") if v]
+    try:
+        values = [float(a) for a in np.atleast_1d(np.asarray(views, dtype=np.float64))]
+    except (TypeError, ValueError):
+        raise InputError(f"views must be angles in degrees, got {views!r}") from None
+    if not all(math.isfinite(a) for a in values):
+        raise InputError(f"views must be finite angles in degrees, got {values}")
+    keys = [f"{a:g}" for a in values]
+    if len(set(keys)) != len(keys):
+        raise InputError(f"views must be distinct angles (each becomes one sequence item), got {values}")
+    return tuple(values)
+
+
+def _checkVolumeSize(volumeSize) -> int:
+    try:
+        n = int(volumeSize)
+    except (TypeError, ValueError):
+        raise InputError(f"volumeSize must be a whole number of voxels, got {volumeSize!r}") from None
+    if n != volumeSize or not 16 <= n <= 512:
+        raise InputError(f"volumeSize must be a whole number between 16 and 512, got {volumeSize!r}")
+    return n
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
+def inferenceTableRows(results: dict):
+    """Rows (output, value, note) of the results table, from a ``results.json`` dict: the
+    risk (and its Cox details), each pathology probability ("n/a" for a model without
+    heads), the consistency score and the model's name, version and SHA256."""
+    from XrayWorldModel.probe import PATHOLOGIES   # a constant; no torch
+    scores = results.get("scores") or {}
+    rows = []
+    risk = scores.get("risk")
+    rows.append(("Cardiovascular risk", _fmt(risk),
+                 "event probability (risk head)" if risk is not None else "the model has no risk head"))
+    for key, value in (scores.get("risk_details") or {}).items():
+        rows.append((f"Risk: {key.replace('_', ' ')}", _fmt(value), "Cox head"))
+    pathologies = scores.get("pathologies")
+    if pathologies:
+        for key, value in pathologies.items():
+            rows.append((f"Pathology: {key.replace('_', ' ')}", _fmt(value), "probability"))
+    else:
+        for key in PATHOLOGIES:
+            rows.append((f"Pathology: {key.replace('_', ' ')}", "n/a",
+                         "the model has no pathology heads"))
+    consistency = results.get("consistency") or {}
+    rows.append(("Consistency (NCC)", _fmt(consistency.get("ncc")), consistency.get("reading") or ""))
+    model = results.get("model") or {}
+    rows.append(("Model name", str(model.get("name") or "unnamed"), model.get("intended_use") or ""))
+    rows.append(("Model version", str(model.get("version") or "n/a"), ""))
+    rows.append(("Model SHA256", str(model.get("sha256") or "n/a"), model.get("path") or ""))
+    return rows
 
 
 def _pair(value, what: str, kind=float) -> Tuple:
@@ -213,8 +290,11 @@ class Xray2XrayCoreLogic:
                                    name=name or f"{ctNode.GetName()} DRR")
 
     def addDRRSequence(self, drrs: np.ndarray, geometry: ProjectionGeometry, sourceNode=None,
-                       method: str = "", name: str = "DRR"):
-        """Put rendered DRRs [A, H, W] into a new sequence + browser in the scene."""
+                       method: str = "", name: str = "DRR", kind: str = "DRRSequence",
+                       itemKind: str = "DRR", sourceReference: str = REF_SOURCE_CT):
+        """Put rendered DRRs [A, H, W] into a new sequence + browser in the scene (also used
+        for predicted views: ``kind``/``itemKind`` tag the nodes, ``sourceReference`` names
+        the reference to ``sourceNode``)."""
         from slicer import (vtkMRMLScalarVolumeNode, vtkMRMLSequenceBrowserNode,
                             vtkMRMLSequenceNode)
         drrs = np.asarray(drrs, dtype=np.float32)
@@ -227,7 +307,7 @@ class Xray2XrayCoreLogic:
         seq.SetIndexName("angle")
         seq.SetIndexUnit("deg")
         seq.SetIndexType(vtkMRMLSequenceNode.NumericIndex)
-        seq.SetAttribute(ATTR_KIND, "DRRSequence")
+        seq.SetAttribute(ATTR_KIND, kind)
         seq.SetAttribute(ATTR_GEOMETRY, geomJson)
         seq.SetAttribute(ATTR_METHOD, method)
         for a, angle in enumerate(geometry.angles):
@@ -236,7 +316,7 @@ class Xray2XrayCoreLogic:
             rg = _drrRadiograph(drrs[a], geometry, angle)
             conv.radiographToVolumeNode(rg, None, node=node,
                                         detectorAffine=geometry.detector_affine(a))
-            node.SetAttribute(ATTR_KIND, "DRR")
+            node.SetAttribute(ATTR_KIND, itemKind)
             node.SetAttribute(ATTR_ANGLE, f"{angle:g}")
             seq.SetDataNodeAtValue(node, f"{angle:g}")
 
@@ -244,8 +324,8 @@ class Xray2XrayCoreLogic:
         try:
             self.scene.AddNode(seq)
             added.append(seq)
-            if sourceNode is not None:
-                seq.SetNodeReferenceID(REF_SOURCE_CT, sourceNode.GetID())
+            if sourceNode is not None and sourceNode.GetScene() is self.scene:
+                seq.SetNodeReferenceID(sourceReference, sourceNode.GetID())
             browser = vtkMRMLSequenceBrowserNode()
             browser.SetName(self.scene.GenerateUniqueName(f"{name} browser"))
             self.scene.AddNode(browser)
@@ -273,6 +353,10 @@ class Xray2XrayCoreLogic:
                            ("GetNumberOfStorageNodes", "GetNthStorageNode")):
             if hasattr(node, count):
                 owned += [getattr(node, nth)(i) for i in range(getattr(node, count)())]
+        sh = self._subjectHierarchy()
+        item = sh.GetItemByDataNode(node) if sh is not None else 0
+        if item:
+            sh.RemoveItem(item, False, False)   # the node itself is removed below
         if node.GetScene() is self.scene:
             self.scene.RemoveNode(node)
         for d in owned:
@@ -367,25 +451,222 @@ class Xray2XrayCoreLogic:
             pass
         for browser in browsers:
             proxy = browser.GetProxyNode(sequenceNode)
-            self.scene.RemoveNode(browser)
+            self._removeWithDisplay(browser)
             if proxy is not None:
                 self._removeWithDisplay(proxy)
         self._removeWithDisplay(sequenceNode)
 
     # ------------------------------------------------------------------ inference
+    @staticmethod
+    def radiographForInference(cxrNode):
+        """The radiograph node as a :class:`Radiograph`, or a clear :class:`InputError`: no
+        node, not a volume, a 3D volume (:class:`NotARadiographError`), NaNs, a lateral view."""
+        if cxrNode is None:
+            raise InputError("no radiograph node given (got None); select a frontal chest X-ray")
+        radiograph = conv.volumeNodeToRadiograph(cxrNode)
+        vp = (radiograph.view_position or "").strip().upper()
+        if vp in LATERAL_VIEW_POSITIONS:
+            raise InputError(f"radiograph '{cxrNode.GetName()}' is a lateral view ({vp}); the model "
+                             "takes a frontal (PA or AP) chest radiograph")
+        return radiograph
+
+    @staticmethod
+    def resolveDevice(device) -> str:
+        """"auto"/None -> "cuda" when torch sees a GPU, else "cpu" (imports torch)."""
+        from XrayWorldModel.drr import resolve_device
+        return str(resolve_device(None if device in (None, "", "auto") else device))
+
     def runInference(self, cxrNode, model=None, views: Sequence[float] = (90,),
-                     volumeSize: int = 128) -> Dict[str, object]:
-        """Run the world model on a radiograph node.
+                     volumeSize: int = 128, device: str = "cpu",
+                     progressCallback: Optional[ProgressCallback] = None,
+                     name: Optional[str] = None) -> Dict[str, object]:
+        """Run the world model on a frontal radiograph node, in this process.
 
-        Returns ``{"volume": reconstructed scalar volume node, "views": sequence node of
-        predicted views, "table": table node with risk, five pathology probabilities,
-        consistency score and model name}``.
+        ``model``: a registry name, a model file, a training checkpoint, None for the default
+        model, or a loaded ``(WorldModel, card)``. ``views``: angles (degrees; 90 = left
+        lateral) of the views to predict, may be empty. ``device``: "cpu", "cuda", "auto".
 
-        TODO(issue 4): inference lands with issue 4 (``XrayWorldModel.infer``); the lead
-        fills this in. Validation of ``cxrNode`` (a single-slice node, see
-        :func:`conversions.volumeNodeToRadiograph`) should happen before any scene change.
+        Returns ``{"volume": scalar volume node of the reconstructed volume (HU, true
+        geometry), "views": sequence node of the predicted views, each on its detector plane
+        (None when ``views`` is empty), "table": table node (risk, pathology probabilities,
+        consistency, model), "results": the results.json dict, "result": the
+        InferenceResult}``. The nodes go under the radiograph's subject-hierarchy study.
+
+        Bad input raises :class:`InputError` (a ``ValueError``) before anything runs; any
+        failure (or a cancel through ``progressCallback`` returning False, which raises
+        :class:`CancelledError`) leaves the scene unchanged.
         """
-        raise NotImplementedError("inference lands with issue 4")
+        radiograph = self.radiographForInference(cxrNode)
+        viewAngles = _parseViews(views)
+        volumeSize = _checkVolumeSize(volumeSize)
+        if progressCallback is not None and progressCallback(0.0, "loading the model") is False:
+            raise CancelledError("cancelled")
+        from XrayWorldModel.infer import run_inference          # torch: only now
+        from XrayWorldModel.infer.outputs import results_dict
+        result = run_inference(radiograph, model, viewAngles, volumeSize, self.resolveDevice(device))
+        if progressCallback is not None and \
+                progressCallback(0.9, "adding the outputs to the scene") is False:
+            raise CancelledError("cancelled after the model ran; nothing was added")
+        inputInfo = {"node": cxrNode.GetName(), "view_position": radiograph.view_position,
+                     "shape": [int(n) for n in radiograph.image.shape],
+                     "spacing_mm": [float(s) for s in radiograph.spacing],
+                     "spacing_is_default": bool(radiograph.spacing_is_default)}
+        results = json.loads(json.dumps(results_dict(result, inputInfo), default=_jsonDefault))
+        outputs = self._addInferenceNodes(result.volume, result.views if viewAngles else None,
+                                          result.view_geometry, results, cxrNode,
+                                          name or cxrNode.GetName())
+        outputs["result"] = result
+        if progressCallback is not None:
+            progressCallback(1.0, "done")
+        return outputs
+
+    def loadInferenceOutputs(self, outDir, sourceNode=None, name: Optional[str] = None) -> Dict[str, object]:
+        """Load what ``xray2xray infer CXR --out DIR`` wrote (``volume.nii.gz``,
+        ``views.nii.gz`` + sidecar, ``results.json``) as the same nodes :meth:`runInference`
+        makes; returns ``{"volume", "views", "table", "results"}``. Everything is read before
+        the scene changes, so a missing or broken file leaves the scene unchanged."""
+        from XrayWorldModel.export import read_drr_stack
+        from XrayWorldModel.io import read_ct
+        out = Path(outDir).expanduser()
+        if not out.is_dir():
+            raise InputError("is not a folder (expected the output folder of xray2xray infer)", out)
+        resultsPath = out / "results.json"
+        if not resultsPath.is_file():
+            raise InputError("holds no results.json: the inference did not finish (or this is "
+                             "not an xray2xray infer output folder)", out)
+        try:
+            results = json.loads(resultsPath.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot be read: {exc}", resultsPath) from None
+        if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
+            raise InputError(f"is not an xray2xray results file (format {RESULTS_FORMAT!r})", resultsPath)
+        volume = read_ct(out / ((results.get("volume") or {}).get("file") or "volume.nii.gz"))
+        views = geometry = None
+        viewsFile = (results.get("views") or {}).get("file")
+        if viewsFile:
+            views, geometry, _ = read_drr_stack(out / viewsFile)
+        if name is None:
+            name = sourceNode.GetName() if sourceNode is not None else \
+                Path(str((results.get("input") or {}).get("path") or out.name)).name.split(".")[0]
+        outputs = self._addInferenceNodes(volume, views, geometry, results, sourceNode, name)
+        return outputs
+
+    def _addInferenceNodes(self, volume, views, geometry, results: dict, sourceNode, name: str):
+        """The three output nodes, all added or (on any error) none."""
+        added = []
+        try:
+            volumeNode = conv.volumeToVolumeNode(volume, self.scene, f"{name} reconstructed volume")
+            added.append(volumeNode)
+            volumeNode.SetAttribute(ATTR_KIND, KIND_VOLUME)
+            seq = None
+            if views is not None and len(views):
+                seq = self.addDRRSequence(views, geometry, sourceNode=sourceNode, method="world model",
+                                          name=f"{name} predicted views", kind=KIND_PREDICTED_VIEWS,
+                                          itemKind=KIND_PREDICTED_VIEW, sourceReference=REF_SOURCE_CXR)
+                added.append(seq)
+            table = self._addResultsTable(results, f"{name} results")
+            added.append(table)
+            if sourceNode is not None and sourceNode.GetScene() is self.scene:
+                for node in (volumeNode, table):
+                    node.SetNodeReferenceID(REF_SOURCE_CXR, sourceNode.GetID())
+            self._placeInHierarchy(sourceNode, [volumeNode, table])
+        except Exception:
+            for node in reversed(added):
+                if node.IsA("vtkMRMLSequenceNode"):
+                    self.removeDRRSequence(node)
+                else:
+                    self._removeWithDisplay(node)
+            raise
+        return {"volume": volumeNode, "views": seq, "table": table, "results": results}
+
+    def _addResultsTable(self, results: dict, name: str):
+        import vtk
+        from slicer import vtkMRMLTableNode
+        rows = inferenceTableRows(results)
+        vtable = vtk.vtkTable()
+        for c, title in enumerate(("Output", "Value", "Notes")):
+            column = vtk.vtkStringArray()
+            column.SetName(title)
+            column.SetNumberOfValues(len(rows))
+            for r, row in enumerate(rows):
+                column.SetValue(r, str(row[c]))
+            vtable.AddColumn(column)
+        table = vtkMRMLTableNode()
+        table.SetName(self.scene.GenerateUniqueName(name))
+        table.SetAndObserveTable(vtable)
+        if hasattr(table, "SetUseColumnTitleAsColumnHeader"):    # Slicer >= 5.0
+            table.SetUseColumnTitleAsColumnHeader(True)
+        else:  # pragma: no cover - older Slicer
+            table.SetUseColumnNameAsColumnHeader(True)
+        table.SetAttribute(ATTR_KIND, KIND_RESULTS)
+        table.SetAttribute(ATTR_RESULTS, json.dumps(results))
+        self.scene.AddNode(table)
+        return table
+
+    @staticmethod
+    def tableResults(tableNode) -> dict:
+        """The full results (as in results.json) stored on an inference table node."""
+        text = tableNode.GetAttribute(ATTR_RESULTS) if tableNode is not None else None
+        if not text:
+            raise InputError("the table was not made by Xray2Xray inference (no results attribute)")
+        return json.loads(text)
+
+    def removeInferenceOutputs(self, outputs: Dict[str, object]) -> None:
+        """Remove the nodes :meth:`runInference` / :meth:`loadInferenceOutputs` added."""
+        if outputs.get("views") is not None:
+            self.removeDRRSequence(outputs["views"])
+        for key in ("volume", "table"):
+            if outputs.get(key) is not None:
+                self._removeWithDisplay(outputs[key])
+
+    def writeRadiographFile(self, cxrNode, path) -> Path:
+        """Write a radiograph node as a 2D image file ``xray2xray infer`` reads (NRRD, MHA or
+        NIfTI by the suffix; pixel spacing kept) for a background job. Validates the node
+        like :meth:`runInference`. The file holds no view position (checked here instead)."""
+        radiograph = self.radiographForInference(cxrNode)
+        import SimpleITK as sitk
+        p = Path(path).expanduser()
+        image = sitk.GetImageFromArray(np.ascontiguousarray(radiograph.image, dtype=np.float32))
+        image.SetSpacing((float(radiograph.spacing[1]), float(radiograph.spacing[0])))  # (x=col, y=row)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(p))
+        return p
+
+    def runInferenceForFolder(self, folder, model=None, views: Sequence[float] = (90,),
+                              volumeSize: int = 128, device: str = "cpu", pattern: str = "*",
+                              keepInScene: bool = True) -> Dict[str, dict]:
+        """:meth:`runInference` for every radiograph file in ``folder`` (DICOM, PNG, JPEG, 2D
+        NRRD/NIfTI) matching ``pattern``: returns {file name: outputs of runInference}. With
+        ``keepInScene=False`` the radiograph and output nodes are removed again and each
+        outputs dict keeps only "results" (the results.json dict) and "result"."""
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise InputError("is not a folder", folder)
+        paths = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+        if not paths:
+            raise InputError(f"holds no files matching {pattern!r}", folder)
+        found = {}
+        for path in paths:
+            cxr = self.loadRadiograph(path)
+            try:
+                outputs = self.runInference(cxr, model=model, views=views, volumeSize=volumeSize,
+                                            device=device)
+                if not keepInScene:
+                    self.removeInferenceOutputs(outputs)
+                    outputs = {"results": outputs["results"], "result": outputs["result"]}
+            finally:
+                if not keepInScene:
+                    self._removeWithDisplay(cxr)
+            found[path.name] = outputs
+        return found
+
+
+def _jsonDefault(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
 
 
 def _drrRadiograph(image: np.ndarray, geometry: ProjectionGeometry, angle: float):

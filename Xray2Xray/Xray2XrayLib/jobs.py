@@ -1,6 +1,6 @@
 """Background jobs of the Slicer module, described without Qt.
 
-Long work (a folder of CTs to DRR stacks, training, the model registry) runs in a separate
+Long work (a folder of CTs to DRR stacks, inference, training, the model registry) runs in a separate
 Python process running the package's own command line, ``python -m XrayWorldModel.cli ...``,
 so Slicer's UI never freezes and Cancel is a plain process kill (the DRR and training
 commands resume where they stopped when run again). A :class:`Job` holds the command line and
@@ -239,6 +239,75 @@ def trainJob(dataSource, outDir, config: str = "cpu-small", steps: Optional[int]
 
     return Job(name="Training", arguments=args, environment=childEnvironment(device),
                outputs=out, progressProbe=probe)
+
+
+INFER_OUTPUTS = ("views.nii.gz", "volume.nii.gz", "results.json")
+
+
+def resolveAutoDevice() -> str:
+    """What "auto" means for ``xray2xray infer`` (which takes cpu or cuda): "cuda" when
+    torch sees a GPU, else "cpu". Imports torch, so it is called only for "auto"."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def inferJob(cxrPath, outDir, model=None, views: Sequence[float] = (90,), volumeSize: int = 128,
+             device: str = "cpu") -> Job:
+    """``xray2xray infer CXR --out DIR``: predicted views, reconstructed volume and
+    ``results.json`` for one radiograph file (DICOM, PNG, JPEG, 2D NRRD/NIfTI/MHA), loaded
+    afterwards with ``Xray2XrayCoreLogic.loadInferenceOutputs(outDir)``.
+
+    Progress: the CLI prints nothing while the model runs, so the fraction is unknown (None)
+    until the output files appear; ``results.json`` is written last and means done (a
+    results.json already in ``outDir`` before the job counts only once it is rewritten).
+    """
+    cxr = Path(cxrPath).expanduser()
+    if not cxr.is_file():
+        raise InputError("no such radiograph file", cxr)
+    device = checkDevice(device)
+    if device == "auto":
+        device = resolveAutoDevice()
+    try:
+        angles = [float(a) for a in views]
+    except (TypeError, ValueError):
+        raise InputError(f"views must be angles in degrees, got {views!r}") from None
+    if any(a != a or a in (float("inf"), float("-inf")) for a in angles):
+        raise InputError(f"views must be finite angles in degrees, got {angles}")
+    if int(volumeSize) != volumeSize or not 16 <= int(volumeSize) <= 512:
+        raise InputError(f"volumeSize must be a whole number between 16 and 512, got {volumeSize!r}")
+    out = Path(outDir).expanduser()
+    args = cliArguments("infer", str(cxr), "--out", str(out),
+                        "--views", ",".join(f"{a:g}" for a in angles),
+                        "--volume-size", str(int(volumeSize)), "--device", device)
+    if model:
+        args += ["--model", str(model)]
+
+    def stamp(path: Path):
+        try:
+            return path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    before = {name: stamp(out / name) for name in INFER_OUTPUTS}
+
+    def fresh(name: str) -> bool:
+        now = stamp(out / name)
+        return now is not None and now != before[name]
+
+    def probe():
+        if fresh("results.json"):
+            return 1.0, "results written"
+        if fresh("volume.nii.gz"):
+            return 0.95, "writing the results"
+        if fresh("views.nii.gz"):
+            return 0.9, "writing the predicted views and volume"
+        return None, "running the model"
+
+    return Job(name=f"Inference on {cxr.name}", arguments=args,
+               environment=childEnvironment(device), outputs=out, progressProbe=probe)
 
 
 def modelsJob(action: str, *args: str) -> Job:

@@ -113,6 +113,8 @@ def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser()
     path = resolve_model(model)
+    from ..drr import resolve_device
+    device = resolve_device(device)
     loaded = load_world_model(path, device)
     sampling = TrainConfig.from_dict(loaded[1]["config"]).views
     truth, info = None, None

@@ -198,11 +198,12 @@ def _load(spec, device):
     if isinstance(spec, tuple):
         model, card = spec
         return model.eval(), card, None
+    from ..drr import resolve_device
     from ..fileutil import sha256_file
     from ..weights import load_world_model
     from ..weights.registry import resolve_model
     path = resolve_model(spec)
-    model, card = load_world_model(path, device)
+    model, card = load_world_model(path, resolve_device(device))
     if path.is_file():
         card = dict(card, file_sha256=sha256_file(path))
     return model, card, path
