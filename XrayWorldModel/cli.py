@@ -634,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_infer_parser(sub)
     add_demo_parser(sub)
     add_eval_volume_parser(sub)
+    from .study.cli import add_study_parser
+    add_study_parser(sub)
     return p
 
 

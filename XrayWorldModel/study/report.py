@@ -1,0 +1,112 @@
+"""``results.md``: the study's tables in markdown, from ``results.json`` alone."""
+from __future__ import annotations
+
+from typing import Any, List, Mapping, Optional
+
+from .config import METHOD_TITLES
+from .probes import TASK_TITLES, TASKS
+
+
+def _cell(entry: Optional[Mapping[str, Any]]) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    ci = entry.get("ci95")
+    s = f"{entry['value']:.3f}"
+    return s + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _diff(entry: Optional[Mapping[str, Any]]) -> str:
+    if not entry or entry.get("difference") is None:
+        return "n/a"
+    p = entry.get("p_value")
+    star = "*" if p is not None and p < 0.05 else ""
+    return f"{entry['difference']:+.3f} (p={p:.3f}){star}"
+
+
+def _table(header: List[str], rows: List[List[str]]) -> List[str]:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _fraction_title(frac: str, n: Optional[int]) -> str:
+    pct = f"{float(frac) * 100:g} %"
+    return f"{pct} of the training labels" + (f" ({n} cases)" if n is not None else "")
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    cfg = results["config"]
+    cohort = results["cohort"]
+    methods = list(results["methods"])
+    lines: List[str] = [f"# In-silico study (`{results['config_name']}`, seed {cfg['seed']})", ""]
+    if results["config_name"] == "insilico-smoke":
+        lines += ["> Smoke configuration: a pipeline check on a tiny cohort with a few training "
+                  "steps. The numbers below mean nothing about the methods.", ""]
+    m = cfg["model"]
+    lines += [
+        f"Cohort: {cohort['n_cases']} synthetic chest CTs (seeds {cohort['first_seed']}.."
+        f"{cohort['first_seed'] + cohort['n_cases'] - 1}), {cohort['n_train']} for training "
+        f"and {cohort['n_test']} held out for testing. Encoder (every method): ViT "
+        f"{m['image_size']} px, patch {m['patch_size']}, width {m['embed_dim']}, depth "
+        f"{m['depth']}. Compute: {cfg['budget']['encoder_samples']} encoder samples per trained "
+        "method. Metrics on the test cases with percentile-bootstrap 95 % CIs "
+        f"({cfg['probe']['bootstrap']} resamples).",
+        "",
+        f"Hardware: {results['environment']['hardware']}; wall time "
+        f"{results['timing']['total_s'] / 60:.1f} min.",
+        "",
+        "## Probe metrics (AUROC; C-index for time to event)", ""]
+    header = ["Method", *(TASK_TITLES[t] for t in TASKS)]
+    for frac in results["label_fractions"]:
+        n = results["labelled"].get(frac, {}).get("n")
+        lines += [f"### {_fraction_title(frac, n)}", ""]
+        rows = [[METHOD_TITLES.get(meth, meth),
+                 *(_cell(results["results"][meth][frac].get(t)) for t in TASKS)]
+                for meth in methods]
+        lines += _table(header, rows) + [""]
+    if results.get("comparisons"):
+        lines += ["## Xray2Xray minus each other method (paired bootstrap; * p < 0.05)", ""]
+        for frac in results["label_fractions"]:
+            lines += [f"### {_fraction_title(frac, None)}", ""]
+            rows = [[f"vs {METHOD_TITLES.get(other, other)}",
+                     *(_diff(results["comparisons"][other][frac].get(t)) for t in TASKS)]
+                    for other in results["comparisons"]]
+            lines += _table(["Comparison", *(TASK_TITLES[t] for t in TASKS)], rows) + [""]
+    wm = results.get("world_model") or {}
+    if wm.get("novel_view"):
+        lines += ["## World model: novel views and volume", ""]
+        rows = []
+        for angle, r in wm["novel_view"].items():
+            for name, title in (("world_model", "world model"), ("copy_input", "copy the input"),
+                                ("mean_view", "mean training view")):
+                rows.append([f"{angle} deg from 0 deg", title, f"{r[name + '_psnr']:.2f}",
+                             f"{r[name + '_ssim']:.3f}"])
+        lines += _table(["View", "Prediction", "PSNR (dB)", "SSIM"], rows) + [""]
+    if wm.get("volume"):
+        v = wm["volume"]
+        rows = [[title, f"{v[name]['pearson_r']:.3f}", f"{v[name]['ssim']:.3f}"]
+                for name, title in (("world_model", "world model (imagined sweep, FDK)"),
+                                    ("mean_ct", "mean training CT"),
+                                    ("copied_frontal_fdk", "FDK of the copied frontal view"))]
+        lines += [f"Volume from the frontal view ({v['n_ct']} test CTs, {v['volume_size']}^3):", ""]
+        lines += _table(["Volume", "Pearson r", "SSIM"], rows) + [""]
+    lines += ["## Training", ""]
+    rows = []
+    for meth in methods:
+        tr = results["methods"][meth].get("training")
+        if not tr:
+            rows.append([METHOD_TITLES.get(meth, meth), "-", "-", "-", "-", "-"])
+            continue
+        for key, rec in (tr.items() if "steps" not in tr else [("", tr)]):
+            label = METHOD_TITLES.get(meth, meth) + (f" ({key})" if key else "")
+            rows.append([label, str(rec["steps"]), str(rec["batch_size"]),
+                         str(rec["encoder_samples"]), f"{rec['final_loss']:.4f}",
+                         f"{rec['wall_s']:.0f}"])
+    lines += _table(["Method", "Steps", "Batch", "Encoder samples", "Final loss", "Wall (s)"],
+                    rows) + [""]
+    lines += ["Figures: `roc.png` (ROC curves per task), `views.png` (frontal input, true and "
+              "predicted lateral, true and reconstructed mid-slices).", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["render_markdown"]
