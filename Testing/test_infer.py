@@ -23,7 +23,7 @@ from XrayWorldModel.weights.model_file import save_model_file
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (test extra) validates results.json")
 
-TINY = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "heads": 2,
+TINY = {"image_size": 32, "patch_size": 8, "patch_width": 0, "embed_dim": 32, "depth": 1, "heads": 2,
         "transition_depth": 1, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
         "decoder_channels": 4}
 

@@ -186,3 +186,43 @@ def test_cpu_small_forward_backward_is_fast_and_small():
     (y - x).abs().mean().backward()
     assert time.perf_counter() - t0 < 1.0
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_sincos_position_embedding_is_fixed_and_row_coded():
+    """Fixed sin/cos positions: a buffer (not trained), tokens of one row share the row code."""
+    from XrayWorldModel.models.encoder import sincos_2d
+    pe = sincos_2d((4, 3), 16)
+    assert pe.shape == (1, 12, 16)
+    rows = pe[0].view(4, 3, 16)
+    assert torch.equal(rows[:, 0, :8], rows[:, 2, :8])          # row half: same along a row
+    assert not torch.allclose(rows[0, 0, :8], rows[1, 0, :8])   # differs between rows
+    m = WorldModel(WorldModelConfig(**TINY))
+    names = {n for n, _ in m.named_parameters()}
+    assert not any(n.endswith("pos_embed") for n in names)
+    assert "encoder.pos_embed" in m.state_dict()
+    learned = WorldModel(WorldModelConfig(**TINY, pos_embed="learned"))
+    assert "encoder.pos_embed" in {n for n, _ in learned.named_parameters()}
+
+
+def test_row_band_tokens_keep_rows_local():
+    """With patches as wide as the image, token k holds detector rows [k*ph, (k+1)*ph): a
+    change in those rows moves only token k's embedding, and the decoder writes token k's
+    pixels back to exactly those rows."""
+    cfg = WorldModelConfig(**{**TINY, "patch_size": 2, "patch_width": 32, "decoder_depth": 0,
+                              "decoder_channels": 0})
+    m = WorldModel(cfg).eval()
+    assert m.encoder.num_tokens == 16 and m.encoder.grid_shape == (16, 1)
+    x = torch.rand(1, 1, 32, 32)
+    y = x.clone()
+    y[0, 0, 10:12] += 1.0                                     # rows 10-11 -> token 5
+    e = lambda img: m.encoder.patch_embed(img).flatten(2).transpose(1, 2)
+    changed = (e(x) - e(y)).abs().sum(-1)[0] > 0
+    assert changed.nonzero().flatten().tolist() == [5]
+    with torch.no_grad():
+        tokens = torch.randn(1, 16, cfg.embed_dim)
+        out = m.decoder(tokens)
+        tokens[0, 5] += 1.0
+        diff = (m.decoder(tokens) - out).abs()[0, 0].sum(1) > 0
+    assert diff.nonzero().flatten().tolist() == [10, 11]
+    with pytest.raises(InputError, match="patch_width"):
+        WorldModelConfig(**{**TINY, "patch_width": 5})

@@ -405,7 +405,7 @@ def test_logic_needs_a_scene(monkeypatch):
 
 # ----------------------------------------------------------------------------- inference
 #: A world model small enough for CPU tests (as in test_infer.py), saved as a real model file.
-TINY = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "heads": 2,
+TINY = {"image_size": 32, "patch_size": 8, "patch_width": 0, "embed_dim": 32, "depth": 1, "heads": 2,
         "transition_depth": 1, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
         "decoder_channels": 4}
 PATHOLOGIES = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion"]

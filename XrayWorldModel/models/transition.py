@@ -14,7 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .encoder import angle_features, as_batch, transformer
+import math as _math
+
+from .encoder import angle_features, as_batch, position_embedding, transformer
 
 
 class ActionEmbedding(nn.Module):
@@ -61,12 +63,17 @@ class TransitionModel(nn.Module):
 
     def __init__(self, num_tokens: int, embed_dim: int, depth: int, heads: int,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, n_freq: int = 4,
-                 tilt: bool = False, gate: bool = True):
+                 tilt: bool = False, gate: bool = True, pos_embed: str = "sincos",
+                 grid_shape=None):
         super().__init__()
         self.tilt, self.gate = tilt, gate
         self.action = ActionEmbedding(embed_dim, n_freq, tilt)
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if grid_shape is None:
+            g = _math.isqrt(num_tokens)
+            grid_shape = (g, g)
+        if grid_shape[0] * grid_shape[1] != num_tokens:
+            raise ValueError(f"a {grid_shape} token grid does not hold {num_tokens} tokens")
+        position_embedding(self, tuple(grid_shape), embed_dim, pos_embed)
         self.blocks = transformer(embed_dim, depth, heads, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(embed_dim)
         self.out = nn.Linear(embed_dim, embed_dim)
