@@ -296,7 +296,10 @@ def test_import_list_remove(tmp_path, monkeypatch, tiny_model):
                           intended_use="tests")
     reg = write_registry(tmp_path / "reg.json", entry_for(src, src.as_uri(), name="remote"))
     monkeypatch.setenv("XRAY2XRAY_REGISTRY", str(reg))
-    assert [(m["name"], m["cached"], m["path"]) for m in list_models()] == [("remote", False, None)]
+    listed = [(m["name"], m["cached"], m["path"]) for m in list_models() if m["source"] != "package"]
+    assert listed == [("remote", False, None)]
+    shipped = [m for m in list_models() if m["source"] == "package"]
+    assert all(m["cached"] and Path(m["path"]).is_file() for m in shipped)   # no download needed
 
     path = import_model(src)
     assert path == tmp_path / "cache" / "mine-2.safetensors" and sha256(path) == sha256(src)
@@ -357,11 +360,17 @@ def test_resolve_model_paths_names_package_files_and_unknowns(tmp_path, monkeypa
     assert "unknown model 'no-such-model'" in msg and f"escape, tampered, {DEFAULT_MODEL}" in msg
 
 
-def test_no_registry_entries_shipped_yet_and_bad_registry_files(tmp_path, monkeypatch):
+def test_shipped_demo_model_resolves_offline_and_bad_registry_files(tmp_path, monkeypatch):
+    """The default model ships inside the package: it resolves with no download, matches its
+    registry entry's size and SHA256, and its card says it is a demonstration."""
     from XrayWorldModel.weights.registry import load_registry
-    assert load_registry() == {}
-    with pytest.raises(InputError, match=f"unknown model '{DEFAULT_MODEL}'"):
-        resolve_model()
+    entry = load_registry()[DEFAULT_MODEL]
+    assert entry["url"].startswith("package://")
+    path = resolve_model()
+    assert path.stat().st_size == entry["size"] <= 20 * 2 ** 20 and sha256(path) == entry["sha256"]
+    card = read_card(path)
+    assert "not for clinical use" in card["intended_use"].lower()
+    assert set(card["heads"]) == {"pathology", "risk"} and "domain" in card
     monkeypatch.setenv("XRAY2XRAY_REGISTRY", str(tmp_path / "absent.json"))
     with pytest.raises(FileNotFoundInputError, match="absent.json"):
         list_models()
@@ -386,7 +395,7 @@ def test_cli_models_commands(tmp_path, monkeypatch, capsys, tiny_model):
 
     assert main(["models", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(m["name"], m["cached"]) for m in listed] == [("remote", False)]
+    assert [(m["name"], m["cached"]) for m in listed if m["source"] != "package"] == [("remote", False)]
 
     assert main(["models", "fetch", "remote"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "cache" / "remote-1.0.safetensors")
@@ -397,7 +406,8 @@ def test_cli_models_commands(tmp_path, monkeypatch, capsys, tiny_model):
     assert main(["models", "list"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:5] == ["NAME", "VERSION", "SIZE", "CACHED", "SOURCE"]
-    assert [r.split()[0] for r in table[1:3]] == ["remote", "mine"]
+    names = [r.split()[0] for r in table[1:-1]]
+    assert names.index("remote") < names.index("mine") and DEFAULT_MODEL in names
     assert table[-1] == f"cache: {tmp_path / 'cache'}"
     assert main(["models", "remove", "mine"]) == 0
     assert "removed" in capsys.readouterr().out
