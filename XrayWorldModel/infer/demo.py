@@ -67,7 +67,7 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
                      for a, _ in views])
     rows.append([(f"volume {n}", _tile(s, -1000.0, 600.0)) for n, s in _slices(result.volume)])
     cols = max(len(r) for r in rows)
-    pad, label_h, text_h = 8, 18, 150
+    pad, label_h, text_h = 8, 18, 190
     W = cols * (TILE + pad) + pad
     H = len(rows) * (TILE + label_h + pad) + text_h + 40
     page = Image.new("RGB", (W, H), "white")
@@ -93,8 +93,10 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
     lines.append("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
     for note in result.model_input.notes:
         lines.append(f"note: {note}")
-    for i, line in enumerate(lines):
-        draw.text((pad, y + 4 + 16 * i), line[:180], fill="black", font=font)
+    import textwrap
+    wrapped = [part for line in lines for part in textwrap.wrap(line, max(40, W // 6 - 4))]
+    for i, line in enumerate(wrapped):
+        draw.text((pad, y + 4 + 16 * i), line, fill="black", font=font)
     from ..fileutil import atomic_path
     with atomic_path(path) as tmp:
         page.save(tmp, format="PNG")

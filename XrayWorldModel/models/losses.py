@@ -9,7 +9,6 @@ from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from monai.losses import SSIMLoss
 from torch import nn
 
 
@@ -50,6 +49,7 @@ class PixelLoss(nn.Module):
 
     def __init__(self, ssim_weight: float = 1.0, data_range: float = 1.0, win_size: int = 7):
         super().__init__()
+        from monai.losses import SSIMLoss   # here, not at import: inference needs no losses
         self.ssim_weight = ssim_weight
         self.ssim = SSIMLoss(spatial_dims=2, data_range=data_range, win_size=win_size)
 
