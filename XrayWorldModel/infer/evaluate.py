@@ -43,7 +43,8 @@ def volume_scores(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> Dict[
 
 @torch.no_grad()
 def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes: Sequence[Volume],
-                     volume_size: int = 64, sweep_step: float = 15.0) -> Dict:
+                     volume_size: int = 64, sweep_step: float = 15.0,
+                     refine_iterations: int = 0) -> Dict:
     """Mean Pearson r and SSIM over ``volumes`` (HU, held out) of the world model's volume from
     the frontal DRR, of the mean of ``train_volumes``, and of the copied-frontal FDK."""
     from ..drr import DRRRenderer
@@ -61,7 +62,8 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
             _geometry(sampling, [0.0]))[0]
         x = torch.from_numpy(frontal)[None, None].to(dev)
         state = model.encode(x, torch.zeros(1, device=dev))
-        pred = reconstruct(model, state, sampling, volume_size, sweep_step)
+        pred = reconstruct(model, state, sampling, volume_size, sweep_step,
+                           refine_iterations=refine_iterations)
         true = resample_like(centred, pred)
         mask = _cylinder(pred.shape)
         if mean_ct is None:
@@ -84,4 +86,6 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
         rows["mean_ct"].append(volume_scores(mean_ct, true, mask))
         rows["copied_frontal_fdk"].append(volume_scores(naive, true, mask))
     return {name: {k: float(np.mean([r[k] for r in vals])) for k in ("pearson_r", "ssim")}
-            for name, vals in rows.items()} | {"n_ct": len(volumes), "volume_size": volume_size}
+            for name, vals in rows.items()} | {"n_ct": len(volumes), "volume_size": volume_size,
+                                               "sweep_step": sweep_step,
+                                               "refine_iterations": refine_iterations}

@@ -80,13 +80,17 @@ def _geometry(sampling: ViewSampling, angles) -> ProjectionGeometry:
 
 
 def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size: int,
-                sweep_step: float = 15.0, mu_water: Optional[float] = None) -> Volume:
+                sweep_step: float = 15.0, mu_water: Optional[float] = None,
+                refine_iterations: int = 0) -> Volume:
     """FDK of a full sweep of imagined views onto a ``volume_size``^3 grid (HU, LPS), centred
     on the isocentre, so it lies behind the detector plane of the 0-deg (PA) view.
 
     The views have ``image_size`` pixels across, so FDK runs on a grid of at most that many
     voxels per side (finer would add no detail, only time) and the result is resampled
-    trilinearly to ``volume_size`` over the same extent."""
+    trilinearly to ``volume_size`` over the same extent. ``refine_iterations`` > 0 adds that
+    many SIRT steps through the differentiable projector against the same imagined views
+    (on the FDK grid, before resampling): sharper and closer to the truth, at about 0.4 s per
+    step at 64^3 on 2 cores."""
     if not 0 < sweep_step <= 45 or (360.0 / sweep_step) % 1:
         raise InputError(f"sweep step must divide 360 and be at most 45 deg, got {sweep_step}")
     angles = np.arange(0.0, 360.0, sweep_step)
@@ -97,6 +101,11 @@ def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size:
     # chest fits; corners outside that circle are unknown and set to air
     extent = default_grid(geometry, (1, 1, 1)).spacing * np.array([math.sqrt(2), math.sqrt(2), 1.0])
     mu = fdk(views, geometry, shape=(n_fdk,) * 3, spacing=extent / n_fdk)
+    if refine_iterations > 0:
+        from ..recon import refine
+        with torch.enable_grad():   # SIRT uses the projector's autograd adjoint
+            mu = refine(Volume(np.clip(mu.array, 0.0, None), mu.affine), views, geometry,
+                        iterations=int(refine_iterations))
     hu = mu_to_hu(mu.array, mu_water if mu_water is not None else sampling.mu_water)
     affine = mu.affine
     if n_fdk != volume_size:
@@ -143,7 +152,8 @@ def apply_card_heads(model, card: Dict, image: torch.Tensor) -> Dict:
 
 
 def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (90.0, 180.0, 270.0),
-                  volume_size: int = 128, device="cpu", sweep_step: float = 15.0) -> InferenceResult:
+                  volume_size: int = 128, device="cpu", sweep_step: float = 15.0,
+                  refine_iterations: int = 0) -> InferenceResult:
     """Predicted ``views`` (degrees), the reconstructed volume, the card's scores and the
     consistency score for one frontal radiograph. ``model``: a registry name, a model file,
     a checkpoint, ``None`` for the default model, or an already loaded ``(WorldModel, card)``."""
@@ -174,7 +184,8 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
     t["views"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    volume = reconstruct(model, state, sampling, volume_size, sweep_step)
+    volume = reconstruct(model, state, sampling, volume_size, sweep_step,
+                         refine_iterations=refine_iterations)
     t["reconstruct"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
