@@ -4,17 +4,9 @@ volume, scores and consistency check (:mod:`.pipeline`), and the files written (
 Names are imported lazily so that building the command line does not import torch."""
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
-_WHERE = {"ModelInput": "domain", "domain_reference": "domain", "to_model_input": "domain",
-          "InferenceResult": "pipeline", "run_inference": "pipeline",
-          "write_outputs": "outputs"}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
+    "domain": ["ModelInput", "domain_reference", "to_model_input"],
+    "pipeline": ["InferenceResult", "run_inference"],
+    "outputs": ["write_outputs"]})

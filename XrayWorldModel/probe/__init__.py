@@ -13,7 +13,7 @@ or scikit-learn.
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 #: The five pathologies of the paper: default label names and CSV columns of ``probe``.
 PATHOLOGIES = ("atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion")
@@ -32,17 +32,4 @@ _EXPORTS = {
     "run": ["LabelsError", "LabelTable", "build_targets", "fit_task",
             "match_ids", "read_labels_csv", "save_heads_into"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)

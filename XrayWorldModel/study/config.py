@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError
+from ..typed_config import build_section, coerce
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 #: Methods in the order they run and are reported.
@@ -255,16 +255,16 @@ class StudyConfig:
         kwargs: Dict[str, Any] = {"name": name}
         for key, value in data.items():
             if key in TOP_LEVEL:
-                kwargs[key] = _coerce(key, value, TOP_LEVEL[key])
+                kwargs[key] = coerce(key, value, TOP_LEVEL[key])
             elif key == "model":
                 _need_table(key, value)
                 kwargs[key] = WorldModelConfig.from_dict(value)
             elif key == "views":
                 _need_table(key, value)
-                kwargs[key] = _build(ViewSampling, value, key)
+                kwargs[key] = build_section(ViewSampling, value, key)
             elif key in SECTIONS:
                 _need_table(key, value)
-                kwargs[key] = _build(SECTIONS[key], value, key)
+                kwargs[key] = build_section(SECTIONS[key], value, key)
             else:
                 known = ", ".join([*TOP_LEVEL, "model", "views", *SECTIONS])
                 raise InputError(f"config: unknown key {key!r} (known: {known})")
@@ -274,50 +274,6 @@ class StudyConfig:
 def _need_table(key: str, value: Any) -> None:
     if not isinstance(value, Mapping):
         raise InputError(f"config: section {key!r} must be a table of keys")
-
-
-def _coerce(key: str, value: Any, hint) -> Any:
-    """``value`` checked against ``hint``: int, float, bool, str, Optional, Union of
-    float/str, homogeneous tuples. Ints pass as floats; nothing else is converted."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(key, value, a)
-            except InputError as exc:
-                errors.append(exc)
-        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
-        raise InputError(f"config: {key} must be {names}, got {type(value).__name__} {value!r}")
-    if origin in (tuple, Tuple):
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"config: {key} must be a list, got {type(value).__name__} {value!r}")
-        return tuple(_coerce(key, v, args[0]) for v in value)
-    checks = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-              and math.isfinite(v),
-              str: lambda v: isinstance(v, str)}
-    if not checks[hint](value):
-        raise InputError(f"config: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
-    return float(value) if hint is float else value
-
-
-def _build(cls, data: Mapping[str, Any], section: str):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise InputError(f"config: unknown key {section}.{key} "
-                             f"(known: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-    try:
-        return cls(**kwargs)
-    except InputError as exc:
-        raise InputError(f"config: {section}: {exc}") from None
 
 
 def _parse_value(text: str) -> Any:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..data import Preprocessing, ViewSampling
 from ..errors import InputError
+from ..typed_config import build_section
 from ..models import WorldModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -94,45 +94,12 @@ class TrainConfig:
                 raise InputError(f"config: section {name!r} must be a table of keys")
             typ = _SECTION_TYPES[name]
             kwargs[name] = (WorldModelConfig.from_dict(value) if typ is WorldModelConfig
-                            else _build(typ, value, name))
+                            else build_section(typ, value, name, label_errors=False))
         return cls(**kwargs).validate()
 
 
 _SECTION_TYPES = {"model": WorldModelConfig, "data": DataConfig, "views": ViewSampling,
                   "optim": OptimConfig, "run": RunConfig}
-
-
-def _coerce(key: str, value: Any, hint) -> Any:
-    """``value`` checked against the annotation ``hint`` (int, float, bool, str, Optional,
-    homogeneous tuples); ints are accepted as floats, nothing else is converted."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        return _coerce(key, value, next(a for a in args if a is not type(None)))
-    if origin in (tuple, Tuple):
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"config: {key} must be a list, got {type(value).__name__} {value!r}")
-        return tuple(_coerce(key, v, args[0]) for v in value)
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}[hint](value)
-    if not ok:
-        raise InputError(f"config: {key} must be {hint.__name__}, got {type(value).__name__} {value!r}")
-    return float(value) if hint is float else value
-
-
-def _build(cls, data: Mapping[str, Any], section: str):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise InputError(f"config: unknown key {section}.{key} (known: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-    return cls(**kwargs)
 
 
 def _parse_value(text: str) -> Any:
