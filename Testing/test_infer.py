@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from probe_heads import PATHOLOGIES, random_probe_heads
 from XrayWorldModel.cli import main
 from XrayWorldModel.data import ViewSampling
 from XrayWorldModel.infer import domain_reference, run_inference, to_model_input
@@ -42,33 +43,13 @@ def phantom_frontals(tiny_config):
     return vols, render_views(vols, tiny_config.views, [0.0])[:, 0]
 
 
-PATHOLOGIES = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion"]
-
-
-def _heads(model):
-    """Real probe heads fitted on random features of the right width."""
-    from XrayWorldModel.probe.heads import TASK_FORMAT, TASK_VERSION, fit_cox, fit_logistic
-    rng = np.random.default_rng(0)
-    F = 2 * model.config.embed_dim                    # observed + one imagined view (90)
-    X = rng.normal(size=(60, F))
-    Y = (X[:, :5] + rng.normal(size=(60, 5)) > 0).astype(int)
-    spec = {"angle": 0.0, "imagined": [90.0], "pooling": "mean", "n_features": F}
-    wrap = lambda task, heads: {"format": TASK_FORMAT, "version": TASK_VERSION, "task": task,
-                                "features": spec, "heads": heads}
-    event = Y[:, 0]
-    time = rng.exponential(1.0, 60) + 0.1
-    return {"pathology": wrap("pathology", [fit_logistic(X, Y, PATHOLOGIES, C=1.0)]),
-            "risk": wrap("risk", [fit_logistic(X, event[:, None], ["event"], C=1.0),
-                                  fit_cox(X, time, event, alpha=1.0)])}
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory, tiny_config, phantom_frontals):
     torch.manual_seed(0)
     model = WorldModel(tiny_config.model)
     card = {"name": "tiny-test", "version": "1", "config": tiny_config.to_dict(),
             "domain": domain_reference(phantom_frontals[1]),
-            "intended_use": "tests only", "heads": _heads(model)}
+            "intended_use": "tests only", "heads": random_probe_heads(model)}
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     return save_model_file(path, tensors, card)

@@ -408,24 +408,7 @@ def test_logic_needs_a_scene(monkeypatch):
 TINY = {"image_size": 32, "patch_size": 8, "patch_width": 0, "embed_dim": 32, "depth": 1, "heads": 2,
         "transition_depth": 1, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
         "decoder_channels": 4}
-PATHOLOGIES = ["atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion"]
-
-
-def _probe_heads(model):
-    """Real probe heads (pathologies; risk: logistic event + Cox) fitted on random features of
-    the width the card's feature spec gives."""
-    from XrayWorldModel.probe.heads import TASK_FORMAT, TASK_VERSION, fit_cox, fit_logistic
-    rng = np.random.default_rng(0)
-    F = 2 * model.config.embed_dim                    # observed + one imagined view (90)
-    X = rng.normal(size=(60, F))
-    Y = (X[:, :5] + rng.normal(size=(60, 5)) > 0).astype(int)
-    spec = {"angle": 0.0, "imagined": [90.0], "pooling": "mean", "n_features": F}
-    wrap = lambda task, heads: {"format": TASK_FORMAT, "version": TASK_VERSION, "task": task,
-                                "features": spec, "heads": heads}
-    time = rng.exponential(1.0, 60) + 0.1
-    return {"pathology": wrap("pathology", [fit_logistic(X, Y, PATHOLOGIES, C=1.0)]),
-            "risk": wrap("risk", [fit_logistic(X, Y[:, :1], ["event"], C=1.0),
-                                  fit_cox(X, time, Y[:, 0], alpha=1.0)])}
+from probe_heads import PATHOLOGIES, random_probe_heads  # noqa: E402
 
 
 def _tiny_model_file(path: Path, heads: bool) -> Path:
@@ -444,7 +427,7 @@ def _tiny_model_file(path: Path, heads: bool) -> Path:
             "config": cfg.to_dict(), "domain": domain_reference(frontals),
             "intended_use": "tests only"}
     if heads:
-        card["heads"] = _probe_heads(model)
+        card["heads"] = random_probe_heads(model)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     return Path(save_model_file(path, tensors, card))
 
