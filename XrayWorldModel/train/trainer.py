@@ -382,7 +382,12 @@ def _score(metrics: Dict) -> Optional[float]:
 def train(cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None) -> Dict:
     trainer = Trainer(cfg, resume, progress)
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        if dist.is_initialized():
+            # every rank finished before any tears down its process group: a rank that
+            # destroys gloo while a peer is still in its last collective can abort at exit
+            dist.barrier()
+        return result
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
