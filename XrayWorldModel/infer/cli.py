@@ -111,7 +111,8 @@ def run_eval_volume(args) -> int:
     train = volumes(cfg.data.source, 16)
     result = evaluate_volumes(model, card, held_out, train, args.volume_size, args.sweep_step,
                               args.refine)
-    print(json.dumps({"model": str(args.model), "data": args.data, **result}, indent=1))
+    print(json.dumps({"model": card.get("name"), "model_version": card.get("version"),
+                      "data": args.data, **result}, indent=1))
     return 0
 
 

@@ -107,17 +107,12 @@ def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 
              device="cpu") -> Dict:
     """Run the demo; returns the results dict (``results.json``) with the report's name."""
     from ..train.config import TrainConfig
-    from ..weights import load_world_model
-    from ..weights.registry import resolve_model
     from .cli import input_info
     from .outputs import write_outputs
-    from .pipeline import run_inference
+    from .pipeline import load_inference_model, run_inference
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser()
-    path = resolve_model(model)
-    from ..drr import resolve_device
-    device = resolve_device(device)
-    loaded = load_world_model(path, device)
+    loaded = load_inference_model(model, device)
     sampling = TrainConfig.from_dict(loaded[1]["config"]).views
     truth, info = None, None
     if cxr is None:
@@ -131,10 +126,7 @@ def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 
         rad = read_cxr(cxr)
         info = input_info(Path(cxr), rad)
         title = f"Xray2Xray demo: {Path(cxr).name}"
-    from ..fileutil import sha256_file
-    card = dict(loaded[1], file_sha256=sha256_file(path))
-    result = run_inference(rad, (loaded[0], card), (90.0, 180.0, 270.0), volume_size, device)
-    result.model["path"] = str(path)
+    result = run_inference(rad, loaded, (90.0, 180.0, 270.0), volume_size)
     data = write_outputs(result, out, info)
     render_report(out / "report.png", result, result.model_input.image, truth, title)
     data["report"] = "report.png"

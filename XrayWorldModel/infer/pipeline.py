@@ -155,13 +155,13 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
                   volume_size: int = 128, device="cpu", sweep_step: float = 15.0,
                   refine_iterations: int = 0) -> InferenceResult:
     """Predicted ``views`` (degrees), the reconstructed volume, the card's scores and the
-    consistency score for one frontal radiograph. ``model``: a registry name, a model file,
-    a checkpoint, ``None`` for the default model, or an already loaded ``(WorldModel, card)``."""
+    consistency score for one frontal radiograph. ``model``: anything
+    :func:`load_inference_model` takes."""
     if volume_size < 16 or volume_size > 512:
         raise InputError(f"volume size must be between 16 and 512, got {volume_size}")
     t = {}
     t0 = time.perf_counter()
-    model, card, path = _load(model, device)
+    model, card, path = load_inference_model(model, device)
     dev = next(model.parameters()).device
     t["load"] = time.perf_counter() - t0
 
@@ -204,11 +204,13 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
                            consistency, scores, info, t)
 
 
-def _load(spec, device):
-    """(model, card, path) from whatever ``run_inference`` was given."""
+def load_inference_model(spec, device="cpu"):
+    """(model in eval mode, card with the file's SHA256, path) from a registry name, a model
+    file, a checkpoint, ``None`` (the default model), or an already loaded
+    ``(model, card[, path])``."""
     if isinstance(spec, tuple):
-        model, card = spec
-        return model.eval(), card, None
+        model, card, *path = spec
+        return model.eval(), card, (path[0] if path else None)
     from ..drr import resolve_device
     from ..fileutil import sha256_file
     from ..weights import load_world_model
