@@ -241,3 +241,16 @@ def test_refinement_brings_the_volume_closer_to_the_imagined_views(tiny_config):
     refined = reconstruct(model, state, s, 32, 30.0, refine_iterations=3)
     assert refined.shape == plain.shape and np.allclose(refined.affine, plain.affine)
     assert mismatch(refined) < 0.97 * mismatch(plain)
+
+
+def test_bad_sweep_step_is_refused_in_one_line(tmp_path, capsys, model_file):
+    """A sweep step that does not divide the circle: one line, exit 2, nothing written."""
+    img = tmp_path / "cxr.png"
+    from PIL import Image
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "o"
+    assert main(["infer", str(img), "--out", str(out), "--model", str(model_file),
+                 "--sweep-step", "7"]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert len(err) == 1 and "sweep step" in err[0]
+    assert not (out / "results.json").exists()
