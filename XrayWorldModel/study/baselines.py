@@ -48,12 +48,14 @@ def encode_visible(encoder, image: torch.Tensor, angle, keep: torch.Tensor) -> t
     return encoder.norm(encoder.blocks(x))
 
 
-def patchify(image: torch.Tensor, patch: int) -> torch.Tensor:
-    """[B, 1, H, W] -> [B, N, patch*patch] in the encoder's token order (row-major)."""
+def patchify(image: torch.Tensor, patch) -> torch.Tensor:
+    """[B, 1, H, W] -> [B, N, ph*pw] in the encoder's token order (row-major); ``patch``
+    is ``(ph, pw)`` or one int for square patches (row-band tokens are ``(2, W)``)."""
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
     b, _, h, w = image.shape
-    gh, gw = h // patch, w // patch
-    x = image.reshape(b, gh, patch, gw, patch).permute(0, 1, 3, 2, 4)
-    return x.reshape(b, gh * gw, patch * patch)
+    gh, gw = h // ph, w // pw
+    x = image.reshape(b, gh, ph, gw, pw).permute(0, 1, 3, 2, 4)
+    return x.reshape(b, gh * gw, ph * pw)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -64,7 +66,7 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         self.encoder = encoder
         d_enc = encoder.patch_embed.out_channels
-        self.patch = encoder.patch_size
+        self.patch = tuple(encoder.patch_shape)
         self.norm_pix_loss = norm_pix_loss
         self.proj = nn.Linear(d_enc, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -73,7 +75,7 @@ class MaskedAutoencoder(nn.Module):
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.blocks = transformer(dim, depth, heads, mlp_ratio, 0.0) if depth > 0 else None
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, self.patch * self.patch)
+        self.head = nn.Linear(dim, self.patch[0] * self.patch[1])
 
     def forward(self, image: torch.Tensor, angle, keep: torch.Tensor) -> torch.Tensor:
         """Mean squared error on the masked patches of ``image`` (normalised units) when
