@@ -281,3 +281,37 @@ def test_figures_without_matplotlib(tmp_path, monkeypatch):
     for p in (roc, views):
         with Image.open(p) as im:
             assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_study_real_anatomy(smoke_runs):
+    """The world model on the real CT's DRRs and the real radiograph when ../shared/data is
+    there (found from a working folder elsewhere), a stated skip when it is not."""
+    out, _ = smoke_runs[0]
+    r = json.loads((out / "results.json").read_text())
+    real = r["world_model"]["real_anatomy"]
+    data = REPO.parent / "shared" / "data"
+    if not (data / "chest_ct.nii.gz").is_file():
+        assert "no file at" in real["ct"]["skipped"]
+        return
+    ct = real["ct"]
+    assert ct["file"] == "chest_ct.nii.gz"
+    nv = ct["novel_view"]["90"]
+    assert math.isfinite(nv["world_model_psnr"]) and 0 < nv["mean_view_ssim"] <= 1
+    for name in ("world_model", "world_model_fdk_only", "mean_ct", "copied_frontal_fdk"):
+        assert -1.0 <= ct["volume"][name]["pearson_r"] <= 1.0
+    assert ct["volume"]["n_ct"] == 1
+    cxr = real["cxr"]
+    assert cxr["file"] == "chest_cr_pa.dcm" and -1.0 <= cxr["consistency"] <= 1.0
+    assert any("pixel spacing" in n for n in cxr["preprocessing"]["notes"])   # broken header
+    assert (out / "real_anatomy.png").stat().st_size > 1000
+    assert "## Real anatomy" in (out / "results.md").read_text()
+
+
+def test_real_anatomy_file_lookup(tmp_path, monkeypatch):
+    from XrayWorldModel.study.real_anatomy import find_file
+    assert find_file(None) == (None, "not configured")
+    path, why = find_file(str(tmp_path / "absent.nii.gz"))
+    assert path is None and "no file at" in why
+    (tmp_path / "here.nii.gz").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert find_file("here.nii.gz") == ((tmp_path / "here.nii.gz").resolve(), None)

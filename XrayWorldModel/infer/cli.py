@@ -96,9 +96,10 @@ def run_eval_volume(args) -> int:
     from ..data import PreprocessedCache, resolve_source
     from ..train.config import TrainConfig
     from ..train.trainer import VolumeProvider
-    from ..weights import load_world_model
     from .evaluate import evaluate_volumes
-    model, card = load_world_model(args.model, args.device)
+    from .pipeline import load_inference_model
+    from .prior import VolumePrior
+    model, card, path = load_inference_model(args.model, args.device)
     cfg = TrainConfig.from_dict(card["config"])
     cache = PreprocessedCache(_P(args.cache_dir) if args.cache_dir else None)
     prep = cfg.data.preprocessing()
@@ -109,8 +110,9 @@ def run_eval_volume(args) -> int:
         return [data.get(i)[0] for i in range(len(items)) if i not in data.bad]
     held_out = volumes(args.data, args.limit)
     train = volumes(cfg.data.source, 16)
+    # the model file's own prior, as infer uses it; else the mean of those training CTs
     result = evaluate_volumes(model, card, held_out, train, args.volume_size, args.sweep_step,
-                              args.refine)
+                              args.refine, prior=VolumePrior.from_model_file(path, card))
     print(json.dumps({"model": card.get("name"), "model_version": card.get("version"),
                       "data": args.data, **result}, indent=1))
     return 0
@@ -119,8 +121,10 @@ def run_eval_volume(args) -> int:
 def add_eval_volume_parser(sub) -> None:
     p = sub.add_parser("eval-volume", help="volume from one frontal view vs the true CT, as JSON",
                        description="Pearson r and SSIM of the volume reconstructed from each "
-                       "CT's frontal DRR against the CT, next to the mean training CT and FDK of "
-                       "the frontal view copied to every angle.")
+                       "CT's frontal DRR against the CT (on the model's volume prior, and by FDK "
+                       "of the views alone), next to the mean training CT and FDK of the frontal "
+                       "view copied to every angle, with the per-CT difference in r against the "
+                       "mean CT and its bootstrap 95% CI.")
     p.add_argument("--model", default=None, help="model name, file or checkpoint")
     p.add_argument("--data", required=True, help="held-out CTs: folder, CSV or phantom:N[:SEED]")
     p.add_argument("--limit", type=int, default=None, help="use at most this many CTs")

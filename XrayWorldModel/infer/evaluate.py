@@ -4,24 +4,15 @@ frontal view copied to every angle of the sweep (mirrored on the far side, as th
 sweep is), which is what backprojection alone makes of one view."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from skimage.metrics import structural_similarity
 
 from ..volume import Volume
 from .pipeline import _geometry, reconstruct
-
-
-def resample_like(volume: Volume, like: Volume, fill: float = -1024.0) -> np.ndarray:
-    """``volume`` (HU) resampled trilinearly onto ``like``'s grid (both LPS)."""
-    from ..data.cache import _to_sitk
-    src = _to_sitk(volume)
-    ref = _to_sitk(Volume(np.zeros(like.shape, np.float32), like.affine))
-    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(fill))
-    return sitk.GetArrayFromImage(out).transpose(2, 1, 0).astype(np.float32)
+from .prior import VolumePrior, centred, fov_grid, resample_like
 
 
 def _cylinder(shape) -> np.ndarray:
@@ -41,51 +32,75 @@ def volume_scores(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> Dict[
     return {"pearson_r": r, "ssim": s}
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 2000,
+                      seed: int = 0) -> Dict[str, float]:
+    """Mean of ``a - b`` over paired cases with a bootstrap 95% CI and the number of wins."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"mean": float(d.mean()), "ci95": [float(lo), float(hi)], "wins": int((d > 0).sum()),
+            "n": int(len(d))}
+
+
 @torch.no_grad()
 def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes: Sequence[Volume],
                      volume_size: int = 64, sweep_step: float = 15.0,
-                     refine_iterations: int = 0) -> Dict:
-    """Mean Pearson r and SSIM over ``volumes`` (HU, held out) of the world model's volume from
-    the frontal DRR, of the mean of ``train_volumes``, and of the copied-frontal FDK."""
+                     refine_iterations: int = 0, prior: Optional[VolumePrior] = None) -> Dict:
+    """Mean Pearson r and SSIM over ``volumes`` (HU, held out) of
+
+    * ``world_model``: the volume :func:`reconstruct` makes from the frontal DRR on top of
+      ``prior`` (default: the mean of ``train_volumes``, as the model file's prior is made);
+    * ``world_model_fdk_only``: FDK of the same imagined views with no prior;
+    * ``mean_ct``: the mean of ``train_volumes``;
+    * ``copied_frontal_fdk``: FDK of the frontal view copied to every angle;
+
+    and the per-CT difference in r of ``world_model`` against ``mean_ct`` with a bootstrap
+    CI (the claim to test: does the imagined sweep add anything to the average chest?)."""
     from ..drr import DRRRenderer
     from ..recon import fdk, mu_to_hu
     from ..train.config import TrainConfig
     sampling = TrainConfig.from_dict(card["config"]).views
     dev = next(model.parameters()).device
-    rows = {"world_model": [], "mean_ct": [], "copied_frontal_fdk": []}
+    n_fdk = min(volume_size, sampling.image_size)
+    if prior is None:
+        prior = VolumePrior.from_volumes(train_volumes, _geometry(sampling, [0.0]), n_fdk,
+                                         source=f"mean of {len(train_volumes)} training CTs")
+    rows = {"world_model": [], "world_model_fdk_only": [], "mean_ct": [],
+            "copied_frontal_fdk": []}
     mean_ct = None
+    angles = np.arange(0.0, 360.0, sweep_step)
+    g = _geometry(sampling, angles)
     for vol in volumes:
-        # the phantom centred on the isocentre, as at training time
-        centred = Volume(vol.array, vol.affine.copy())
-        centred.affine[:3, 3] -= vol.center
-        frontal = DRRRenderer(centred, "fast", "cpu", sampling.mu_water).render(
+        c = centred(vol)            # the CT centred on the isocentre, as at training time
+        frontal = DRRRenderer(c, "fast", "cpu", sampling.mu_water).render(
             _geometry(sampling, [0.0]))[0]
         x = torch.from_numpy(frontal)[None, None].to(dev)
         state = model.encode(x, torch.zeros(1, device=dev))
         pred = reconstruct(model, state, sampling, volume_size, sweep_step,
-                           refine_iterations=refine_iterations)
-        true = resample_like(centred, pred)
+                           refine_iterations=refine_iterations, prior=prior)
+        plain = reconstruct(model, state, sampling, volume_size, sweep_step,
+                            refine_iterations=refine_iterations)
+        true = resample_like(c, pred)
         mask = _cylinder(pred.shape)
         if mean_ct is None:
-            stack = []
+            total = np.zeros(pred.shape, np.float64)
             for tv in train_volumes:
-                c = Volume(tv.array, tv.affine.copy())
-                c.affine[:3, 3] -= tv.center
-                stack.append(resample_like(c, pred))
-            mean_ct = np.mean(stack, axis=0)
-        angles = np.arange(0.0, 360.0, sweep_step)
-        g = _geometry(sampling, angles)
-        n = min(volume_size, sampling.image_size)
+                total += resample_like(centred(tv), pred)
+            mean_ct = (total / len(train_volumes)).astype(np.float32)
         copied = np.repeat(frontal[None], len(angles), axis=0)
         copied[np.abs((angles + 180) % 360 - 180) > 90] = frontal[:, ::-1]
-        extent = np.asarray(pred.spacing) * volume_size
-        mu = fdk(copied, g, shape=(n,) * 3, spacing=extent / n)
+        mu = fdk(copied, g, like=fov_grid(g, n_fdk))
         naive = resample_like(Volume(mu_to_hu(mu.array, sampling.mu_water).astype(np.float32),
                                      mu.affine), pred)
         rows["world_model"].append(volume_scores(pred.array, true, mask))
+        rows["world_model_fdk_only"].append(volume_scores(plain.array, true, mask))
         rows["mean_ct"].append(volume_scores(mean_ct, true, mask))
         rows["copied_frontal_fdk"].append(volume_scores(naive, true, mask))
-    return {name: {k: float(np.mean([r[k] for r in vals])) for k in ("pearson_r", "ssim")}
-            for name, vals in rows.items()} | {"n_ct": len(volumes), "volume_size": volume_size,
-                                               "sweep_step": sweep_step,
-                                               "refine_iterations": refine_iterations}
+    out = {name: {k: float(np.mean([r[k] for r in vals])) for k in ("pearson_r", "ssim")}
+           for name, vals in rows.items()}
+    out["world_model_vs_mean_ct"] = {
+        k: paired_difference([r[k] for r in rows["world_model"]], [r[k] for r in rows["mean_ct"]])
+        for k in ("pearson_r", "ssim")}
+    return out | {"n_ct": len(volumes), "volume_size": volume_size, "sweep_step": sweep_step,
+                  "refine_iterations": refine_iterations, "prior": prior.card_entry()}

@@ -2,9 +2,10 @@
 
 Stages (each timed): load the model, bring the radiograph into the DRR domain
 (:mod:`.domain`), encode it, sweep the transition model over the trained rotations, decode the
-views, reconstruct a volume with FDK, apply the probe heads stored in the model card, and
-re-project the volume at the input angle to score how consistent the imagined 3D is with what
-was seen.
+views, reconstruct a volume (FDK of the views' residual over the mean-CT prior the model
+file carries, :mod:`.prior`; FDK of the views alone without one), apply the probe heads
+stored in the model card, and re-project the volume at the input angle to score how
+consistent the imagined 3D is with what was seen.
 
 The sweep uses the rotations the model was trained on (``-90..90``). The far half of the
 circle comes from the symmetry of transmission imaging: the view from ``a + 180`` sees the
@@ -13,7 +14,6 @@ up to the cone's magnification here), so no rotation is extrapolated beyond trai
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -25,9 +25,11 @@ from ..data import ViewSampling
 from ..errors import InputError
 from ..geometry import ProjectionGeometry
 from ..radiograph import Radiograph
-from ..recon import default_grid, fdk, mu_to_hu
+from ..recon import fdk, mu_to_hu
 from ..volume import Volume
 from .domain import ModelInput, to_model_input
+from .prior import VolumePrior, fov_extent, fov_grid
+
 
 @dataclass
 class InferenceResult:
@@ -86,43 +88,49 @@ def check_sweep_step(sweep_step: float) -> None:
 
 def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size: int,
                 sweep_step: float = 15.0, mu_water: Optional[float] = None,
-                refine_iterations: int = 0) -> Volume:
-    """FDK of a full sweep of imagined views onto a ``volume_size``^3 grid (HU, LPS), centred
-    on the isocentre, so it lies behind the detector plane of the 0-deg (PA) view.
+                refine_iterations: int = 0, prior: Optional[VolumePrior] = None) -> Volume:
+    """A volume (HU, LPS) from a full sweep of imagined views, on a ``volume_size``^3 grid
+    centred on the isocentre, so it lies behind the detector plane of the 0-deg (PA) view.
 
-    The views have ``image_size`` pixels across, so FDK runs on a grid of at most that many
-    voxels per side (finer would add no detail, only time) and the result is resampled
-    trilinearly to ``volume_size`` over the same extent. ``refine_iterations`` > 0 adds that
-    many SIRT steps through the differentiable projector against the same imagined views
-    (on the FDK grid, before resampling): sharper and closer to the truth, at about 0.4 s per
-    step at 64^3 on 2 cores."""
+    With a ``prior`` (:class:`~XrayWorldModel.infer.prior.VolumePrior`, the mean training
+    CT the model file carries) the views' residual over the prior's projections is
+    reconstructed on top of it; without one, FDK of the views alone. The views have
+    ``image_size`` pixels across, so this runs on a grid of at most that many voxels per
+    side (finer would add no detail, only time) and is resampled trilinearly to
+    ``volume_size`` over the same extent. ``refine_iterations`` > 0 adds that many SIRT
+    steps through the differentiable projector against the same views (about 0.4 s per step
+    at 64^3 on 2 cores)."""
     check_sweep_step(sweep_step)
+    mu_water = mu_water if mu_water is not None else sampling.mu_water
     angles = np.arange(0.0, 360.0, sweep_step)
     views = imagine_views(model, state, angles)
     geometry = _geometry(sampling, angles)
     n_fdk = min(volume_size, sampling.image_size)
-    # the square around the circle every view sees (not the square inside it), so the whole
-    # chest fits; corners outside that circle are unknown and set to air
-    extent = default_grid(geometry, (1, 1, 1)).spacing * np.array([math.sqrt(2), math.sqrt(2), 1.0])
-    mu = fdk(views, geometry, shape=(n_fdk,) * 3, spacing=extent / n_fdk)
+    grid = fov_grid(geometry, n_fdk)
+    if prior is not None:
+        mu = Volume(prior.reconstruct(views, geometry, grid, mu_water), grid.affine)
+    else:
+        mu = fdk(views, geometry, like=grid)
     if refine_iterations > 0:
         from ..recon import refine
         with torch.enable_grad():   # SIRT uses the projector's autograd adjoint
             mu = refine(Volume(np.clip(mu.array, 0.0, None), mu.affine), views, geometry,
                         iterations=int(refine_iterations))
-    hu = mu_to_hu(mu.array, mu_water if mu_water is not None else sampling.mu_water)
+    hu = mu_to_hu(mu.array, mu_water)
     affine = mu.affine
     if n_fdk != volume_size:
         import torch.nn.functional as F
         t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
         hu = F.interpolate(t, size=(volume_size,) * 3, mode="trilinear",
                            align_corners=False)[0, 0].numpy()
-        affine = default_grid(geometry, (volume_size,) * 3, extent / volume_size).affine
+        affine = fov_grid(geometry, volume_size).affine
+    extent = fov_extent(geometry)
     c = (np.arange(volume_size) - (volume_size - 1) / 2) / volume_size * extent[0]
     outside = (c[:, None] ** 2 + c[None, :] ** 2) > (extent[0] / 2) ** 2
     hu[outside] = -1024.0
-    return Volume(np.clip(hu, -1024.0, 3071.0).astype(np.float32), affine,
-                  {"sweep_angles": angles.tolist(), "fdk_grid": n_fdk, "source": "xray2xray infer"})
+    meta = {"sweep_angles": angles.tolist(), "fdk_grid": n_fdk, "source": "xray2xray infer",
+            "prior": "mean training CT + residual" if prior is not None else "none"}
+    return Volume(np.clip(hu, -1024.0, 3071.0).astype(np.float32), affine, meta)
 
 
 def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSampling) -> float:
@@ -157,10 +165,12 @@ def apply_card_heads(model, card: Dict, image: torch.Tensor) -> Dict:
 
 def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (90.0, 180.0, 270.0),
                   volume_size: int = 128, device="cpu", sweep_step: float = 15.0,
-                  refine_iterations: int = 0) -> InferenceResult:
+                  refine_iterations: int = 0,
+                  prior: Optional[VolumePrior] = None) -> InferenceResult:
     """Predicted ``views`` (degrees), the reconstructed volume, the card's scores and the
     consistency score for one frontal radiograph. ``model``: anything
-    :func:`load_inference_model` takes."""
+    :func:`load_inference_model` takes; ``prior``: the volume prior to reconstruct on
+    (default: the model file's own, if it has one)."""
     if volume_size < 16 or volume_size > 512:
         raise InputError(f"volume size must be between 16 and 512, got {volume_size}")
     check_sweep_step(sweep_step)        # bad arguments fail before any work
@@ -189,8 +199,10 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
     t["views"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if prior is None:
+        prior = VolumePrior.from_model_file(path, card)
     volume = reconstruct(model, state, sampling, volume_size, sweep_step,
-                         refine_iterations=refine_iterations)
+                         refine_iterations=refine_iterations, prior=prior)
     t["reconstruct"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -110,6 +110,8 @@ class EvaluateSection:
     volume_size: int = 64
     sweep_step: float = 15.0
     figure_cases: int = 2                # rows of the views figure
+    real_ct: Optional[str] = None        # a real chest CT for the real-anatomy check (None: skip)
+    real_cxr: Optional[str] = None       # a real frontal radiograph for it (None: skip)
 
 
 @dataclass

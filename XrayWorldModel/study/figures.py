@@ -101,7 +101,8 @@ def _roc_pillow(path, curves, titles) -> Path:
 # ----------------------------------------------------------------------------- views
 def views_figure(path: Path, rows: Sequence[Mapping[str, np.ndarray]],
                  row_titles: Sequence[str] = ()) -> Path:
-    """One row per CT of :data:`PANELS` (from :func:`.world_model.example_row`)."""
+    """One row per CT of :data:`PANELS` (from :func:`.world_model.example_row`); a panel a
+    row lacks (no true CT behind a real radiograph) is left blank and says so."""
     mpl = _matplotlib()
     if mpl is not None:
         Figure, Canvas = mpl
@@ -110,8 +111,11 @@ def views_figure(path: Path, rows: Sequence[Mapping[str, np.ndarray]],
         for r, row in enumerate(rows):
             for c, (key, title) in enumerate(PANELS):
                 ax = fig.add_subplot(len(rows), len(PANELS), r * len(PANELS) + c + 1)
-                img, lo, hi = _display(key, row[key])
-                ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+                if key in row:
+                    img, lo, hi = _display(key, row[key])
+                    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+                else:
+                    ax.text(0.5, 0.5, "no truth", ha="center", va="center", fontsize=8)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_title(title if r == 0 else "", fontsize=8)
@@ -126,10 +130,12 @@ def views_figure(path: Path, rows: Sequence[Mapping[str, np.ndarray]],
     d = ImageDraw.Draw(im)
     for r, row in enumerate(rows):
         for c, (key, title) in enumerate(PANELS):
+            d.text((c * tile + 2, r * (tile + pad) + 3), title, fill=0)
+            if key not in row:
+                continue
             img, lo, hi = _display(key, row[key])
             u8 = (np.clip((img - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
             im.paste(Image.fromarray(u8).resize((tile, tile)), (c * tile, r * (tile + pad) + pad))
-            d.text((c * tile + 2, r * (tile + pad) + 3), title, fill=0)
     im.save(path)
     return path
 

@@ -85,11 +85,49 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if wm.get("volume"):
         v = wm["volume"]
         rows = [[title, f"{v[name]['pearson_r']:.3f}", f"{v[name]['ssim']:.3f}"]
-                for name, title in (("world_model", "world model (imagined sweep, FDK)"),
-                                    ("mean_ct", "mean training CT"),
-                                    ("copied_frontal_fdk", "FDK of the copied frontal view"))]
+                for name, title in (
+                    ("world_model", "world model (imagined sweep on the mean-CT prior)"),
+                    ("world_model_fdk_only", "world model (FDK of the imagined sweep alone)"),
+                    ("mean_ct", "mean training CT"),
+                    ("copied_frontal_fdk", "FDK of the copied frontal view")) if name in v]
         lines += [f"Volume from the frontal view ({v['n_ct']} test CTs, {v['volume_size']}^3):", ""]
         lines += _table(["Volume", "Pearson r", "SSIM"], rows) + [""]
+        d = v.get("world_model_vs_mean_ct")
+        if d:
+            lines += ["World model minus mean CT, per test CT (mean, bootstrap 95% CI, wins): " +
+                      "; ".join(f"{k} {d[k]['mean']:+.4f} [{d[k]['ci95'][0]:+.4f}, "
+                                f"{d[k]['ci95'][1]:+.4f}], {d[k]['wins']}/{d[k]['n']}"
+                                for k in ("pearson_r", "ssim")), ""]
+    real = wm.get("real_anatomy") or {}
+    if real:
+        lines += ["## Real anatomy: the same world model outside its synthetic training", ""]
+        ct, cxr = real.get("ct") or {}, real.get("cxr") or {}
+        if "skipped" in ct:
+            lines += [f"Real CT: skipped ({ct['skipped']}).", ""]
+        elif ct:
+            rows = []
+            for angle, r in ct["novel_view"].items():
+                for name, title in (("world_model", "world model"), ("copy_input", "copy the input"),
+                                    ("mean_view", "mean training view")):
+                    rows.append([f"{angle} deg from 0 deg", title, f"{r[name + '_psnr']:.2f}",
+                                 f"{r[name + '_ssim']:.3f}"])
+            v = ct["volume"]
+            for name, title in (("world_model", "volume: world model on the prior"),
+                                ("world_model_fdk_only", "volume: world model, FDK alone"),
+                                ("mean_ct", "volume: mean training CT"),
+                                ("copied_frontal_fdk", "volume: FDK of the copied frontal")):
+                if name in v:
+                    rows.append(["volume", title, f"r {v[name]['pearson_r']:.3f}",
+                                 f"{v[name]['ssim']:.3f}"])
+            lines += [f"DRRs of the real CT `{ct['file']}`:", ""]
+            lines += _table(["View", "Prediction", "PSNR (dB) / Pearson r", "SSIM"], rows) + [""]
+        if "skipped" in cxr:
+            lines += [f"Real radiograph: skipped ({cxr['skipped']}).", ""]
+        elif cxr:
+            notes = "; ".join(cxr["preprocessing"].get("notes") or []) or "none"
+            lines += [f"Real radiograph `{cxr['file']}`: consistency score (NCC of the "
+                      f"reconstruction re-projected at 0 deg with the input) "
+                      f"{cxr['consistency']:.3f}; preprocessing notes: {notes}.", ""]
     lines += ["## Training", ""]
     rows = []
     for meth in methods:

@@ -10,8 +10,10 @@
 4. extract features, fit the probes on each fraction's labelled cases, score the test cases:
    AUROC per pathology and for the event, C-index, bootstrap CIs, paired bootstrap of
    Xray2Xray against every other method; the world model's novel-view PSNR/SSIM and volume
-   correlation;
-5. write ``results.json``, ``results.md``, ``predictions.csv``, ``roc.png`` and ``views.png``.
+   correlation,
+   and the same world model on real anatomy (:mod:`.real_anatomy`), when the files are there;
+5. write ``results.json``, ``results.md``, ``predictions.csv``, ``roc.png``, ``views.png``
+   and ``real_anatomy.png``.
 
 Every random choice is seeded from the config's ``seed``; with ``run.deterministic`` torch
 runs deterministic algorithms, so a second run with the same seed on the same machine gives
@@ -142,7 +144,8 @@ def _run(cfg: StudyConfig, out: Path, device, progress: bool, log, deterministic
     features: Dict[str, Dict[str, np.ndarray]] = {}
     training: Dict[str, object] = {}
     wm_out: Dict[str, object] = {}
-    model = tcfg = None
+    model = tcfg = prior = None
+    real_figure: Dict = {}
     stages.start("train", "training: " + ", ".join(m for m in methods if m != "oracle"))
     for method in methods:
         if method == "oracle":
@@ -189,8 +192,16 @@ def _run(cfg: StudyConfig, out: Path, device, progress: bool, log, deterministic
     stages.start("world_model", "world model: novel views and volume correlation")
     if model is not None:
         wm_out["novel_view"] = wm.novel_views(model, store, train, test, cfg, device)
-        wm_out["volume"] = wm.volume_correlation(model, tcfg, store, train, test, cfg)
+        prior = wm.volume_prior(store, train, cfg)
+        wm_out["volume"] = wm.volume_correlation(model, tcfg, store, train, test, cfg, prior)
         wm_out["imagined_angles"] = list(cfg.probe.imagined)
+        from .real_anatomy import evaluate_real_anatomy
+        log("  real anatomy: the world model on a real CT's DRRs and a real radiograph")
+        real = evaluate_real_anatomy(model, tcfg, cfg, cache_dir,
+                                     [store.get(r) for r in list(train)[:16]], frontal[train],
+                                     prior, device)
+        real_figure = real.pop("_figure")
+        wm_out["real_anatomy"] = real
 
     # 5. probes and comparisons
     stages.start("probes", "probes, bootstrap CIs and paired comparisons")
@@ -234,7 +245,8 @@ def _run(cfg: StudyConfig, out: Path, device, progress: bool, log, deterministic
     _write_predictions(out / "predictions.csv", cohort, test, labels_test, fitted, fkeys)
     figures = {}
     if cfg.run.figures:
-        figures = _figures(out, cfg, fitted, labels_test, results, fkeys, model, store, test)
+        figures = _figures(out, cfg, fitted, labels_test, results, fkeys, model, store, test,
+                           prior, real_figure)
     res["figures"] = figures
     stages.stop()
     from .. import __version__
@@ -281,7 +293,8 @@ def _write_predictions(path: Path, cohort, test, labels_test, fitted, fkeys) -> 
                                     int(truth[j]), f"{labels_test['time'][j]:.6g}"])
 
 
-def _figures(out: Path, cfg, fitted, labels_test, results, fkeys, model, store, test) -> Dict:
+def _figures(out: Path, cfg, fitted, labels_test, results, fkeys, model, store, test,
+             prior=None, real=None) -> Dict:
     from . import figures as fig, world_model as wm
     from .probes import TASK_TITLES, roc_curve
     curves: Dict[str, Dict[str, Dict[float, tuple]]] = {}
@@ -298,9 +311,20 @@ def _figures(out: Path, cfg, fitted, labels_test, results, fkeys, model, store, 
     written = {"roc": fig.roc_figure(out / "roc.png", curves, TASK_TITLES, METHOD_TITLES).name}
     n = min(cfg.evaluate.figure_cases, len(test))
     if model is not None and n:
-        rows = [wm.example_row(model, store.get(r), cfg) for r in list(test)[:n]]
+        rows = [wm.example_row(model, store.get(r), cfg, prior) for r in list(test)[:n]]
         written["views"] = fig.views_figure(out / "views.png", rows,
                                             [store.cohort.ids[r] for r in list(test)[:n]]).name
+    if model is not None and real:
+        rows, titles = [], []
+        if "ct" in real:
+            rows.append(wm.example_row(model, real["ct"], cfg, prior))
+            titles.append("real CT (DRRs)")
+        if "cxr" in real:
+            c = real["cxr"]
+            rows.append({"frontal": c["input"], "predicted_lateral": c["predicted_lateral"],
+                         "reconstructed_slice": c["slice"]})
+            titles.append("real radiograph")
+        written["real_anatomy"] = fig.views_figure(out / "real_anatomy.png", rows, titles).name
     return written
 
 

@@ -128,7 +128,19 @@ def novel_views(model, store, train_rows, test_rows, cfg, device=None) -> Dict:
     return evaluate_views(model, test_vols, cfg.views, angles, mean_views, device=device)
 
 
-def volume_correlation(model, tcfg, store, train_rows, test_rows, cfg) -> Optional[Dict]:
+def volume_prior(store, train_rows, cfg):
+    """The world model's volume prior: the mean of the first 16 training CTs (the mean-CT
+    baseline is the same mean), on the reconstruction grid."""
+    from ..infer.pipeline import _geometry
+    from ..infer.prior import VolumePrior
+    n = min(cfg.evaluate.volume_size, cfg.views.image_size)
+    rows = list(train_rows)[:16]
+    return VolumePrior.from_volumes([store.get(r) for r in rows], _geometry(cfg.views, [0.0]),
+                                    n, source=f"mean of {len(rows)} training CTs")
+
+
+def volume_correlation(model, tcfg, store, train_rows, test_rows, cfg,
+                       prior=None) -> Optional[Dict]:
     """Pearson r and SSIM of the volume reconstructed from the frontal view against the
     true CT (first ``evaluate.volume_cases`` test CTs), with the mean-CT and copied-frontal
     FDK baselines (:func:`~XrayWorldModel.infer.evaluate.evaluate_volumes`)."""
@@ -139,27 +151,26 @@ def volume_correlation(model, tcfg, store, train_rows, test_rows, cfg) -> Option
     vols = [store.get(r) for r in list(test_rows)[:n]]
     train_vols = [store.get(r) for r in list(train_rows)[:16]]
     return evaluate_volumes(model, {"config": tcfg.to_dict()}, vols, train_vols,
-                            cfg.evaluate.volume_size, cfg.evaluate.sweep_step)
+                            cfg.evaluate.volume_size, cfg.evaluate.sweep_step, prior=prior)
 
 
-def example_row(model, volume, cfg) -> Dict[str, np.ndarray]:
+def example_row(model, volume, cfg, prior=None) -> Dict[str, np.ndarray]:
     """One figure row for a CT: its frontal DRR (the input), true and predicted lateral
     (90 deg), and the true and reconstructed axial mid-slices (HU)."""
     import torch
     from ..drr import DRRRenderer
-    from ..infer.evaluate import resample_like
     from ..infer.pipeline import _geometry, reconstruct
-    from ..volume import Volume
+    from ..infer.prior import centred as centre, resample_like
     s = cfg.views
-    centred = Volume(volume.array, volume.affine.copy())
-    centred.affine[:3, 3] -= volume.center
+    centred = centre(volume)
     drr = DRRRenderer(centred, "fast", "cpu", s.mu_water).render(_geometry(s, [0.0, 90.0]))
     dev = next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(drr[:1]))[None].to(dev)
     with torch.no_grad():
         state = model.encode(x, torch.zeros(1, device=dev))
         lateral = model.predict_view(x, 0.0, 90.0).float().cpu().numpy()[0, 0]
-        recon = reconstruct(model, state, s, cfg.evaluate.volume_size, cfg.evaluate.sweep_step)
+        recon = reconstruct(model, state, s, cfg.evaluate.volume_size, cfg.evaluate.sweep_step,
+                            prior=prior)
     true = resample_like(centred, recon)
     k = recon.shape[2] // 2
     return {"frontal": drr[0], "true_lateral": drr[1], "predicted_lateral": lateral,
@@ -167,4 +178,4 @@ def example_row(model, volume, cfg) -> Dict[str, np.ndarray]:
 
 
 __all__ = ["train_config", "train_world_model", "world_model_features", "novel_views",
-           "volume_correlation", "example_row"]
+           "volume_correlation", "volume_prior", "example_row"]

@@ -1,12 +1,15 @@
 """Build the built-in demonstration model from a ``cpu-small`` training run on phantoms.
 
     python -m XrayWorldModel.weights.build_demo RUN_DIR [--cohort N] [--work DIR]
+    python -m XrayWorldModel.weights.build_demo --from-model FILE --version V
 
 Steps, all reproducible from the run and a seed: export the run's best checkpoint as a model
 file; add the domain statistics inference needs (quantiles of the training frontal DRRs);
 write a labelled synthetic cohort and fit the pathology and risk probe heads on it
-(``xray2xray probe --save-into``); copy the result into ``weights/builtin/`` and record its
-size and SHA256 in the shipped registry. The card says plainly what the model is: a
+(``xray2xray probe --save-into``); add the volume prior (the mean of the first 64 training
+CTs, :mod:`XrayWorldModel.infer.prior`); copy the result into ``weights/builtin/`` and record
+its size and SHA256 in the shipped registry. ``--from-model`` redoes only the last two steps
+on an existing model file (a new version with the current prior). The card says plainly what the model is: a
 demonstration trained on synthetic chests, not for clinical use.
 """
 from __future__ import annotations
@@ -26,15 +29,39 @@ INTENDED_USE = ("Demonstration only. Trained on synthetic procedural chest phant
                 "medical device.")
 
 
-def _frontals(cfg, n: int = 64):
+def _training_volumes(cfg, n: int = 64):
+    """The first ``n`` training CTs of ``cfg``, preprocessed as the trainer saw them."""
     from ..data import PreprocessedCache, resolve_source
-    from ..train.metrics import render_views
     from ..train.trainer import VolumeProvider
     items = resolve_source(cfg.data.source)[:n]
     cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
     data = VolumeProvider(items, cache, cfg.data.preprocessing(), len(items))
-    vols = [data.get(i)[0] for i in range(len(items))]
-    return render_views(vols, cfg.views, [0.0])[:, 0]
+    return [data.get(i)[0] for i in range(len(items))]
+
+
+def _frontals(cfg, n: int = 64):
+    from ..train.metrics import render_views
+    return render_views(_training_volumes(cfg, n), cfg.views, [0.0])[:, 0]
+
+
+def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int = 64) -> Path:
+    """A copy of ``model_file`` carrying the volume prior built from its own training data
+    (and ``version``, when given)."""
+    from ..infer.pipeline import _geometry
+    from ..infer.prior import CARD_KEY, VolumePrior
+    from ..train.config import TrainConfig
+    from .model_file import load_model_file, save_model_file
+    tensors, card = load_model_file(model_file)
+    cfg = TrainConfig.from_dict(card["config"])
+    vols = _training_volumes(cfg, n_volumes)
+    prior = VolumePrior.from_volumes(vols, _geometry(cfg.views, [0.0]), cfg.views.image_size,
+                                     source=f"mean of the first {len(vols)} training CTs "
+                                            f"({cfg.data.source})")
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
+    card = dict(card, **{CARD_KEY: prior.card_entry()})
+    if version:
+        card["version"] = version
+    return save_model_file(out_path, {**tensors, **prior.tensors()}, card)
 
 
 def build(run_dir, version: str, work, n_cohort: int = 160, cohort_seed: int = 50_000) -> Path:
@@ -72,7 +99,7 @@ def build(run_dir, version: str, work, n_cohort: int = 160, cohort_seed: int = 5
     if cli(["probe", "--model", str(with_path), "--data", csv, "--labels", csv, "--task", "risk",
             "--save-into", str(final), "--out", str(work / "risk.json"), *cache]):
         raise SystemExit("probe (risk) failed")
-    return final
+    return add_volume_prior(final, final)
 
 
 def install(model_file: Path) -> dict:
@@ -98,12 +125,23 @@ def install(model_file: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="build and install the built-in demo model")
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", nargs="?", help="the cpu-small training run to build from")
+    ap.add_argument("--from-model", default=None, metavar="FILE",
+                    help="instead of a run: an existing model file to re-version with the "
+                         "current volume prior")
     ap.add_argument("--version", default="1.0")
     ap.add_argument("--work", default="demo-model-build")
     ap.add_argument("--cohort", type=int, default=160, help="synthetic cohort size for the heads")
     args = ap.parse_args(argv)
-    final = build(args.run_dir, args.version, args.work, args.cohort)
+    if (args.run_dir is None) == (args.from_model is None):
+        ap.error("give either RUN_DIR or --from-model FILE")
+    if args.from_model:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        final = add_volume_prior(args.from_model,
+                                 Path(args.work) / f"{NAME}-{args.version}.safetensors",
+                                 args.version)
+    else:
+        final = build(args.run_dir, args.version, args.work, args.cohort)
     entry = install(final)
     print(json.dumps(entry, indent=1))
     return 0
