@@ -236,6 +236,29 @@ def test_encode_visible_with_every_token_is_the_encoder():
     assert torch.isfinite(loss) and enc.patch_embed.weight.grad is not None
 
 
+def test_mae_on_row_band_tokens_predicts_whole_rows():
+    """With row-band tokens (patch 2 rows x the full width) each MAE target is two image
+    rows, in the encoder's token order, and the loss trains the encoder."""
+    import torch
+    from XrayWorldModel.models import WorldModelConfig
+    from XrayWorldModel.study.baselines import MaskedAutoencoder, build_encoder, patchify
+    img = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
+    tokens = patchify(img, (2, 32))
+    assert tokens.shape == (2, 16, 64)
+    torch.testing.assert_close(tokens[1, 5], img[1, 0, 10:12].reshape(-1))
+    torch.testing.assert_close(patchify(img, 8), patchify(img, (8, 8)))
+    cfg = WorldModelConfig(image_size=32, patch_size=2, patch_width=32, embed_dim=32, depth=1,
+                           heads=2, transition_depth=1, decoder_dim=32, decoder_depth=1,
+                           decoder_heads=2, n_freq=2)
+    enc = build_encoder(cfg, seed=0)
+    mae = MaskedAutoencoder(enc, dim=32, depth=1, heads=2)
+    assert mae.head.out_features == 64
+    keep = torch.arange(4).expand(2, -1)
+    loss = mae(torch.rand(2, 1, 32, 32), torch.zeros(2), keep)
+    loss.backward()
+    assert torch.isfinite(loss) and enc.patch_embed.weight.grad.abs().sum() > 0
+
+
 def test_split_and_labelled_subsets_have_both_classes(tmp_path):
     from XrayWorldModel.phantom.cohort import sample_case_labels
     from XrayWorldModel.study.data import (BINARY_TASKS, Cohort, labelled_subsets,
