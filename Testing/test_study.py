@@ -338,3 +338,28 @@ def test_real_anatomy_file_lookup(tmp_path, monkeypatch):
     (tmp_path / "here.nii.gz").write_bytes(b"x")
     monkeypatch.chdir(tmp_path)
     assert find_file("here.nii.gz") == ((tmp_path / "here.nii.gz").resolve(), None)
+
+
+def test_hidden_findings_split_the_positives(smoke_runs):
+    """Visible and hidden positives partition each hideable finding's test positives (read
+    from the cohort labels), and each method and fraction has both AUROCs or a reason."""
+    out, _ = smoke_runs[0]
+    r = json.loads((out / "results.json").read_text())
+    with open(next((out / "cohort").glob("*.csv")), newline="") as f:
+        labels = {row["id"]: row for row in csv.DictReader(f)}
+    test_ids = r["cohort"]["test_ids"]
+    hf = r["hidden_findings"]
+    for task in ("atelectasis", "consolidation", "pleural_effusion"):
+        hidden = sum(int(float(labels[i][task])) and int(float(labels[i][f"{task}_hidden"]))
+                     for i in test_ids)
+        for m in METHODS:
+            for frac in FRACTIONS:
+                e = hf["results"][m][frac][task]
+                assert e["visible"]["n_pos"] + e["hidden"]["n_pos"] == \
+                    r["cohort"]["test_positives"][task]
+                assert e["hidden"]["n_pos"] == hidden
+                for part in ("visible", "hidden"):
+                    v = e[part]["value"]
+                    assert (v is None and e[part]["note"]) or 0.0 <= v <= 1.0
+        assert set(hf["comparisons"]) == {"supervised", "mae", "oracle"}
+    assert "## Findings the frontal view hides" in (out / "results.md").read_text()

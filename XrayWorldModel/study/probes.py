@@ -158,6 +158,51 @@ def compare(fitted_a: Mapping[str, Any], fitted_b: Mapping[str, Any],
     return out
 
 
+def hidden_subgroups(fitted: Mapping[str, Any], labels_test: Mapping[str, np.ndarray],
+                     hidden_test: Mapping[str, np.ndarray], n_boot: int, seed: int
+                     ) -> Dict[str, Dict[str, Any]]:
+    """The study's hypothesis, per hideable finding: AUROC of the positives the frontal view
+    shows (``visible``) and of those it hides by superposition (``hidden``), each against
+    all negatives, with bootstrap CIs. A volumetric representation should lose less on the
+    hidden ones."""
+    from ..probe.evaluate import auroc_ci
+    out: Dict[str, Dict[str, Any]] = {}
+    for task, hidden in hidden_test.items():
+        s = fitted["scores"].get(task)
+        y = labels_test[task].astype(bool)
+        out[task] = {}
+        for name, pos in (("visible", y & ~hidden), ("hidden", y & hidden)):
+            sel = ~y | pos
+            if s is None or not pos.any():
+                out[task][name] = _entry("auroc", float("nan"), None, n_pos=int(pos.sum()),
+                                         note="no head" if s is None else "no such positives")
+                continue
+            r = auroc_ci(pos[sel], s[sel], n_boot=n_boot, seed=seed)
+            out[task][name] = _entry("auroc", r["auroc"], r["ci95"], n_pos=r["n_pos"],
+                                     n_neg=r["n_neg"])
+    return out
+
+
+def compare_hidden(fitted_a: Mapping[str, Any], fitted_b: Mapping[str, Any],
+                   labels_test: Mapping[str, np.ndarray], hidden_test: Mapping[str, np.ndarray],
+                   n_boot: int, seed: int) -> Dict[str, Optional[Dict[str, Any]]]:
+    """Paired bootstrap difference (a - b) of the AUROC on the hidden positives against
+    all negatives, per hideable finding."""
+    from ..probe.evaluate import paired_bootstrap_test
+    out: Dict[str, Optional[Dict[str, Any]]] = {}
+    for task, hidden in hidden_test.items():
+        sa, sb = fitted_a["scores"].get(task), fitted_b["scores"].get(task)
+        y = labels_test[task].astype(bool)
+        sel = ~y | (y & hidden)
+        if sa is None or sb is None or not (y & hidden).any():
+            out[task] = None
+            continue
+        r = paired_bootstrap_test(y[sel], sa[sel], sb[sel], n_boot=n_boot, seed=seed)
+        out[task] = {"difference": _finite(r["difference"]), "ci95": r["ci95"],
+                     "p_value": r["p_value"], "n_boot": r["n_boot"]}
+    return out
+
+
 def roc_curve(y: np.ndarray, score: np.ndarray):
     """(false positive rate, true positive rate) of ``score`` for the binary ``y``, with
     ties stepped diagonally; from (0, 0) to (1, 1)."""
@@ -172,4 +217,5 @@ def roc_curve(y: np.ndarray, score: np.ndarray):
     return np.r_[0.0, fps / N], np.r_[0.0, tps / P]
 
 
-__all__ = ["TASKS", "TASK_TITLES", "fit_and_score", "task_metrics", "compare", "roc_curve"]
+__all__ = ["TASKS", "TASK_TITLES", "fit_and_score", "task_metrics", "compare", "roc_curve",
+           "hidden_subgroups", "compare_hidden"]

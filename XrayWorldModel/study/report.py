@@ -47,7 +47,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"Cohort: {cohort['n_cases']} synthetic chest CTs (seeds {cohort['first_seed']}.."
         f"{cohort['first_seed'] + cohort['n_cases'] - 1}), {cohort['n_train']} for training "
         f"and {cohort['n_test']} held out for testing. Encoder (every method): ViT "
-        f"{m['image_size']} px, patch {m['patch_size']}, width {m['embed_dim']}, depth "
+        f"{m['image_size']} px, patches {m['patch_size']} x {m.get('patch_width') or m['patch_size']} "
+        f"px, width {m['embed_dim']}, depth "
         f"{m['depth']}. Compute: {cfg['budget']['encoder_samples']} encoder samples per trained "
         "method. Metrics on the test cases with percentile-bootstrap 95 % CIs "
         f"({cfg['probe']['bootstrap']} resamples).",
@@ -72,6 +73,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                      *(_diff(results["comparisons"][other][frac].get(t)) for t in TASKS)]
                     for other in results["comparisons"]]
             lines += _table(["Comparison", *(TASK_TITLES[t] for t in TASKS)], rows) + [""]
+    lines += _hidden_section(results, methods)
     wm = results.get("world_model") or {}
     if wm.get("novel_view"):
         lines += ["## World model: novel views and volume", ""]
@@ -145,6 +147,37 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += ["Figures: `roc.png` (ROC curves per task), `views.png` (frontal input, true and "
               "predicted lateral, true and reconstructed mid-slices).", ""]
     return "\n".join(lines)
+
+
+def _hidden_section(results: Mapping[str, Any], methods: List[str]) -> List[str]:
+    """AUROC on the positives the frontal view shows and on those it hides, per finding."""
+    hf = results.get("hidden_findings") or {}
+    res = hf.get("results") or {}
+    if not res:
+        return []
+    tasks = list(next(iter(next(iter(res.values())).values())))
+    lines = ["## Findings the frontal view hides by superposition", "",
+             "AUROC of the visible and of the hidden positives, each against all negatives "
+             "(n = number of such positives among the test cases).", ""]
+    header = ["Method"] + [f"{TASK_TITLES[t]}, {part}" for t in tasks
+                           for part in ("visible", "hidden")]
+    for frac in results["label_fractions"]:
+        lines += [f"### {_fraction_title(frac, None)}", ""]
+        first = res[methods[0]][frac]
+        n_row = ["n"] + [str(first[t][part].get("n_pos", "")) for t in tasks
+                         for part in ("visible", "hidden")]
+        rows = [n_row] + [[METHOD_TITLES.get(m, m)] + [_cell(res[m][frac][t][part]) for t in tasks
+                                                     for part in ("visible", "hidden")]
+                          for m in methods]
+        lines += _table(header, rows) + [""]
+        comp = hf.get("comparisons") or {}
+        if comp:
+            lines += ["Xray2Xray minus each method on the hidden positives (paired bootstrap):", ""]
+            rows = [[f"vs {METHOD_TITLES.get(o, o)}", *(_diff(comp[o][frac].get(t)) for t in tasks)]
+                    for o in comp]
+            lines += _table(["Comparison", *(TASK_TITLES[t] + ", hidden" for t in tasks)],
+                            rows) + [""]
+    return lines
 
 
 __all__ = ["render_markdown"]

@@ -33,6 +33,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .config import METHOD_TITLES, StudyConfig
+from ..phantom.findings import HIDEABLE
 from .data import BINARY_TASKS
 
 RESULTS_FORMAT = "xray2xray-study"
@@ -222,6 +223,18 @@ def _run(cfg: StudyConfig, out: Path, device, progress: bool, log, deterministic
             comparisons[other] = {k: probes.compare(fitted["xray2xray"][k], fitted[other][k],
                                                     labels_test, cfg.probe.paired_bootstrap, seed)
                                   for k in fkeys}
+    # the hypothesis: findings the frontal view hides by superposition
+    hidden_test = {t: cohort.column(f"{t}_hidden")[test] > 0.5 for t in HIDEABLE}
+    subgroups = {m: {k: probes.hidden_subgroups(fitted[m][k], labels_test, hidden_test,
+                                                cfg.probe.bootstrap, seed) for k in fkeys}
+                 for m in methods}
+    hidden_comparisons = {}
+    if "xray2xray" in methods:
+        hidden_comparisons = {
+            other: {k: probes.compare_hidden(fitted["xray2xray"][k], fitted[other][k],
+                                             labels_test, hidden_test,
+                                             cfg.probe.paired_bootstrap, seed) for k in fkeys}
+            for other in methods if other != "xray2xray"}
 
     # 6. outputs
     stages.start("outputs", f"writing results to {out}")
@@ -237,6 +250,7 @@ def _run(cfg: StudyConfig, out: Path, device, progress: bool, log, deterministic
         "labelled": {k: {"n": int(len(labelled[f])), "ids": [cohort.ids[i] for i in labelled[f]]}
                      for f, k in zip(fractions, fkeys)},
         "tasks": list(probes.TASKS), "results": results, "comparisons": comparisons,
+        "hidden_findings": {"results": subgroups, "comparisons": hidden_comparisons},
         "world_model": wm_out or None,
         "environment": {"hardware": _hardware(device), "device": str(device),
                         "deterministic": cfg.run.deterministic, "platform": platform.platform()},
