@@ -363,3 +363,32 @@ def test_hidden_findings_split_the_positives(smoke_runs):
                     assert (v is None and e[part]["note"]) or 0.0 <= v <= 1.0
         assert set(hf["comparisons"]) == {"supervised", "mae", "oracle"}
     assert "## Findings the frontal view hides" in (out / "results.md").read_text()
+
+
+def test_study_analysis_agrees_with_the_study(smoke_runs, tmp_path):
+    """``study-analysis`` on a finished run: its probe on the study's own world-model
+    features reproduces the study's numbers, and the event AUROC of the true risk
+    probability matches one computed from the cohort labels directly."""
+    import shutil
+    from sklearn.metrics import roc_auc_score
+    run = tmp_path / "run"
+    shutil.copytree(smoke_runs[0][0], run)
+    res = run_cli("study-analysis", run)
+    assert res.returncode == 0, res.stderr
+    a = json.loads((run / "analysis.json").read_text())
+    r = json.loads((run / "results.json").read_text())
+    study_row = next(v for k, v in a["probe_ablation"].items() if "the study's" in k)
+    for frac in FRACTIONS:
+        for task in ("pathology_macro", "event", "c_index"):
+            assert study_row[frac][task]["value"] == pytest.approx(
+                r["results"]["xray2xray"][frac][task]["value"], abs=1e-9)
+    with open(next((run / "cohort").glob("*.csv")), newline="") as f:
+        labels = {row["id"]: row for row in csv.DictReader(f)}
+    ids = r["cohort"]["test_ids"]
+    y = [int(float(labels[i]["event"])) for i in ids]
+    p = [float(labels[i]["risk_prob"]) for i in ids]
+    assert a["event_from_truth"]["risk_prob"]["value"] == pytest.approx(roc_auc_score(y, p))
+    assert set(next(iter(a["linear_readout_r2"].values()))) == {"log calcium volume", "heart scale"}
+    assert "# Study analysis" in res.stdout
+    bad = run_cli("study-analysis", tmp_path / "nothing")
+    assert bad.returncode == 2 and "not a finished study folder" in bad.stderr

@@ -26,7 +26,27 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. cohort.n_cases=60 budget.encoder_samples=800")
     p.set_defaults(func=run_study_command)
+    a = subparsers.add_parser(
+        "study-analysis", help="why a finished study came out as it did (risk drivers, "
+        "what a frontal view shows, feature ablation)",
+        description="On a finished study folder: event AUROC from each true risk quantity, "
+        "cross-validated R^2 of linear read-outs of calcium and heart size from the frontal "
+        "pixels and the world model's features, and the probes on other world-model features. "
+        "Writes analysis.json and analysis.md into the folder.")
+    a.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by xray2xray study")
+    a.set_defaults(func=run_analysis_command)
     return p
+
+
+def run_analysis_command(args) -> int:
+    from pathlib import Path
+    from ..errors import InputError
+    if not (Path(args.run_dir) / "results.json").is_file():
+        raise InputError(f"{args.run_dir}: not a finished study folder (no results.json)")
+    from .analysis import analyse
+    analyse(args.run_dir)
+    print((Path(args.run_dir) / "analysis.md").read_text(), end="")
+    return 0
 
 
 def run_study_command(args) -> int:
