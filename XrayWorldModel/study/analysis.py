@@ -6,7 +6,8 @@ Three questions, answered on the run's own cohort, split, labelled subsets and w
    risk model is made of (the true risk probability is the ceiling any method can reach).
 2. **What can a frontal image show of it?** Five-fold cross-validated R^2 of a linear
    read-out (ridge) of the log calcium volume and of the heart scale, from the frontal DRR's
-   pixels and from the world model's probe features. A quantity no linear read-out of the
+   pixels (at the study's resolution and at 2 and 4 times finer) and from the world model's
+   probe features. A quantity no linear read-out of the
    pixels finds is out of reach of any linear probe on a frozen encoder of that view.
 3. **Which world-model features carry the signal?** The study's probes on the observed view's
    latent alone, with the imagined views the study used, with four imagined views, and on
@@ -65,6 +66,16 @@ def analyse(run_dir) -> Dict:
                      n_boot=cfg.probe.bootstrap, seed=seed)
         out["event_from_truth"][q] = {"value": r["auroc"], "ci95": r["ci95"]}
 
+    total = np.nan_to_num(cohort.column("calcium_volume_mm3"))
+    count = np.nan_to_num(cohort.column("calcium_count"))
+    has = count > 0
+    out["calcium"] = {"fraction_with_calcium": float(has.mean()),
+                      "median_total_mm3": float(np.median(total)),
+                      "median_per_deposit_mm3": float(np.median(total[has] / count[has]))
+                      if has.any() else None,
+                      "ct_voxel_mm3": float(np.prod(cfg.cohort.spacing)),
+                      "detector_pixel_mm": cfg.views.field_of_view_mm / cfg.views.image_size}
+
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run / "cache"
     store = sdata.VolumeStore(cohort, cfg, cache)
     frontal = sdata.render_clean(store, range(len(cohort)), cfg.views, [0.0],
@@ -87,6 +98,13 @@ def analyse(run_dir) -> Dict:
                "heart scale": cohort.column("heart_scale")}
     readout_inputs = {f"frontal pixels ({frontal.shape[1]}x{frontal.shape[2]})":
                       frontal.reshape(len(frontal), -1).astype(np.float64)}
+    # finer frontal DRRs of the same CTs: is the calcium there at a higher resolution?
+    import dataclasses
+    for size in (2 * cfg.views.image_size, 4 * cfg.views.image_size):
+        fine = sdata.render_clean(store, range(len(cohort)), dataclasses.replace(
+            cfg.views, image_size=size), [0.0], torch.device("cpu"))[:, 0]
+        readout_inputs[f"frontal pixels ({size}x{size}, finer DRR)"] = \
+            fine.reshape(len(fine), -1).astype(np.float64)
     readout_inputs.update({k: v for k, v in feats.items() if "the study's" in k or "pixels" in k})
     out["linear_readout_r2"] = {name: {t: _cv_r2(X, y, seed) for t, y in targets.items()}
                                 for name, X in readout_inputs.items()}
@@ -119,6 +137,14 @@ def render(a: Dict) -> str:
                         f"Event AUROC on the {a['n_test']} test cases from each true quantity:", "",
                         "| quantity | event AUROC |", "| --- | --- |"]
     lines += [f"| {q} | {_cell(e)} |" for q, e in a["event_from_truth"].items()]
+    c = a.get("calcium")
+    if c:
+        per = c["median_per_deposit_mm3"]
+        lines += ["", f"Calcium: {c['fraction_with_calcium'] * 100:.0f} % of the cases have "
+                  f"deposits; median total {c['median_total_mm3']:.0f} mm3, median deposit "
+                  + (f"{per:.0f} mm3" if per is not None else "n/a")
+                  + f" (one CT voxel: {c['ct_voxel_mm3']:.1f} mm3; one detector pixel: "
+                  f"{c['detector_pixel_mm']:.2f} mm)."]
     lines += ["", f"Linear read-out (ridge, 5-fold CV R^2 over all {a['n_cases']} cases):", "",
               "| input | " + " | ".join(next(iter(a["linear_readout_r2"].values()))) + " |",
               "| --- | --- | --- |"]
