@@ -34,6 +34,17 @@ def _fraction_title(frac: str, n: Optional[int]) -> str:
     return f"{pct} of the training labels" + (f" ({n} cases)" if n is not None else "")
 
 
+def _view_rows(novel_view: Mapping[str, Any]) -> List[List[str]]:
+    """PSNR/SSIM rows of the predicted view and its two baselines at each angle."""
+    rows = []
+    for angle, r in novel_view.items():
+        for name, title in (("world_model", "world model"), ("copy_input", "copy the input"),
+                            ("mean_view", "mean training view")):
+            rows.append([f"{angle} deg from 0 deg", title, f"{r[name + '_psnr']:.2f}",
+                         f"{r[name + '_ssim']:.3f}"])
+    return rows
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     cfg = results["config"]
     cohort = results["cohort"]
@@ -77,13 +88,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     wm = results.get("world_model") or {}
     if wm.get("novel_view"):
         lines += ["## World model: novel views and volume", ""]
-        rows = []
-        for angle, r in wm["novel_view"].items():
-            for name, title in (("world_model", "world model"), ("copy_input", "copy the input"),
-                                ("mean_view", "mean training view")):
-                rows.append([f"{angle} deg from 0 deg", title, f"{r[name + '_psnr']:.2f}",
-                             f"{r[name + '_ssim']:.3f}"])
-        lines += _table(["View", "Prediction", "PSNR (dB)", "SSIM"], rows) + [""]
+        lines += _table(["View", "Prediction", "PSNR (dB)", "SSIM"],
+                        _view_rows(wm["novel_view"])) + [""]
     if wm.get("volume"):
         v = wm["volume"]
         rows = [[title, f"{v[name]['pearson_r']:.3f}", f"{v[name]['ssim']:.3f}"]
@@ -107,12 +113,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         if "skipped" in ct:
             lines += [f"Real CT: skipped ({ct['skipped']}).", ""]
         elif ct:
-            rows = []
-            for angle, r in ct["novel_view"].items():
-                for name, title in (("world_model", "world model"), ("copy_input", "copy the input"),
-                                    ("mean_view", "mean training view")):
-                    rows.append([f"{angle} deg from 0 deg", title, f"{r[name + '_psnr']:.2f}",
-                                 f"{r[name + '_ssim']:.3f}"])
+            rows = _view_rows(ct["novel_view"])
             v = ct["volume"]
             for name, title in (("world_model", "volume: world model on the prior"),
                                 ("world_model_fdk_only", "volume: world model, FDK alone"),
