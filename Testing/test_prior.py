@@ -48,6 +48,12 @@ def test_prior_is_the_mean_of_centred_ct(chests, prior):
     assert prior.hu[N // 2, N // 2, N // 2] > -500 and prior.hu[0, 0, N // 2] < -900
 
 
+def test_prior_without_any_ct_is_refused_in_one_line():
+    from XrayWorldModel.errors import InputError
+    with pytest.raises(InputError, match="at least one readable training CT"):
+        VolumePrior.from_volumes([], _geometry(SAMPLING, [0.0]), N)
+
+
 def test_views_that_agree_with_the_prior_leave_it_unchanged(prior):
     angles, g = _sweep()
     grid = fov_grid(g, N)

@@ -24,6 +24,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..geometry import ProjectionGeometry
 from ..volume import Volume
 
@@ -90,7 +91,7 @@ class VolumePrior:
                      source: str = "", **kwargs) -> "VolumePrior":
         """The mean of ``volumes`` (HU, any grid), each centred on the isocentre."""
         if not volumes:
-            raise ValueError("a volume prior needs at least one CT")
+            raise InputError("a volume prior needs at least one readable training CT, got none")
         grid = fov_grid(geometry, n)
         total = np.zeros(grid.shape, np.float64)
         for v in volumes:
