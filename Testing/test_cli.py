@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from XrayWorldModel.export import read_drr_stack, stack_complete
+from XrayWorldModel.io.drr_stack import read_drr_stack, stack_complete
 from XrayWorldModel.geometry import ProjectionGeometry
 from XrayWorldModel.io import read_ct, write_volume
 from XrayWorldModel.phantom import procedural_chest

@@ -18,8 +18,8 @@ from XrayWorldModel.infer.pipeline import imagine_views, wrap_delta
 from XrayWorldModel.io import read_ct
 from XrayWorldModel.models import WorldModel
 from XrayWorldModel.radiograph import Radiograph
-from XrayWorldModel.train.config import load_config
-from XrayWorldModel.train.metrics import render_views
+from XrayWorldModel.config import load_config
+from XrayWorldModel.data.views import render_views
 from XrayWorldModel.weights.model_file import save_model_file
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (test extra) validates results.json")
@@ -120,7 +120,7 @@ def test_infer_real_radiograph_outputs(tmp_path, shared_data, model_file):
     assert data["input"]["spacing_is_default"] is True
     assert any("spacing" in n for n in data["preprocessing"]["notes"])
     # predicted views: a NIfTI stack + PNGs at the requested angles
-    from XrayWorldModel.export import read_drr_stack
+    from XrayWorldModel.io.drr_stack import read_drr_stack
     views, geom, _ = read_drr_stack(out / "views.nii.gz")
     assert views.shape == (3, 32, 32) and list(geom.angles) == [90.0, 180.0, 270.0]
     assert np.isfinite(views).all() and views.min() >= 0

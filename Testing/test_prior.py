@@ -93,7 +93,7 @@ def test_prior_round_trips_through_a_model_file(tmp_path, prior):
 def test_shipped_model_carries_a_prior_and_infer_uses_it():
     from XrayWorldModel.infer.pipeline import load_inference_model, run_inference
     from XrayWorldModel.radiograph import Radiograph
-    from XrayWorldModel.train.config import TrainConfig
+    from XrayWorldModel.config import TrainConfig
     model, card, path = load_inference_model(None)
     prior = VolumePrior.from_model_file(path, card)
     size = TrainConfig.from_dict(card["config"]).views.image_size

@@ -209,7 +209,7 @@ TINY_MODEL = {"image_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "h
 def setup(tmp_path_factory):
     """A tiny model file, a labels CSV for phantom:12, and a shared preprocessing cache."""
     from XrayWorldModel.models import WorldModel, WorldModelConfig
-    from XrayWorldModel.train.config import TrainConfig, load_config
+    from XrayWorldModel.config import TrainConfig, load_config
     from XrayWorldModel.weights import save_model_file
 
     root = tmp_path_factory.mktemp("probe")

@@ -415,8 +415,8 @@ def _tiny_model_file(path: Path, heads: bool) -> Path:
     import torch
     from XrayWorldModel.infer import domain_reference
     from XrayWorldModel.models import WorldModel
-    from XrayWorldModel.train.config import load_config
-    from XrayWorldModel.train.metrics import render_views
+    from XrayWorldModel.config import load_config
+    from XrayWorldModel.data.views import render_views
     from XrayWorldModel.weights.model_file import save_model_file
     cfg = load_config("cpu-small", [f"model.{k}={v}" for k, v in TINY.items()] + ["views.image_size=32"])
     frontals = render_views([_phantom(s, (48, 48, 40), (7.5, 7.5, 9.0)) for s in (0, 1)],
@@ -623,7 +623,7 @@ def test_inference_failing_while_adding_nodes_leaves_the_scene_unchanged(scene, 
 
 def test_load_inference_outputs_written_by_the_cli(scene, tmp_path, shared_data, tiny_models):
     from XrayWorldModel.cli import main
-    from XrayWorldModel.export import read_drr_stack
+    from XrayWorldModel.io.drr_stack import read_drr_stack
     from XrayWorldModel.io import read_ct
     cr = shared_data / "chest_cr_pa.dcm"
     if not cr.is_file():

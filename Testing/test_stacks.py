@@ -15,7 +15,7 @@ from XrayWorldModel.data import DRRStackSet, StackLoadWarning, ViewSampling, lis
 from XrayWorldModel.data.stacks import (StackFieldOfViewWarning, evaluate_stacks,
                                         mean_stack_views, wrap_deg)
 from XrayWorldModel.errors import InputError
-from XrayWorldModel.export import read_drr_stack
+from XrayWorldModel.io.drr_stack import read_drr_stack
 
 ANGLES = [float(a) for a in range(-90, 91, 15)]
 FOV = 32 * 15.0 * 1500.0 / 1800.0          # detector 32 x 15 mm at magnification 1.2: 400 mm
@@ -186,7 +186,7 @@ def test_bad_stacks_are_skipped_and_empty_folders_refused(data, tmp_path):
 
 def test_stack_evaluation_uses_stored_views(data):
     from XrayWorldModel.models import WorldModel
-    from XrayWorldModel.train.config import TrainConfig
+    from XrayWorldModel.config import TrainConfig
     cfg = TrainConfig.from_dict({"model": dict(_TINY_MODEL), "views": {"image_size": 32}})
     model = WorldModel(cfg.model)
     stacks = DRRStackSet(data / "drr", _sampling())
@@ -209,7 +209,7 @@ _TINY_MODEL = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "
 
 
 def _train_config(tmp_path, source, **run):
-    from XrayWorldModel.train.config import TrainConfig
+    from XrayWorldModel.config import TrainConfig
     r = {"out_dir": str(tmp_path / "run"), "seed": 3, "device": "cpu", "log_every": 1,
          "val_every": 4, "checkpoint_every": 4, "keep_last": 2, "val_angles": [90.0, 45.0]}
     r.update(run)

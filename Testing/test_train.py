@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from XrayWorldModel.errors import InputError
 from XrayWorldModel.train import CheckpointError, load_checkpoint, load_config, save_checkpoint
-from XrayWorldModel.train.config import TrainConfig
+from XrayWorldModel.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

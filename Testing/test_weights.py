@@ -23,7 +23,7 @@ from XrayWorldModel.cli import main
 from XrayWorldModel.errors import FileNotFoundInputError, InputError, UnreadableFileError
 from XrayWorldModel.models import WorldModel, WorldModelConfig
 from XrayWorldModel.train import save_checkpoint
-from XrayWorldModel.train.config import TrainConfig, load_config
+from XrayWorldModel.config import TrainConfig, load_config
 from XrayWorldModel.weights import (CARD_KEY, DEFAULT_MODEL, ModelFileError, cache_dir,
                                     export_checkpoint, fetch, import_model, list_models,
                                     load_model_file, load_world_model, read_card, remove,

@@ -781,7 +781,7 @@ class Xray2XrayTest(ScriptedLoadableModuleTest):
         import torch
         from XrayWorldModel.infer import domain_reference
         from XrayWorldModel.models import WorldModel
-        from XrayWorldModel.train.config import load_config
+        from XrayWorldModel.config import load_config
         from XrayWorldModel.weights.model_file import save_model_file
         tiny = {"image_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "heads": 2,
                 "transition_depth": 1, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2,
@@ -798,7 +798,7 @@ class Xray2XrayTest(ScriptedLoadableModuleTest):
         import numpy as np
         from Xray2XrayLib import conversions
         from XrayWorldModel.phantom import procedural_chest
-        from XrayWorldModel.train.metrics import render_views
+        from XrayWorldModel.data.views import render_views
 
         logic = Xray2XrayLogic()
         logic.ensureDependencies()
@@ -848,7 +848,7 @@ class Xray2XrayTest(ScriptedLoadableModuleTest):
             self.assertEqual(completed.returncode, 0, completed.stderr[-2000:])
             self.assertEqual(job.progress()[0], 1.0)
             loaded = logic.loadInferenceOutputs(job.outputs, sourceNode=drr)
-            from XrayWorldModel.export import read_drr_stack
+            from XrayWorldModel.io.drr_stack import read_drr_stack
             from XrayWorldModel.io import read_ct
             views, geometry, _ = read_drr_stack(job.outputs / "views.nii.gz")
             check(loaded, read_ct(job.outputs / "volume.nii.gz"), geometry, views)

@@ -28,17 +28,18 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import FileNotFoundInputError, InputError, UnreadableFileError, XrayWorldModelError
-from .geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry, parse_angles
+from .conventions import CT_INPUT_SUFFIXES, MU_WATER, parse_angles
+from .geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
 
 PROG = "xray2xray"
 DEFAULT_DETECTOR = (256, 256)
 DEFAULT_PIXEL_SPACING_MM = 1.6
-DEFAULT_MU_WATER = 0.02           # same value as drr.DEFAULT_MU_WATER, without importing torch
+DEFAULT_MU_WATER = MU_WATER
 MANIFEST_SUFFIXES = (".txt", ".csv")
 PHANTOM_KINDS = ("chest", "ellipsoid")
 #: Ellipsoid phantom grid used for ``phantom:ellipsoid`` inputs (it fits a 256 mm cube).
 ELLIPSOID_SHAPE, ELLIPSOID_SPACING = (128, 128, 128), 2.0
-_CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+_CT_SUFFIXES = CT_INPUT_SUFFIXES
 
 
 # ----------------------------------------------------------------------------- messages
@@ -245,7 +246,7 @@ def _request(src: Source, geometry: ProjectionGeometry, args) -> dict:
 
 def _state(out: Path, request: dict) -> str:
     """'complete' (same request), 'different' (complete, other settings) or 'todo'."""
-    from .export import sidecar_path, stack_complete
+    from .io.drr_stack import sidecar_path, stack_complete
     if not stack_complete(out):
         return "todo"
     import json
@@ -289,7 +290,7 @@ def render_one(src: Source, out: Path, geometry: ProjectionGeometry, args, devic
     t1 = time.perf_counter()
     dev = device.get()
     from .drr import render_drr
-    from .export import write_drr_stack
+    from .io.drr_stack import write_drr_stack
     g = geometry.resolve(volume)
     drrs = render_drr(volume, g, method=args.method, device=dev, mu_water=args.mu_water,
                       units=units, progress=_progress())
@@ -308,7 +309,7 @@ def render_one(src: Source, out: Path, geometry: ProjectionGeometry, args, devic
 
 
 def cmd_drr(args) -> int:
-    from .export import stack_path
+    from .io.drr_stack import stack_path
 
     geometry = build_geometry(args)
     if args.mu_water <= 0:
@@ -342,7 +343,7 @@ def cmd_drr(args) -> int:
         if state == "complete":
             skipped += 1
         elif state == "different":
-            from .export import sidecar_path
+            from .io.drr_stack import sidecar_path
             raise InputError("already holds a complete DRR stack made with other settings "
                              "(input, angles, detector, distances, method or mu-water); "
                              "pass --overwrite to replace it or choose another --out",
@@ -477,7 +478,7 @@ def cmd_phantom(args) -> int:
 # ----------------------------------------------------------------------------- recon
 def cmd_recon(args) -> int:
     import numpy as np
-    from .export import read_drr_stack
+    from .io.drr_stack import read_drr_stack
     from .io import write_volume
     from .volume import Volume
 
@@ -503,7 +504,7 @@ def cmd_recon(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def _version() -> str:
-    from .export import package_version
+    from .io.drr_stack import package_version
     return package_version()
 
 
@@ -640,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    from .train.config import load_config
+    from .config import load_config
     from .train.trainer import train
     cfg = load_config(args.config, args.overrides)
     last = train(cfg, resume=args.resume, progress=_progress())

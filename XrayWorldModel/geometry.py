@@ -35,17 +35,6 @@ class DetectorCutsVolumeWarning(UserWarning):
     """
 
 
-def parse_angles(text: str) -> np.ndarray:
-    """Parse ``"0,90,180"`` into an array of degrees, with a clear error on bad input."""
-    try:
-        values = [float(t) for t in str(text).replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise GeometryError(f"angles must be comma-separated numbers in degrees, got {text!r}")
-    if not values:
-        raise GeometryError("no angles given")
-    return np.asarray(values, dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class ProjectionGeometry:
     """A set of projections: angles, detector and distances. All lengths in mm, angles in deg."""

@@ -44,7 +44,7 @@ def stage_times(model_spec, volume_size: int, device: str, repeats: int):
     from XrayWorldModel.infer.domain import to_model_input
     from XrayWorldModel.infer.pipeline import (apply_card_heads, consistency_score,
                                                reconstruct, wrap_delta)
-    from XrayWorldModel.train.config import TrainConfig
+    from XrayWorldModel.config import TrainConfig
     from XrayWorldModel.weights import load_world_model
     from XrayWorldModel.weights.registry import resolve_model
 

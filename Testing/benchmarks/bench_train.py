@@ -35,7 +35,7 @@ def main() -> int:
     import torch
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    from XrayWorldModel.train.config import load_config
+    from XrayWorldModel.config import load_config
     from XrayWorldModel.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

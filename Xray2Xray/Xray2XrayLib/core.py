@@ -64,7 +64,7 @@ def _parseAngles(angles) -> Tuple[float, ...]:
     if angles is None:
         raise InputError("no angles given; pass e.g. angles=[0, 90] (degrees)")
     if isinstance(angles, str):
-        from XrayWorldModel.geometry import parse_angles
+        from XrayWorldModel.conventions import parse_angles
         values = list(parse_angles(angles))
     else:
         try:
@@ -400,7 +400,7 @@ class Xray2XrayCoreLogic:
 
     def exportDRRs(self, sequenceNode, outPath, png: bool = False, dicom: bool = False) -> Path:
         """Write a DRR sequence as a stack (NIfTI + JSON sidecar, like ``xray2xray drr``)."""
-        from XrayWorldModel.export import write_drr_stack
+        from XrayWorldModel.io.drr_stack import write_drr_stack
         drrs, geometry = self.sequenceToDRRs(sequenceNode)
         meta = {"method": sequenceNode.GetAttribute(ATTR_METHOD) or "", "name": sequenceNode.GetName(),
                 "source": "3D Slicer, Xray2Xray module"}
@@ -525,7 +525,7 @@ class Xray2XrayCoreLogic:
         ``views.nii.gz`` + sidecar, ``results.json``) as the same nodes :meth:`runInference`
         makes; returns ``{"volume", "views", "table", "results"}``. Everything is read before
         the scene changes, so a missing or broken file leaves the scene unchanged."""
-        from XrayWorldModel.export import read_drr_stack
+        from XrayWorldModel.io.drr_stack import read_drr_stack
         from XrayWorldModel.io import read_ct
         out = Path(outDir).expanduser()
         if not out.is_dir():

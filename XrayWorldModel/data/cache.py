@@ -6,27 +6,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import UnreadableFileError
+from ..conventions import CACHE_ENV, preprocessed_cache_dir  # noqa: F401  (CACHE_ENV re-exported)
+from ..errors import InputError, UnreadableFileError, XrayWorldModelError
 from ..fileutil import atomic_path, sha256_of
 from ..volume import Volume
 
-CACHE_ENV = "XRAY2XRAY_CACHE"
 CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
     """``$XRAY2XRAY_CACHE``, else the platform's user cache dir for xray2xray."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    from platformdirs import user_cache_dir
-    return Path(user_cache_dir("xray2xray"))
+    return preprocessed_cache_dir()
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Preprocessing:
 def source_digest(spec: str) -> str:
     """SHA256 of the source file(s), or of the spec string for generated phantoms."""
     if spec.startswith("phantom:"):
-        from .. import __version__
+        from ..version import __version__
         return hashlib.sha256(f"{spec}|{__version__}".encode()).hexdigest()
     return sha256_of(spec)
 
@@ -112,3 +111,44 @@ class PreprocessedCache:
     def _atomic(self, path: Path, write) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             write(f)
+
+
+class CTLoadWarning(UserWarning):
+    """A CT could not be read during training; it is skipped and training goes on."""
+
+
+class VolumeProvider:
+    """Preprocessed training volumes by index, from the on-disk cache, with a bounded
+    in-memory LRU. A CT that fails to load is reported once and replaced by the next
+    readable one, so one bad file does not stop a long run."""
+
+    def __init__(self, items, cache: PreprocessedCache, prep, max_in_memory: int):
+        self.items, self.cache, self.prep = items, cache, prep
+        self.max_in_memory = max(1, max_in_memory)
+        self._memory: "OrderedDict[int, object]" = OrderedDict()
+        self.bad: Dict[int, str] = {}
+
+    def __len__(self):
+        return len(self.items)
+
+    def get(self, index: int):
+        n = len(self.items)
+        for k in range(n):
+            i = (index + k) % n
+            if i in self.bad:
+                continue
+            if i in self._memory:
+                self._memory.move_to_end(i)
+                return self._memory[i], self.items[i]
+            try:
+                vol = self.cache.get(self.items[i], self.prep)
+            except XrayWorldModelError as exc:
+                self.bad[i] = str(exc)
+                warnings.warn(f"skipping CT {self.items[i].spec}: {exc}", CTLoadWarning, stacklevel=2)
+                continue
+            self._memory[i] = vol
+            if len(self._memory) > self.max_in_memory:
+                self._memory.popitem(last=False)
+            return vol, self.items[i]
+        raise InputError(f"none of the {n} CTs could be read (first error: "
+                         f"{next(iter(self.bad.values()), 'n/a')})")

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ..conventions import CT_VOLUME_SUFFIXES as CT_SUFFIXES
 from ..errors import EmptyFolderError, FileNotFoundInputError, InputError
 from ..volume import Volume
 
-CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 PHANTOM_SHAPE = (128, 128, 96)
 PHANTOM_SPACING = (2.8, 2.8, 3.5)
 

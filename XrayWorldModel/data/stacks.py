@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from ..errors import (EmptyFolderError, FileNotFoundInputError, InputError, UnreadableFileError,
                       XrayWorldModelError)
-from ..export import STACK_FORMAT, read_drr_stack, sidecar_path, stack_path, stack_stem
+from ..io.drr_stack import STACK_FORMAT, read_drr_stack, sidecar_path, stack_path, stack_stem
 from ..geometry import ProjectionGeometry
 from .views import ViewBatch, ViewSampling
 
@@ -470,7 +470,7 @@ def evaluate_stacks(model, stacks: DRRStackSet, target_angles: Sequence[float],
     ``context_angle``, of the copied input view, and of ``mean_views[angle]``, against the
     stack's view nearest the target angle (within 1 deg, else :class:`InputError`). The
     model is given the views' actual angles. Same dict format as ``evaluate_views``."""
-    from ..train.metrics import psnr, ssim
+    from ..metrics import psnr, ssim
 
     targets = [float(a) for a in target_angles]
     ctx, ctx_angle, true, true_angle = [], [], [], []

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..conventions import MU_WATER
 from ..drr import DRRRenderer
 from ..errors import InputError
 from ..geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
@@ -37,7 +38,7 @@ class ViewSampling:
     shift_max_mm: float = 0.0            # augmentation: isocentre shift, uniform +- per axis
     intensity_jitter: float = 0.0        # augmentation: mu_water scaled by 1 +- this
     noise_std: float = 0.0               # augmentation: Gaussian noise, line-integral units
-    mu_water: float = 0.02
+    mu_water: float = MU_WATER
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:
@@ -136,3 +137,16 @@ class ViewRenderer:
         return ViewBatch(stack[:, 0], stack[:, 1:], torch.as_tensor(np.asarray(ctx), dtype=torch.float32),
                          torch.as_tensor(np.asarray(deltas), dtype=torch.float32),
                          torch.as_tensor(np.asarray(tilt), dtype=torch.float32), list(ids or []))
+
+
+def clean_sampling(s: ViewSampling) -> ViewSampling:
+    """The same views without augmentation, for evaluation."""
+    return replace(s, tilt_max_deg=0.0, shift_max_mm=0.0, intensity_jitter=0.0, noise_std=0.0)
+
+
+def render_views(volumes: Sequence[Volume], sampling: ViewSampling, angles, device=None) -> np.ndarray:
+    """True DRRs [N, A, H, W] of each volume at ``angles`` (no augmentation)."""
+    s = clean_sampling(sampling)
+    out = [DRRRenderer(v, "fast", device, s.mu_water).render(s.geometry(angles, 0.0, v.center))
+           for v in volumes]
+    return np.stack(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..conventions import MU_WATER
 from ..errors import InputError
 from ..geometry import ProjectionGeometry
 from ..volume import Volume
@@ -18,7 +19,7 @@ from .joseph_torch import joseph_project_torch
 from .rays import RayTable, dominant_axes
 from .support import support_box
 
-DEFAULT_MU_WATER = 0.02  # linear attenuation of water, 1/mm, at a typical effective energy
+DEFAULT_MU_WATER = MU_WATER  # linear attenuation of water, 1/mm (conventions.MU_WATER)
 METHODS = ("fast", "exact")
 
 

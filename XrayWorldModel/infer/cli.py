@@ -94,8 +94,8 @@ def add_demo_parser(sub) -> None:
 def run_eval_volume(args) -> int:
     from pathlib import Path as _P
     from ..data import PreprocessedCache, resolve_source
-    from ..train.config import TrainConfig
-    from ..train.trainer import VolumeProvider
+    from ..config import TrainConfig
+    from ..data.cache import VolumeProvider
     from .evaluate import evaluate_volumes
     from .pipeline import load_inference_model
     from .prior import VolumePrior

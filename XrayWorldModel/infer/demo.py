@@ -106,7 +106,7 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
 def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 128,
              device="cpu") -> Dict:
     """Run the demo; returns the results dict (``results.json``) with the report's name."""
-    from ..train.config import TrainConfig
+    from ..config import TrainConfig
     from .cli import input_info
     from .outputs import write_outputs
     from .pipeline import load_inference_model, run_inference

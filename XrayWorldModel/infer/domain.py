@@ -32,12 +32,13 @@ from skimage.filters import threshold_otsu
 from skimage.measure import block_reduce
 from skimage.transform import resize
 
+from ..conventions import LATERAL_VIEW_POSITIONS
 from ..data import ViewSampling
 from ..errors import InputError
 from ..radiograph import Radiograph
 
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
-LATERAL_POSITIONS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "RLO", "LLO"}
+LATERAL_POSITIONS = LATERAL_VIEW_POSITIONS
 N_QUANTILES = 101
 #: ``Radiograph.metadata["units"]`` of an image that is already a DRR (line integrals),
 #: which skips the intensity mapping.

@@ -59,7 +59,7 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
     CI (the claim to test: does the imagined sweep add anything to the average chest?)."""
     from ..drr import DRRRenderer
     from ..recon import fdk, mu_to_hu
-    from ..train.config import TrainConfig
+    from ..config import TrainConfig
     sampling = TrainConfig.from_dict(card["config"]).views
     dev = next(model.parameters()).device
     n_fdk = min(volume_size, sampling.image_size)

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 from typing import Dict, Optional
 
-from .. import __version__
-from ..export import write_drr_stack
+from ..conventions import RESULTS_FORMAT
+from ..version import __version__
+from ..io.drr_stack import write_drr_stack
 from ..fileutil import atomic_path
 from ..io import write_volume
 from .pipeline import InferenceResult
 
-RESULTS_FORMAT = "xray2xray-results"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
 
 

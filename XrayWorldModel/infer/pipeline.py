@@ -180,7 +180,7 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
     dev = next(model.parameters()).device
     t["load"] = time.perf_counter() - t0
 
-    from ..train.config import TrainConfig
+    from ..config import TrainConfig
     sampling = TrainConfig.from_dict(card["config"]).views
     t0 = time.perf_counter()
     mi = to_model_input(radiograph, sampling, card.get("domain"))

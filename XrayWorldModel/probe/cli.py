@@ -77,7 +77,7 @@ def _number_or_auto(value: str, what: str):
 
 def run_probe(args) -> int:
     from ..data import resolve_source
-    from ..geometry import parse_angles
+    from ..conventions import parse_angles
     from . import PATHOLOGIES, RISK_LABELS
     from .run import (build_targets, match_ids, parse_columns, read_labels_csv,
                       save_heads_into, table_from_items)

@@ -118,7 +118,7 @@ def predict_heads(model, images, heads: Mapping[str, Any], angle=None) -> Dict[s
 
 def _views_config(card_or_config):
     """The TrainConfig of a model card (or a TrainConfig / its dict)."""
-    from ..train.config import TrainConfig
+    from ..config import TrainConfig
     if isinstance(card_or_config, TrainConfig):
         return card_or_config
     data = card_or_config.get("config", card_or_config) if isinstance(card_or_config, Mapping) \
@@ -139,7 +139,7 @@ def render_frontal_views(items, card_or_config, angle: float = 0.0, cache_dir=No
     from pathlib import Path
     from tqdm.auto import tqdm
     from ..data import PreprocessedCache
-    from ..train.metrics import render_views
+    from ..data.views import render_views
 
     cfg = _views_config(card_or_config)
     root = cache_dir if cache_dir is not None else cfg.data.cache_dir

@@ -31,9 +31,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..conventions import PROBE_TASK_FORMAT as TASK_FORMAT
 from ..errors import InputError
 
-TASK_FORMAT = "xray2xray-probe"
 TASK_VERSION = 1
 #: Inverse regularisation strengths tried when ``C="auto"`` (inner cross-validation).
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))

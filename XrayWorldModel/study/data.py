@@ -158,7 +158,7 @@ def render_clean(store: VolumeStore, rows: Sequence[int], sampling, angles: Sequ
                  device=None, progress: bool = False) -> np.ndarray:
     """Clean DRRs [N, A, H, W] (float32) of the cases ``rows`` at ``angles``."""
     from tqdm.auto import tqdm
-    from ..train.metrics import render_views
+    from ..data.views import render_views
     out = []
     for r in tqdm(list(rows), desc="views", unit="CT", disable=not progress):
         out.append(render_views([store.get(r)], sampling, list(angles), device)[0])

@@ -33,7 +33,8 @@ def find_file(spec: Optional[str]) -> Tuple[Optional[Path], Optional[str]]:
 def _real_ct(model, tcfg, cfg, path: Path, cache_dir: Path, train_vols, prior, device) -> Dict:
     from ..data import PreprocessedCache, resolve_source
     from ..infer.evaluate import evaluate_volumes
-    from ..train.metrics import evaluate_views, render_views
+    from ..data.views import render_views
+    from ..train.metrics import evaluate_views
     item = resolve_source(str(path))[0]
     ct = PreprocessedCache(cache_dir).get(item, tcfg.data.preprocessing())
     angles = [float(a) for a in cfg.evaluate.novel_view_angles]

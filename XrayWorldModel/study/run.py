@@ -35,8 +35,9 @@ import numpy as np
 from .config import METHOD_TITLES, StudyConfig
 from ..phantom.findings import HIDEABLE
 from .data import BINARY_TASKS
+from ..conventions import STUDY_RESULTS_FORMAT
 
-RESULTS_FORMAT = "xray2xray-study"
+RESULTS_FORMAT = STUDY_RESULTS_FORMAT
 RESULTS_VERSION = 1
 
 
@@ -263,7 +264,7 @@ def _run(cfg: StudyConfig, out: Path, device, progress: bool, log, deterministic
                            prior, real_figure)
     res["figures"] = figures
     stages.stop()
-    from .. import __version__
+    from ..version import __version__
     res["package_version"] = __version__
     res["timing"]["total_s"] = time.perf_counter() - t_total
     from .report import render_markdown

@@ -16,7 +16,7 @@ def train_config(cfg, manifest: Path, out_dir: Path, cache_dir: Path, device: st
     """The :class:`~XrayWorldModel.train.TrainConfig` of the world-model arm: the study's
     model and views, the training split's manifest, the matched step budget, no validation
     (nothing of the test split is seen), one final checkpoint."""
-    from ..train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+    from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
     w = cfg.world_model
     steps = cfg.steps("xray2xray")
     return TrainConfig(
@@ -119,7 +119,8 @@ def world_model_features(model, images: np.ndarray, imagined: Sequence[float]) -
 def novel_views(model, store, train_rows, test_rows, cfg, device=None) -> Dict:
     """Mean PSNR/SSIM of the views predicted from 0 deg at each novel-view angle over the
     test CTs, next to copying the input and the mean training view."""
-    from ..train.metrics import evaluate_views, render_views
+    from ..data.views import render_views
+    from ..train.metrics import evaluate_views
     angles = [float(a) for a in cfg.evaluate.novel_view_angles]
     train_vols = [store.get(r) for r in list(train_rows)[:16]]
     views = render_views(train_vols, cfg.views, angles, device)

@@ -14,10 +14,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..conventions import CHECKPOINT_FORMAT as CARD_FORMAT
 from ..errors import InputError, UnreadableFileError
 from ..fileutil import atomic_path, sha256_file
 
-CARD_FORMAT = "xray2xray-checkpoint"
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
 

@@ -9,9 +9,11 @@ from typing import Dict, Optional, Sequence
 from ..data import PreprocessedCache, resolve_source
 from ..models import WorldModel
 from .checkpoint import load_checkpoint
-from .config import TrainConfig
-from .metrics import evaluate_views, render_views
-from .trainer import VolumeProvider, load_model_tensors
+from ..config import TrainConfig
+from ..data.views import render_views
+from .metrics import evaluate_views
+from ..data.cache import VolumeProvider
+from .trainer import load_model_tensors
 
 
 def load_world_model(spec, device="cpu"):

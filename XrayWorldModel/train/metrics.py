@@ -6,38 +6,11 @@ from typing import Dict, Sequence
 
 import numpy as np
 import torch
-from skimage.metrics import structural_similarity
 
 from ..data import ViewSampling
-from ..drr import DRRRenderer
+from ..data.views import clean_sampling, render_views  # noqa: F401  (re-exported)
+from ..metrics import psnr, ssim  # noqa: F401  (re-exported)
 from ..volume import Volume
-
-
-def psnr(pred: np.ndarray, true: np.ndarray) -> float:
-    """PSNR (dB) with the true image's value range as the peak."""
-    rng = float(true.max() - true.min()) or 1.0
-    mse = float(np.mean((pred.astype(np.float64) - true) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(rng ** 2 / mse)
-
-
-def ssim(pred: np.ndarray, true: np.ndarray) -> float:
-    rng = float(true.max() - true.min()) or 1.0
-    return float(structural_similarity(true.astype(np.float64), pred.astype(np.float64),
-                                       data_range=rng))
-
-
-def clean_sampling(s: ViewSampling) -> ViewSampling:
-    """The same views without augmentation, for evaluation."""
-    from dataclasses import replace
-    return replace(s, tilt_max_deg=0.0, shift_max_mm=0.0, intensity_jitter=0.0, noise_std=0.0)
-
-
-def render_views(volumes: Sequence[Volume], sampling: ViewSampling, angles, device=None) -> np.ndarray:
-    """True DRRs [N, A, H, W] of each volume at ``angles`` (no augmentation)."""
-    s = clean_sampling(sampling)
-    out = [DRRRenderer(v, "fast", device, s.mu_water).render(s.geometry(angles, 0.0, v.center))
-           for v in volumes]
-    return np.stack(out)
 
 
 @torch.no_grad()

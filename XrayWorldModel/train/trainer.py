@@ -24,57 +24,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..data import PreprocessedCache, ViewRenderer, resolve_source
+from ..data.cache import CTLoadWarning, VolumeProvider  # noqa: F401  (CTLoadWarning re-exported)
 from ..data.stacks import (DRRStackSet, evaluate_stacks, is_stack_source, list_stacks,
                            mean_stack_views)
 from ..drr import resolve_device
 from ..errors import InputError, XrayWorldModelError
 from ..models import EMAEncoder, PixelLoss, WorldModel, world_model_losses
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .metrics import evaluate_views, render_views
-
-
-class CTLoadWarning(UserWarning):
-    """A CT could not be read during training; it is skipped and training goes on."""
-
-
-class VolumeProvider:
-    """Preprocessed training volumes by index, from the on-disk cache, with a bounded
-    in-memory LRU. A CT that fails to load is reported once and replaced by the next
-    readable one, so one bad file does not stop a long run."""
-
-    def __init__(self, items, cache: PreprocessedCache, prep, max_in_memory: int):
-        self.items, self.cache, self.prep = items, cache, prep
-        self.max_in_memory = max(1, max_in_memory)
-        self._memory: "OrderedDict[int, object]" = OrderedDict()
-        self.bad: Dict[int, str] = {}
-
-    def __len__(self):
-        return len(self.items)
-
-    def get(self, index: int):
-        n = len(self.items)
-        for k in range(n):
-            i = (index + k) % n
-            if i in self.bad:
-                continue
-            if i in self._memory:
-                self._memory.move_to_end(i)
-                return self._memory[i], self.items[i]
-            try:
-                vol = self.cache.get(self.items[i], self.prep)
-            except XrayWorldModelError as exc:
-                self.bad[i] = str(exc)
-                warnings.warn(f"skipping CT {self.items[i].spec}: {exc}", CTLoadWarning, stacklevel=2)
-                continue
-            self._memory[i] = vol
-            if len(self._memory) > self.max_in_memory:
-                self._memory.popitem(last=False)
-            return vol, self.items[i]
-        raise InputError(f"none of the {n} CTs could be read (first error: "
-                         f"{next(iter(self.bad.values()), 'n/a')})")
+from ..config import TrainConfig
+from ..data.views import render_views
+from .metrics import evaluate_views
 
 
 class Objective(nn.Module):

@@ -32,7 +32,7 @@ INTENDED_USE = ("Demonstration only. Trained on synthetic procedural chest phant
 def _training_volumes(cfg, n: int = 64):
     """The first ``n`` training CTs of ``cfg``, preprocessed as the trainer saw them."""
     from ..data import PreprocessedCache, resolve_source
-    from ..train.trainer import VolumeProvider
+    from ..data.cache import VolumeProvider
     items = resolve_source(cfg.data.source)[:n]
     cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
     data = VolumeProvider(items, cache, cfg.data.preprocessing(), len(items))
@@ -40,7 +40,7 @@ def _training_volumes(cfg, n: int = 64):
 
 
 def _frontals(cfg, n: int = 64):
-    from ..train.metrics import render_views
+    from ..data.views import render_views
     return render_views(_training_volumes(cfg, n), cfg.views, [0.0])[:, 0]
 
 
@@ -49,7 +49,7 @@ def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int =
     (and ``version``, when given)."""
     from ..infer.pipeline import _geometry
     from ..infer.prior import CARD_KEY, VolumePrior
-    from ..train.config import TrainConfig
+    from ..config import TrainConfig
     from .model_file import load_model_file, save_model_file
     tensors, card = load_model_file(model_file)
     cfg = TrainConfig.from_dict(card["config"])
@@ -69,7 +69,7 @@ def build(run_dir, version: str, work, n_cohort: int = 160, cohort_seed: int = 5
     from ..infer.domain import domain_reference
     from ..phantom.cohort import write_cohort
     from ..train.checkpoint import load_checkpoint, resolve_checkpoint
-    from ..train.config import TrainConfig
+    from ..config import TrainConfig
     from .model_file import export_checkpoint
 
     run_dir, work = Path(run_dir), Path(work)

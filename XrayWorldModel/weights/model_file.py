@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
 
 from ..errors import UnreadableFileError
+from ..conventions import MODEL_FORMAT
 from ..fileutil import atomic_path
 
 if TYPE_CHECKING:  # torch is imported only where tensors are touched (``models list`` stays fast)
@@ -24,7 +25,6 @@ if TYPE_CHECKING:  # torch is imported only where tensors are touched (``models 
 
 PathLike = Union[str, Path]
 CARD_KEY = "xray2xray_card"
-MODEL_FORMAT = "xray2xray-model"
 DIGEST_KEY = "content_sha256"
 #: Layout of the card and tensors; a reader refuses files from a newer layout rather than
 #: misreading them. Bump when a change would make older readers load a model wrongly.
@@ -162,7 +162,7 @@ def export_checkpoint(checkpoint_spec: PathLike, out_path: PathLike,
                       card_updates: Optional[Mapping[str, Any]] = None) -> Path:
     """A training checkpoint (file or run folder) -> a model file with only the ``model.*``
     weights (the EMA target encoder is for training only) and a card for users."""
-    from .. import __version__
+    from ..version import __version__
     from ..train.checkpoint import load_checkpoint
     tensors, ck, _ = load_checkpoint(checkpoint_spec)
     model = {k: v for k, v in tensors.items() if k.startswith("model.")}
@@ -184,7 +184,7 @@ def _build_model(tensors: Mapping[str, "torch.Tensor"], card: Mapping[str, Any],
     """A WorldModel built from ``card["config"]`` with the ``model.*`` tensors loaded."""
     from ..errors import InputError
     from ..models import WorldModel
-    from ..train.config import TrainConfig
+    from ..config import TrainConfig
     if not isinstance(card.get("config"), Mapping):
         raise ModelFileError("the model card has no training config", where)
     try:

@@ -22,14 +22,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ..conventions import MODELS_ENV, REGISTRY_ENV, REGISTRY_FORMAT, models_cache_dir
 from ..errors import FileNotFoundInputError, InputError
 from ..fileutil import atomic_path, sha256_file
 from .model_file import ModelFileError, load_model_file, read_card
 
 PathLike = Union[str, Path]
-REGISTRY_FORMAT = "xray2xray-registry"
-REGISTRY_ENV = "XRAY2XRAY_REGISTRY"
-MODELS_ENV = "XRAY2XRAY_MODELS"
 DEFAULT_MODEL = "xray2xray-demo"
 SUFFIX = ".safetensors"
 _CHUNK = 1 << 20
@@ -92,11 +90,7 @@ def load_registry() -> Dict[str, Dict[str, Any]]:
 
 def cache_dir() -> Path:
     """``$XRAY2XRAY_MODELS``, else ``<user cache dir>/xray2xray/models``."""
-    env = os.environ.get(MODELS_ENV)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-    return Path(user_cache_dir("xray2xray")) / "models"
+    return models_cache_dir()
 
 
 def _cache_path(name: str, version: str) -> Path:

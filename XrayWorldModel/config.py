@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from ..data import Preprocessing, ViewSampling
-from ..errors import InputError
-from ..typed_config import build_section
-from ..models import WorldModelConfig
+from .data import Preprocessing, ViewSampling
+from .errors import InputError
+from .typed_config import build_section
+from .models import WorldModelConfig
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass

@@ -16,46 +16,36 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import FileNotFoundInputError, InputError, PathLike, UnreadableFileError
-from .fileutil import atomic_path, sha256_of  # noqa: F401  (sha256_of is part of this API)
-from .geometry import ProjectionGeometry
+from ..errors import FileNotFoundInputError, InputError, PathLike, UnreadableFileError
+from ..conventions import NIFTI_SUFFIXES, STACK_FORMAT, view_position  # noqa: F401  (part of this API)
+from ..fileutil import atomic_path, sha256_of  # noqa: F401  (sha256_of is part of this API)
+from ..geometry import ProjectionGeometry
+from ..version import __version__
 
-#: Marks the sidecar of a DRR stack (read_drr_stack checks it).
-STACK_FORMAT = "xray2xray-drr-stack"
+#: Version of the stack sidecar layout (the tag itself is ``conventions.STACK_FORMAT``).
 STACK_FORMAT_VERSION = 1
 #: Display window of PNG/DICOM views: line integrals from 0 to this percentile of the stack.
 DISPLAY_PERCENTILE = 99.5
 #: DICOM SOP class "Digital X-Ray Image Storage - For Presentation".
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
 
 # ----------------------------------------------------------------------------- small helpers
 def package_version() -> str:
-    """The installed package version, for provenance (``__version__``, then pip metadata)."""
-    try:
-        from . import __version__  # type: ignore[attr-defined]
-        return str(__version__)
-    except ImportError:
-        pass
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-        return version("XrayWorldModel")
-    except (ImportError, PackageNotFoundError):
-        return "unknown"
+    """The installed package version, for provenance."""
+    return str(__version__)
 
 
 def stack_path(out_path: PathLike) -> Path:
     """The NIfTI path of a stack: ``out_path`` itself, or with ``.nii.gz`` appended."""
     p = Path(out_path).expanduser()
-    return p if p.name.lower().endswith(_NIFTI_SUFFIXES) else p.with_name(p.name + ".nii.gz")
+    return p if p.name.lower().endswith(NIFTI_SUFFIXES) else p.with_name(p.name + ".nii.gz")
 
 
 def stack_stem(out_path: PathLike) -> str:
     """File name of the stack without its NIfTI suffix (``drr.nii.gz`` -> ``drr``)."""
     name = stack_path(out_path).name
-    for suf in _NIFTI_SUFFIXES:
+    for suf in NIFTI_SUFFIXES:
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
@@ -220,7 +210,6 @@ def _remove_stale(folder: Path, stem: str, suffix: str, keep: List[str]) -> None
 
 # ----------------------------------------------------------------------------- DICOM
 _LPS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))
-_VIEWS = {0: "PA", 90: "LL", 180: "AP", 270: "RL"}
 
 
 def orientation_letters(vector: Sequence[float]) -> str:
@@ -228,15 +217,6 @@ def orientation_letters(vector: Sequence[float]) -> str:
     v = np.asarray(vector, dtype=np.float64)
     k = int(np.argmax(np.abs(v)))
     return _LPS_LETTERS[k][1 if v[k] > 0 else 0]
-
-
-def view_position(angle: float) -> str:
-    """DICOM ViewPosition of a gantry angle (PA 0, LL 90, AP 180, RL 270), else ''."""
-    a = float(angle) % 360.0
-    for ref, name in _VIEWS.items():
-        if min(abs(a - ref), 360.0 - abs(a - ref)) < 1e-3:
-            return name
-    return ""
 
 
 def _ds(x: float) -> str:

@@ -1,0 +1,110 @@
+"""The project's shared constants and tiny parsers, in one torch-free, numpy-free place.
+
+The Slicer layer imports this module too, so that the package and the module cannot drift
+apart: attenuation of water, file suffixes, format tags, view-position names, the
+angle-list syntax and the cache-folder rule each live here and nowhere else.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Tuple
+
+from .errors import GeometryError
+
+#: Linear attenuation of water (1/mm) at a typical chest effective energy: HU -> mu.
+MU_WATER = 0.02
+
+#: Single-file CT volume formats (a DICOM series is a folder).
+CT_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: What a CT input may end with on the command line: a volume file or one DICOM slice.
+CT_INPUT_SUFFIXES = CT_VOLUME_SUFFIXES + (".dcm",)
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+#: Format tags written into (and checked in) every file the project produces.
+STACK_FORMAT = "xray2xray-drr-stack"
+MODEL_FORMAT = "xray2xray-model"
+CHECKPOINT_FORMAT = "xray2xray-checkpoint"
+REGISTRY_FORMAT = "xray2xray-registry"
+RESULTS_FORMAT = "xray2xray-results"
+PROBE_TASK_FORMAT = "xray2xray-probe"
+STUDY_RESULTS_FORMAT = "xray2xray-study"
+
+#: DICOM ViewPosition of the four cardinal gantry angles (DESIGN.md angle convention).
+VIEW_POSITIONS = {0.0: "PA", 90.0: "LL", 180.0: "AP", 270.0: "RL"}
+#: How close (degrees) an angle must be to a cardinal one to carry its view position.
+VIEW_POSITION_TOLERANCE_DEG = 1e-3
+#: View positions of lateral radiographs, which the frontal-view model refuses.
+LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "RLO", "LLO"})
+
+#: Environment variables that move the caches and extend the model registry.
+CACHE_ENV = "XRAY2XRAY_CACHE"
+MODELS_ENV = "XRAY2XRAY_MODELS"
+REGISTRY_ENV = "XRAY2XRAY_REGISTRY"
+
+
+def angular_distance(a: float, b: float) -> float:
+    """Distance in degrees between two gantry angles on the circle (0..180)."""
+    d = abs(float(a) - float(b)) % 360.0
+    return min(d, 360.0 - d)
+
+
+def view_position(angle: float) -> str:
+    """DICOM ViewPosition of a gantry angle (PA 0, LL 90, AP 180, RL 270), else ''."""
+    for ref, name in VIEW_POSITIONS.items():
+        if angular_distance(angle, ref) < VIEW_POSITION_TOLERANCE_DEG:
+            return name
+    return ""
+
+
+def parse_angles(text: str, allow_empty: bool = False) -> Tuple[float, ...]:
+    """``"0,90,180"`` -> ``(0.0, 90.0, 180.0)`` degrees, with a clear error on bad input."""
+    try:
+        values = tuple(float(t) for t in str(text).replace(" ", "").split(",") if t != "")
+    except ValueError:
+        raise GeometryError(f"angles must be comma-separated numbers in degrees, got {text!r}")
+    if not values and not allow_empty:
+        raise GeometryError("no angles given")
+    return values
+
+
+def strip_ct_suffix(name: str) -> str:
+    """A CT file's name without its volume suffix (``chest.nii.gz`` -> ``chest``)."""
+    for suffix in CT_INPUT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def platform_cache_dir() -> Path:
+    """The platform's user cache folder for xray2xray (no environment override).
+
+    Uses platformdirs where installed (the package requires it); Slicer's Python may lack
+    it, so the same rule is spelled out for the three platforms as a fallback.
+    """
+    try:
+        from platformdirs import user_cache_dir as platformdirs_cache_dir
+        return Path(platformdirs_cache_dir("xray2xray"))
+    except ImportError:
+        if sys.platform == "win32":
+            base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+            return base / "xray2xray" / "xray2xray" / "Cache"
+        if sys.platform == "darwin":
+            return Path.home() / "Library" / "Caches" / "xray2xray"
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xray2xray"
+
+
+def preprocessed_cache_dir() -> Path:
+    """Where preprocessed training CTs go: ``$XRAY2XRAY_CACHE``, else the platform cache."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return platform_cache_dir()
+
+
+def models_cache_dir() -> Path:
+    """Where downloaded and imported models live: ``$XRAY2XRAY_MODELS``, else
+    ``<platform cache>/models``."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    return platform_cache_dir() / "models"
