@@ -1,10 +1,13 @@
 """Fixtures shared by the test suites."""
+import os
 from pathlib import Path
 
 import pytest
 
 #: Real data (chest CT, PA radiograph) lives beside the repository, never inside it.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: ``XRAY2XRAY_SHARED_DATA`` points elsewhere (the mutation runner's scratch copies use it).
+SHARED_DATA = Path(os.environ.get("XRAY2XRAY_SHARED_DATA")
+                   or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

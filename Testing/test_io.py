@@ -344,12 +344,84 @@ def test_dicom_prefers_ct_over_larger_other_modality(tmp_path):
         assert read_ct(folder).metadata["series_uid"] == ct
 
 
-def test_dicom_missing_slice_warns(tmp_path, hu_big):
+def test_dicom_missing_slice_is_refused_naming_where(tmp_path, hu_big):
+    """A gap of two steps is missing slices: refused, naming the slices on either side."""
     folder = tmp_path / "gap"
     write_ct_series(folder, hu_big, desc="gap")
     (folder / "gap_002.dcm").unlink()
+    with pytest.raises(errors.InputError) as excinfo:
+        read_ct(folder)
+    assert_input_error(excinfo, folder, "gap of 5.00 mm", "gap_001.dcm", "gap_003.dcm", "missing")
+
+
+def test_dicom_slightly_uneven_spacing_still_warns(tmp_path, hu_big):
+    """Steps that vary by less than the gap ratio are read, with a warning."""
+    folder = tmp_path / "uneven"
+    write_ct_series(folder, hu_big, desc="uneven")
+    moved = folder / "uneven_002.dcm"
+    ds = pydicom.dcmread(moved)
+    ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + 0.8
+    ds.save_as(moved)
     with pytest.warns(NonUniformSliceWarning, match="not uniform"):
         read_ct(folder)
+
+
+def test_dicom_duplicate_slice_is_refused(tmp_path, hu_big):
+    """Two copies of one slice (same position) are not a volume."""
+    folder = tmp_path / "dup"
+    write_ct_series(folder, hu_big, desc="dup")
+    ds = pydicom.dcmread(folder / "dup_001.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(folder / "dup_copy.dcm")
+    with pytest.raises(errors.InputError) as excinfo:
+        read_ct(folder)
+    assert_input_error(excinfo, folder, "repeat one position", "one copy")
+
+
+def test_dicom_mixed_orientation_is_refused(tmp_path, hu_big):
+    folder = tmp_path / "tilted"
+    write_ct_series(folder, hu_big, desc="tilted")
+    ds = pydicom.dcmread(folder / "tilted_003.dcm")
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0.8, 0.6]
+    ds.save_as(folder / "tilted_003.dcm")
+    with pytest.raises(errors.InputError) as excinfo:
+        read_ct(folder)
+    assert_input_error(excinfo, folder, "disagree on orientation", "tilted_003.dcm")
+
+
+def test_dicom_mr_series_is_refused_naming_the_modality(tmp_path, hu_big):
+    folder = tmp_path / "mr"
+    write_ct_series(folder, hu_big, desc="mr", modality="MR")
+    with pytest.raises(errors.NotAVolumeError) as excinfo:
+        read_ct(folder)
+    assert_input_error(excinfo, folder, "DICOM MR image, not CT")
+    with pytest.raises(errors.NotAVolumeError, match="MR image, not CT"):
+        read_ct(folder / "mr_001.dcm")
+
+
+@pytest.mark.parametrize("name", ["zero.nii", "zero.nii.gz", "zero.mha", "zero.nrrd"])
+def test_zero_spacing_is_refused_in_every_format(tmp_path, name):
+    import gzip
+    import struct
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+    path = tmp_path / name
+    if name.startswith("zero.nii"):
+        sitk.WriteImage(img, str(tmp_path / "plain.nii"))
+        raw = bytearray((tmp_path / "plain.nii").read_bytes())
+        raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)       # pixdim[1:4]
+        raw[252:256] = struct.pack("<hh", 0, 0)              # no qform, no sform
+        path.write_bytes(gzip.compress(bytes(raw)) if name.endswith(".gz") else bytes(raw))
+    else:      # ITK refuses to write zero spacing, so edit the text header
+        plain = tmp_path / ("plain" + path.suffix)
+        sitk.WriteImage(img, str(plain), False)
+        key, zero = ((b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 0 1") if name.endswith(".mha")
+                     else (b"(0,1,0)", b"(0,0,0)"))
+        raw = plain.read_bytes()
+        assert key in raw
+        path.write_bytes(raw.replace(key, zero))
+    with pytest.raises(errors.InputError) as excinfo:
+        read_ct(path)
+    assert_input_error(excinfo, path, "voxel spacing", "positive and finite")
 
 
 def test_dicom_truncated_slice(tmp_path, hu_big):
@@ -360,9 +432,9 @@ def test_dicom_truncated_slice(tmp_path, hu_big):
     with pytest.raises(errors.UnreadableFileError) as ei:
         read_ct(bad)
     assert_input_error(ei, bad, "truncated")
-    # Reading the folder drops the slice (GDCM skips it); that must not pass silently.
+    # Reading the folder drops the slice (GDCM skips it): said, and the gap it leaves refused.
     with pytest.warns(SkippedDicomWarning, match="cut_002.dcm"):
-        with pytest.warns(NonUniformSliceWarning):
+        with pytest.raises(errors.InputError, match="gap of 5.00 mm"):
             read_ct(folder)
 
 

@@ -32,6 +32,12 @@ VOLUME_EXTENSIONS: Dict[str, str] = {
 
 #: DICOM modalities that are projection radiographs (one 2D image), never CT volumes.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "MG", "RF", "XA", "PX", "IO"})
+#: Modalities accepted as CT: CT itself, and none/"other" (what converters often write).
+CT_MODALITIES = frozenset({"CT", "", "OT"})
+#: A step between slice positions larger than this times the median step is a gap.
+MAX_GAP_RATIO = 1.5
+#: Positions closer than this (mm) along the slice normal are the same slice.
+SAME_POSITION_MM = 1e-3
 
 _MAGIC = ((b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"II*\x00", "TIFF image"),
           (b"MM\x00*", "TIFF image"), (b"BM", "BMP image"))
@@ -209,6 +215,28 @@ _NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: 
                  768: "u4", 1024: "i8", 1280: "u8"}
 
 
+def nifti_pixdim(head: bytes) -> Optional[np.ndarray]:
+    """The three voxel sizes (pixdim[1:4]) a NIfTI-1/2 header stores, or None if not NIfTI.
+
+    ITK replaces a zero or missing pixdim with 1 mm without a word, so it is read here."""
+    for endian in "<>":
+        size = int(np.frombuffer(head[:4], endian + "i4")[0]) if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 348:
+            return np.frombuffer(head[80:92], endian + "f4").astype(np.float64)
+        if size == 540 and len(head) >= 540:
+            return np.frombuffer(head[112:136], endian + "f8").astype(np.float64)
+    return None
+
+
+def check_spacing(spacing, path: Path, what: str = "header") -> None:
+    """Refuse zero, negative or non-finite voxel spacing: every distance would be wrong."""
+    values = np.asarray(spacing, dtype=np.float64)[:3]
+    if not (np.all(np.isfinite(values)) and np.all(values > 0)):
+        text = " x ".join(f"{v:g}" for v in values)
+        raise InputError(f"the voxel spacing in its {what} is {text} mm; it must be positive "
+                         "and finite (re-export the volume with its real spacing)", path)
+
+
 def _nifti_header(head: bytes):
     """(endian, dims, datatype, vox_offset, slope, inter) of a NIfTI-1/2 header, or None."""
     for endian in "<>":
@@ -248,6 +276,7 @@ def _read_nifti_voxels(p: Path, size) -> Optional[Tuple[np.ndarray, bool]]:
     hdr = _nifti_header(buf[:540])
     if hdr is None:
         return None
+    check_spacing(nifti_pixdim(buf[:540]), p, "NIfTI header (pixdim)")
     endian, dim, dtype_code, off, slope, inter = hdr
     if dtype_code not in _NIFTI_DTYPES or off < 348:
         return None
@@ -304,6 +333,7 @@ def _read_itk_file(p: Path, fmt: Optional[str] = None) -> Volume:
     what = fmt or _sniff_format(p)
     _check_volume_shape(reader.GetDimension(), reader.GetSize(),
                         reader.GetNumberOfComponents(), p, what)
+    check_spacing(reader.GetSpacing(), p, f"{what} header")
     meta = {"format": what}
     if what == "nifti":
         got = _read_nifti_voxels(p, reader.GetSize())
@@ -330,6 +360,7 @@ def _read_dicom_file(p: Path, series_uid: Optional[str]) -> Volume:
             f"looks like a radiograph (DICOM Modality {modality}, one 2D image of "
             f"{ds.get('Columns', '?')}x{ds.get('Rows', '?')} pixels), not a CT volume; "
             "read it with read_cxr", p)
+    check_ct_modality(modality, p)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:   # enhanced / multi-frame: one file is a volume
         return _read_itk_file(p, "dicom")
     uid = str(ds.get("SeriesInstanceUID", "") or "") or None
@@ -436,6 +467,8 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str],
     if len(chosen.files) < 2:
         raise NotAVolumeError(
             f"DICOM series {chosen.uid} holds a single 2D slice, not a 3D CT volume", where)
+    check_ct_modality(chosen.modality, where)
+    check_slice_positions([Path(f) for f in chosen.files], where)
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(chosen.files)
@@ -452,6 +485,55 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str],
     _warn_if_uneven(reader, img, where)
     meta = _dicom_metadata(chosen, series)
     return image_to_volume(img, where, meta)
+
+
+def check_ct_modality(modality: str, where: Path) -> None:
+    """Refuse a volume of another modality (MR, PET, ...): its values are not HU."""
+    if modality.upper() not in CT_MODALITIES:
+        raise NotAVolumeError(f"is a DICOM {modality} image, not CT: DRRs and the model need "
+                              "CT Hounsfield units", where)
+
+
+def _slice_geometry(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """(ImagePositionPatient, ImageOrientationPatient) of one slice, from its header only."""
+    import pydicom
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True,
+                             specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
+        return (np.asarray([float(v) for v in ds.ImagePositionPatient]),
+                np.asarray([float(v) for v in ds.ImageOrientationPatient]))
+    except Exception as exc:   # missing tags, unparsable numbers, truncated header
+        raise UnreadableFileError(f"a slice has no usable position/orientation in its header "
+                                  f"({_first_line(exc)})", path) from exc
+
+
+def check_slice_positions(files: List[Path], where: Path) -> None:
+    """Refuse a series that is not one evenly sampled stack: slices that repeat a position
+    (two copies of a slice), disagree on orientation, or leave a gap of more than
+    :data:`MAX_GAP_RATIO` times the median step (missing slices)."""
+    geometry = [_slice_geometry(f) for f in files]
+    orientation = geometry[0][1]
+    for f, (_, iop) in zip(files, geometry):
+        if iop.shape != (6,) or not np.allclose(iop, orientation, atol=1e-4):
+            raise InputError(f"slices disagree on orientation ({f.name} differs from "
+                             f"{files[0].name}): not one CT stack", where)
+    normal = np.cross(orientation[:3], orientation[3:])
+    depth = np.array([pos @ normal for pos, _ in geometry])
+    order = np.argsort(depth)
+    steps = np.diff(depth[order])
+    repeated = np.flatnonzero(steps < SAME_POSITION_MM)
+    if repeated.size:
+        a, b = (files[order[k]].name for k in (repeated[0], repeated[0] + 1))
+        raise InputError(f"slices {a} and {b} repeat one position ({depth[order[repeated[0]]]:.2f} "
+                         "mm along the slice normal): two copies of a slice are not a volume; "
+                         "keep one copy of each slice", where)
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > MAX_GAP_RATIO * median)
+    if gaps.size:
+        k = gaps[0]
+        raise InputError(f"a gap of {steps[k]:.2f} mm between slices {files[order[k]].name} and "
+                         f"{files[order[k + 1]].name} (median step {median:.2f} mm): slices are "
+                         "missing from the series", where)
 
 
 def _warn_if_uneven(reader: sitk.ImageSeriesReader, img: sitk.Image, where: Path) -> None:
