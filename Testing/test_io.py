@@ -196,7 +196,7 @@ def test_real_radiograph_given_to_read_ct(shared_data):
     path = shared_data / "chest_cr_pa.dcm"
     with pytest.raises(errors.NotAVolumeError) as ei:
         read_ct(path)
-    assert_input_error(ei, path, "radiograph", "read_cxr")
+    assert_input_error(ei, path, "radiograph", "xray2xray infer")
 
 
 def test_real_radiograph_truncated(shared_data, tmp_path):
@@ -479,7 +479,7 @@ def test_png_given_to_read_ct(tmp_path):
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(path)
     with pytest.raises(errors.NotAVolumeError) as ei:
         read_ct(path)
-    assert_input_error(ei, path, "2D image", "PNG", "read_cxr")
+    assert_input_error(ei, path, "2D image", "PNG", "xray2xray infer")
 
 
 @pytest.mark.parametrize("name,shape", [("slice.nii", (1, 20, 30)), ("slice.nii.gz", (1, 20, 30)),

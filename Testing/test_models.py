@@ -1,5 +1,4 @@
 """Tests of the world model's networks and losses (tiny configs, CPU, a few seconds)."""
-import time
 
 import pytest
 import torch
@@ -171,8 +170,9 @@ def test_config_rejects_unknown_key_and_wrong_type():
             paper.heads, paper.temperature) == (224, 16, 768, 12, 12, 0.1)
 
 
-def test_cpu_small_forward_backward_is_fast_and_small():
-    torch.set_num_threads(2)
+def test_cpu_small_forward_backward_is_small_and_finite():
+    """Size and a finite forward/backward; its speed is measured by benchmarks/bench_train.py,
+    not asserted here (wall-clock asserts fail on a busy machine)."""
     c = WorldModelConfig.preset("cpu-small")
     m = WorldModel(c)
     counts = m.num_parameters()
@@ -180,12 +180,10 @@ def test_cpu_small_forward_backward_is_fast_and_small():
     assert counts["total"] < 5_000_000
     assert counts["total"] == counts["encoder"] + counts["transition"] + counts["decoder"]
     x = images(8, c.image_size)
-    (m.predict_view(x, 0.0, 90.0) - x).abs().mean().backward()   # warm-up
-    t0 = time.perf_counter()
     y = m.predict_view(x, 0.0, 90.0)
     (y - x).abs().mean().backward()
-    assert time.perf_counter() - t0 < 1.0
     assert y.shape == x.shape and torch.isfinite(y).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
 def test_sincos_position_embedding_is_fixed_and_row_coded():

@@ -135,7 +135,7 @@ def _check_volume_shape(dim: int, size, ncomp: int, path: Path, what: str) -> No
         raise NotAVolumeError(
             f"{what} has {ncomp} components per voxel (a colour or vector image); a CT volume "
             "has one value (HU) per voxel", path)
-    hint = "; for a radiograph use read_cxr" if what in _BITMAPS else ""
+    hint = "; a radiograph is the input of `xray2xray infer`" if what in _BITMAPS else ""
     if dim == 2:
         raise NotAVolumeError(
             f"is a 2D image ({what}, {_size_text(size)} pixels), not a 3D CT volume{hint}", path)
@@ -359,7 +359,7 @@ def _read_dicom_file(p: Path, series_uid: Optional[str]) -> Volume:
         raise NotAVolumeError(
             f"looks like a radiograph (DICOM Modality {modality}, one 2D image of "
             f"{ds.get('Columns', '?')}x{ds.get('Rows', '?')} pixels), not a CT volume; "
-            "read it with read_cxr", p)
+            "a radiograph is the input of `xray2xray infer`", p)
     check_ct_modality(modality, p)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:   # enhanced / multi-frame: one file is a volume
         return _read_itk_file(p, "dicom")
@@ -456,7 +456,7 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str],
         if not volumetric:
             raise NotAVolumeError(
                 "folder holds only radiograph series (" + "; ".join(str(s) for s in series)
-                + "), not a CT volume; read a radiograph file with read_cxr", folder)
+                + "), not a CT volume; a radiograph is the input of `xray2xray infer`", folder)
         chosen = max(volumetric, key=lambda s: (s.modality == "CT", len(s.files), s.uid))
         if len(series) > 1:
             others = "; ".join(str(s) for s in series if s is not chosen)
