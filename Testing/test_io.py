@@ -761,3 +761,29 @@ def test_cxr_voi_lut_sequence_preferred_over_window(tmp_path, vr):
     expected = (lut[px].astype(np.float64) - lut.min()) / (lut.max() - lut.min())
     np.testing.assert_allclose(cxr.image, expected, atol=1e-6)
     assert cxr.metadata["window"] == {"kind": "lut", "explanation": "SQRT"}
+
+
+@pytest.mark.parametrize("content, phrase", [(b"", "empty file"),
+                                             (b"patient,age\n1,2\n", "text file"),
+                                             (bytes(range(256)) * 4, "not a DICOM file")])
+def test_non_dicom_named_dcm_is_named_for_people(tmp_path, content, phrase):
+    """No pydicom advice ("force=True") reaches the user: say what the file is."""
+    path = tmp_path / "scan.dcm"
+    path.write_bytes(content)
+    for reader in (read_ct, read_cxr):
+        with pytest.raises(errors.UnreadableFileError) as excinfo:
+            reader(path)
+        assert_input_error(excinfo, path, phrase)
+        assert "force" not in str(excinfo.value)
+
+
+def test_radiograph_plausibility_screen():
+    """Too small, blank, colour and noise images are named; a smooth image passes."""
+    from XrayWorldModel.radiograph import Radiograph, implausibility
+    rng = np.random.default_rng(0)
+    smooth = np.add.outer(np.linspace(0, 1, 200), np.linspace(0, 1, 180)) ** 2
+    assert implausibility(Radiograph(smooth, (1, 1))) is None
+    assert "too small" in implausibility(Radiograph(smooth[:8, :8], (1, 1)))
+    assert "blank" in implausibility(Radiograph(np.zeros((64, 64)), (1, 1)))
+    assert "noise" in implausibility(Radiograph(rng.random((300, 300)), (1, 1)))
+    assert "colour" in implausibility(Radiograph(smooth, (1, 1), metadata={"chroma": 0.3}))

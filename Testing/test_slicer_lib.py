@@ -7,12 +7,15 @@ through the background job / CLI outputs), bad input, the background-job command
 the README's console snippets executed against a scene.
 """
 import hashlib
+import importlib.util
+import inspect
 import json
 import math
 import re
 import shutil
 import subprocess
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -722,6 +725,14 @@ def test_infer_job_bad_input(tmp_path):
         jobs.inferJob(cxr, tmp_path / "out", volumeSize=8)
     with pytest.raises(InputError, match="finite"):
         jobs.inferJob(cxr, tmp_path / "out", views=[float("inf")])
+    with pytest.raises(InputError, match="distinct"):
+        jobs.inferJob(cxr, tmp_path / "out", views="90,90")
+    # text as the widget's field holds it, the same command as a list
+    args = jobs.inferJob(cxr, tmp_path / "out", views=" 90, 270", device="cpu").arguments
+    assert args == jobs.inferJob(cxr, tmp_path / "out", views=[90, 270], device="cpu").arguments
+    assert args[args.index("--views") + 1] == "90,270"
+    args = jobs.inferJob(cxr, tmp_path / "out", views="", device="cpu").arguments
+    assert args[args.index("--views") + 1] == ""
 
 
 def test_write_radiograph_file_refuses_a_ct(scene, tmp_path):
@@ -731,12 +742,54 @@ def test_write_radiograph_file_refuses_a_ct(scene, tmp_path):
     assert not (tmp_path / "x.nrrd").exists()
 
 
-def test_lib_constants_match_the_package():
-    from XrayWorldModel.infer.domain import LATERAL_POSITIONS
-    from XrayWorldModel.infer.outputs import RESULTS_FORMAT
-    from Xray2XrayLib import core
-    assert core.LATERAL_VIEW_POSITIONS == set(LATERAL_POSITIONS)
-    assert core.RESULTS_FORMAT == RESULTS_FORMAT
+def test_slicer_layer_uses_the_package_conventions():
+    """Shared constants and rules come from XrayWorldModel.conventions, their one home; no
+    file of the Slicer module spells a copy of them."""
+    from XrayWorldModel import conventions
+    from Xray2XrayLib import core, parameters
+    assert core.LATERAL_VIEW_POSITIONS is conventions.LATERAL_VIEW_POSITIONS
+    assert core.RESULTS_FORMAT is conventions.RESULTS_FORMAT
+    assert core.view_position is conventions.view_position
+    assert core.strip_ct_suffix is conventions.strip_ct_suffix
+    assert jobs.CT_VOLUME_SUFFIXES is conventions.CT_VOLUME_SUFFIXES
+    assert parameters.parse_angles is conventions.parse_angles
+    copies = ('"xray2xray-', '".nii.gz", ".nii"', "XRAY2XRAY_", '"LATERAL"', "user_cache_dir",
+              "0.02", 'split(",")')
+    for path in sorted((MODULE_DIR / "Xray2XrayLib").glob("*.py")) + [MODULE_DIR / "Xray2Xray.py"]:
+        text = path.read_text()
+        found = [c for c in copies if c in text]
+        assert not found, f"{path.name} spells its own copy of {found}: use XrayWorldModel.conventions"
+
+
+def test_drr_items_carry_the_packages_view_positions(scene):
+    from XrayWorldModel.conventions import VIEW_POSITION_TOLERANCE_DEG
+    logic = Xray2XrayCoreLogic(scene)
+    ct = conv.volumeToVolumeNode(_phantom(), scene, "phantom")
+    near = 90.0 + VIEW_POSITION_TOLERANCE_DEG / 2
+    expected = {0.0: "PA", near: "LL", 180.0: "AP", 271.0: None, 270.0: "RL"}
+    seq = logic.generateDRRs(ct, list(expected), detectorSize=(4, 4), pixelSpacing=100.0)
+    for angle, position in expected.items():
+        node = seq.GetDataNodeAtValue(f"{angle:g}")
+        assert conv.volumeNodeToRadiograph(node).view_position == position, angle
+
+
+def test_angle_lists_from_text_or_numbers():
+    from Xray2XrayLib.parameters import angleList, volumeSize
+    assert angleList("0, 90,180") == (0.0, 90.0, 180.0)
+    assert angleList([90, 0]) == (90.0, 0.0) and angleList(45) == (45.0,)
+    assert angleList(np.array([10.5])) == (10.5,)
+    assert angleList(None, "views", allowEmpty=True) == () == angleList("", "views", allowEmpty=True)
+    assert angleList([0, 0], distinct=False) == (0.0, 0.0)
+    with pytest.raises(InputError, match="comma-separated numbers"):
+        angleList("0,a")
+    with pytest.raises(InputError, match="views must be distinct"):
+        angleList("90, 90.0", "views")
+    with pytest.raises(InputError, match="no angles"):
+        angleList([])
+    assert volumeSize(32) == 32 and volumeSize(64.0) == 64
+    for bad in (8, 1000, 32.5, "abc", None):
+        with pytest.raises(InputError, match="volumeSize"):
+            volumeSize(bad)
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -759,6 +812,8 @@ def test_drr_folder_job_runs_the_cli_and_reports_progress(tmp_path):
     out = tmp_path / "drrs"
     job = jobs.drrFolderJob(cts, out, [0, 90], detectorSize=(16, 16), pixelSpacing=25.0, device="cpu")
     assert job.commandLine[:3] == [job.program, "-m", "XrayWorldModel.cli"]
+    assert job.arguments == jobs.drrFolderJob(cts, out, "0, 90", detectorSize=(16, 16),
+                                              pixelSpacing=25.0, device="cpu").arguments
     assert job.progress() == (0.0, "0 of 2 CTs")
     result = job.run(timeout=600)
     assert result.returncode == 0, result.stderr
@@ -772,6 +827,12 @@ def test_drr_folder_job_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no CT files"):
         jobs.drrFolderJob(tmp_path / "empty", tmp_path / "out", [0])
+    (tmp_path / "cts").mkdir()
+    (tmp_path / "cts" / "a.nii.gz").write_bytes(b"")
+    for angles, words in (("", "no angles"), ([], "no angles"), ("0,x", "comma-separated"),
+                          ([0, float("nan")], "finite")):
+        with pytest.raises(InputError, match=words):
+            jobs.drrFolderJob(tmp_path / "cts", tmp_path / "out", angles)
     with pytest.raises(InputError, match="device"):
         jobs.checkDevice("tpu")
 
@@ -797,7 +858,6 @@ def test_train_job_command_and_progress(tmp_path):
 
 def test_models_list_through_the_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("XRAY2XRAY_MODELS", str(tmp_path / "models"))
-    assert jobs.modelsCacheDir() == tmp_path / "models"
     job = jobs.modelsJob("list")
     assert job.arguments[-3:] == ["models", "list", "--json"]
     result = job.run(timeout=300)
@@ -815,6 +875,68 @@ def test_cli_error_and_progress_lines():
     assert jobs.errorFromOutput("x\nxray2xray: error: /a/b.nii: not a CT\n") == "/a/b.nii: not a CT"
     assert jobs.errorFromOutput("all good") is None
     assert jobs.progressFromLine("train:  42%|####      | 42/100") == 0.42
+
+
+# ----------------------------------------------------------------------------- the module's logic
+def _module_file(monkeypatch):
+    """Xray2Xray.py imported on slicer-core, with stand-ins for what only Slicer has: qt, the
+    scripted-module base classes and the parameter-node wrapper."""
+    qt = types.ModuleType("qt")
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
+                 "ScriptedLoadableModuleTest", "ScriptedLoadableModuleLogic"):
+        setattr(scripted, name, type(name, (), {"__init__": lambda self, parent=None: None}))
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = wrapper.WithinRange = lambda *args: None
+    for name, module in (("qt", qt), ("slicer.ScriptedLoadableModule", scripted),
+                         ("slicer.parameterNodeWrapper", wrapper)):
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("Xray2Xray", MODULE_DIR / "Xray2Xray.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _readme_console_methods():
+    text = (REPO / "README.md").read_text()
+    found = re.search(r'getModuleLogic\("Xray2Xray"\)` gives the module\'s logic with the same '
+                      r'methods\s*\((.*?)\)', text, re.S)
+    assert found, "README no longer lists the module logic's console methods"
+    return re.findall(r"`(\w+)`", found.group(1))
+
+
+def test_module_logic_exposes_the_core_logic(scene, tmp_path, monkeypatch):
+    from XrayWorldModel.io import write_volume
+    logic = _module_file(monkeypatch).Xray2XrayLogic()
+    installs = []
+    monkeypatch.setattr(logic, "ensureDependencies", lambda *args, **kwargs: installs.append(1) or True)
+    names = _readme_console_methods()
+    assert {"loadCT", "generateDRRs", "exportDRRs", "runInference", "inferJob"} <= set(names)
+    for name in names:      # README's console API, each with the core's (or the job's) signature
+        assert name in dir(logic)
+        source = jobs if name in logic.JOBS else logic.core
+        assert inspect.signature(getattr(logic, name)) == inspect.signature(getattr(source, name))
+    assert logic.inferJob is jobs.inferJob
+    with pytest.raises(AttributeError, match="'Xray2XrayLogic' object has no attribute 'noSuchMethod'"):
+        logic.noSuchMethod
+    assert not hasattr(logic, "_removeWithDisplay")       # private names stay private
+
+    write_volume(_phantom(), tmp_path / "chest.nii.gz")
+    ct = logic.loadCT(tmp_path / "chest.nii.gz")
+    assert ct.GetScene() is scene and ct.GetName() == "chest" and not installs
+    seq = logic.generateDRRs(ct, "0,90", detectorSize=(8, 8), pixelSpacing=50.0)
+    assert installs == [1] and seq.GetNumberOfDataNodes() == 2
+    assert logic.browserForSequence(seq).GetMasterSequenceNode() is seq
+    n = _node_count(scene)
+    with pytest.raises(ValueError):
+        logic.generateDRRs(None, [0])
+    assert _node_count(scene) == n and installs == [1, 1]
+    other = _new_scene()                                  # the core logic follows the scene
+    try:
+        assert logic.core.scene is other
+    finally:
+        other.Clear(1)
 
 
 # ----------------------------------------------------------------------------- README snippets

@@ -2,19 +2,20 @@
 
 DRRs from a loaded CT (volume nodes on the physical detector plane, browsable as a
 sequence), inference from a loaded chest radiograph, training on a folder of CTs, and a
-model registry. The widget is thin: ``Xray2XrayLogic`` delegates to the Qt-free
+model registry. The widget is thin: ``Xray2XrayLogic`` exposes the Qt-free
 ``Xray2XrayLib`` (which the tests run on slicer-core), and long work runs in a background
 process running the bundled package's command line.
 
 Nothing heavy is imported here at module load: torch, MONAI, numba and the XrayWorldModel
 package are imported (and installed on first use) only when the user asks for work.
 """
+import functools
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
 import vtk
@@ -224,17 +225,18 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        self.ui.generateDRRsButton.connect("clicked(bool)", self.onGenerateDRRs)
-        self.ui.exportDRRsButton.connect("clicked(bool)", self.onExportDRRs)
-        self.ui.runInferenceButton.connect("clicked(bool)", self.onRunInference)
-        self.ui.runBatchButton.connect("clicked(bool)", self.onRunBatch)
-        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModels)
-        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
-        self.ui.openCacheButton.connect("clicked(bool)", self.onOpenCache)
-        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCache)
-        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        for button, slot in ((self.ui.generateDRRsButton, self.onGenerateDRRs),
+                             (self.ui.exportDRRsButton, self.onExportDRRs),
+                             (self.ui.runInferenceButton, self.onRunInference),
+                             (self.ui.runBatchButton, self.onRunBatch),
+                             (self.ui.trainButton, self.onTrain),
+                             (self.ui.cancelButton, self.onCancel),
+                             (self.ui.refreshModelsButton, self.onRefreshModels),
+                             (self.ui.importModelButton, self.onImportModel),
+                             (self.ui.openCacheButton, self.onOpenCache),
+                             (self.ui.clearCacheButton, self.onClearCache),
+                             (self.ui.installDependenciesButton, self.onInstallDependencies)):
+            button.connect("clicked(bool)", slot)
         self.ui.modelsListWidget.connect("itemDoubleClicked(QListWidgetItem*)", self.onModelChosen)
 
         self.ui.cancelButton.enabled = False
@@ -370,12 +372,12 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def makeJob():
             cxrNode = p.cxrVolume
-            views = [float(v) for v in p.predictedViews.replace(" ", "").split(",") if v]
             workDir = Path(tempfile.mkdtemp(prefix="Xray2Xray-infer-", dir=slicer.app.temporaryPath))
             try:
                 cxrPath = self.logic.writeRadiographFile(cxrNode, workDir / "radiograph.nrrd")
                 job = self.logic.inferJob(cxrPath, workDir / "outputs", model=p.modelName.strip() or None,
-                                          views=views, volumeSize=p.volumeSize, device=p.device)
+                                          views=p.predictedViews, volumeSize=p.volumeSize,
+                                          device=p.device)
             except Exception:
                 shutil.rmtree(workDir, ignore_errors=True)
                 raise
@@ -428,10 +430,8 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRunBatch(self) -> None:
         p = self._parameterNode
-        args = self._drrArguments()
-        angles = [float(a) for a in args.pop("angles").replace(" ", "").split(",") if a]
         self._startJob(lambda: self.logic.drrFolderJob(
-            p.batchInputFolder, p.batchOutputFolder, angles, device=p.device, png=True, **args))
+            p.batchInputFolder, p.batchOutputFolder, device=p.device, png=True, **self._drrArguments()))
 
     def onTrain(self) -> None:
         p = self._parameterNode
@@ -533,14 +533,51 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class Xray2XrayLogic(ScriptedLoadableModuleLogic):
     """Everything the module does, callable from the Python console without the GUI.
 
-    Scene work is delegated to ``Xray2XrayLib.Xray2XrayCoreLogic`` (Qt-free, tested on
-    slicer-core); background processes are described by ``Xray2XrayLib.jobs``.
+    The scene work is ``Xray2XrayLib.Xray2XrayCoreLogic`` (Qt-free, tested on slicer-core),
+    exposed here rather than re-declared: a public name this class does not define
+    (``loadCT``, ``generateDRRs``, ``exportDRRs``, ``runInference``, ...) is looked up on
+    :attr:`core`, and the job factories in ``JOBS`` on ``Xray2XrayLib.jobs``, each with its
+    own signature and docstring. Those in ``NEEDS_DEPENDENCIES`` install the dependencies
+    first. Why not inherit from the core logic: this file is loaded at Slicer's start-up and
+    imports nothing heavy there (the Lib needs numpy and the package), and the core logic
+    is bound to one scene, which :attr:`core` follows.
     """
 
+    #: Core methods that run torch and co.: they call :meth:`ensureDependencies` first.
+    NEEDS_DEPENDENCIES = frozenset({"generateDRRs", "generateDRRsForFolder", "runInference",
+                                    "runInferenceForFolder"})
+    #: Background-job factories of ``Xray2XrayLib.jobs`` exposed as methods.
+    JOBS = frozenset({"drrFolderJob", "inferJob", "trainJob"})
+
     def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
         self._core = None
         self._dependenciesChecked = False
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def __getattr__(self, name: str):
+        # Called only for names not found on the instance or the class.
+        if name.startswith("_") or name == "core":
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        if name in self.JOBS:
+            from Xray2XrayLib import jobs
+            return getattr(jobs, name)
+        try:
+            attribute = getattr(self.core, name)
+        except AttributeError:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'") from None
+        if name not in self.NEEDS_DEPENDENCIES:
+            return attribute
+
+        @functools.wraps(attribute)
+        def withDependencies(*args, **kwargs):
+            self.ensureDependencies()
+            return attribute(*args, **kwargs)
+        return withDependencies
+
+    def __dir__(self):
+        from Xray2XrayLib import Xray2XrayCoreLogic
+        exposed = {n for n in dir(Xray2XrayCoreLogic) if not n.startswith("_")} | self.JOBS
+        return sorted(set(super().__dir__()) | exposed)
 
     def getParameterNode(self):
         return Xray2XrayParameterNode(super().getParameterNode())
@@ -625,68 +662,8 @@ class Xray2XrayLogic(ScriptedLoadableModuleLogic):
         """The Qt-free logic on Slicer's scene (``Xray2XrayLib.Xray2XrayCoreLogic``)."""
         if self._core is None or self._core.scene is not slicer.mrmlScene:
             from Xray2XrayLib import Xray2XrayCoreLogic
-            sequencesLogic = slicer.modules.sequences.logic() if hasattr(slicer.modules, "sequences") else None
-            self._core = Xray2XrayCoreLogic(slicer.mrmlScene, sequencesLogic=sequencesLogic)
+            self._core = Xray2XrayCoreLogic(slicer.mrmlScene)   # finds Slicer's sequences logic
         return self._core
-
-    def loadCT(self, path, name: Optional[str] = None):
-        return self.core.loadCT(path, name)
-
-    def loadRadiograph(self, path, name: Optional[str] = None):
-        return self.core.loadRadiograph(path, name)
-
-    def generateDRRs(self, ctNode, angles, detectorSize=(256, 256), pixelSpacing=1.6, sdd=1800.0,
-                     sod=1500.0, method="fast", device=None, progressCallback=None, **kwargs):
-        """See ``Xray2XrayCoreLogic.generateDRRs``; returns the vtkMRMLSequenceNode."""
-        self.ensureDependencies()
-        return self.core.generateDRRs(ctNode, angles, detectorSize=detectorSize,
-                                      pixelSpacing=pixelSpacing, sdd=sdd, sod=sod, method=method,
-                                      device=device, progressCallback=progressCallback, **kwargs)
-
-    def generateDRRsForFolder(self, folder, angles, outputFolder=None, **kwargs):
-        self.ensureDependencies()
-        return self.core.generateDRRsForFolder(folder, angles, outputFolder, **kwargs)
-
-    def exportDRRs(self, sequenceNode, path, png: bool = False, dicom: bool = False):
-        return self.core.exportDRRs(sequenceNode, path, png=png, dicom=dicom)
-
-    def runInference(self, cxrNode, model=None, views=(90,), volumeSize=128, device="cpu",
-                     progressCallback=None) -> dict:
-        """In this process; see ``Xray2XrayCoreLogic.runInference`` (keys ``volume``, ``views``,
-        ``table``, ``results``, ``result``). The widget runs :meth:`inferJob` instead."""
-        self.ensureDependencies()
-        return self.core.runInference(cxrNode, model=model, views=views, volumeSize=volumeSize,
-                                      device=device, progressCallback=progressCallback)
-
-    def runInferenceForFolder(self, folder, **kwargs) -> dict:
-        self.ensureDependencies()
-        return self.core.runInferenceForFolder(folder, **kwargs)
-
-    def loadInferenceOutputs(self, outDir, sourceNode=None, name=None) -> dict:
-        """The files ``xray2xray infer`` wrote, as the nodes ``runInference`` makes."""
-        return self.core.loadInferenceOutputs(outDir, sourceNode=sourceNode, name=name)
-
-    def writeRadiographFile(self, cxrNode, path):
-        return self.core.writeRadiographFile(cxrNode, path)
-
-    def removeInferenceOutputs(self, outputs: dict) -> None:
-        self.core.removeInferenceOutputs(outputs)
-
-    def browserForSequence(self, sequenceNode):
-        return self.core.sequencesLogic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
-
-    # ------------------------------------------------------------------ background jobs
-    def drrFolderJob(self, inputFolder, outputFolder, angles, **kwargs):
-        from Xray2XrayLib import jobs
-        return jobs.drrFolderJob(inputFolder, outputFolder, angles, **kwargs)
-
-    def inferJob(self, cxrPath, outDir, **kwargs):
-        from Xray2XrayLib import jobs
-        return jobs.inferJob(cxrPath, outDir, **kwargs)
-
-    def trainJob(self, dataSource, outDir, **kwargs):
-        from Xray2XrayLib import jobs
-        return jobs.trainJob(dataSource, outDir, **kwargs)
 
     # ------------------------------------------------------------------ models
     @staticmethod
@@ -712,8 +689,9 @@ class Xray2XrayLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelCacheDir() -> Path:
-        from Xray2XrayLib import jobs
-        return jobs.modelsCacheDir()
+        """Where models are cached: ``XrayWorldModel.conventions.models_cache_dir()``."""
+        from XrayWorldModel.conventions import models_cache_dir
+        return models_cache_dir()
 
     def clearModelCache(self) -> str:
         """Remove every cached model that can be removed (not those shipped in the package)."""

@@ -6,6 +6,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .errors import NotARadiographError
+
 
 @dataclass
 class Radiograph:
@@ -24,3 +26,54 @@ class Radiograph:
     @property
     def shape(self):
         return self.image.shape
+
+
+#: A radiograph needs at least this many pixels on its short side to show a chest.
+MIN_RADIOGRAPH_SIDE = 32
+#: Mean correlation of neighbouring pixels below which an image is noise, not anatomy.
+MIN_NEIGHBOUR_CORRELATION = 0.5
+#: Mean colour difference between channels (0..1) above which an image is a colour photograph.
+MAX_CHROMA = 0.05
+
+
+def _neighbour_correlation(image: np.ndarray, max_side: int = 256) -> float:
+    """Mean of the horizontal and vertical lag-1 correlations, on a block-mean reduction to at
+    most ``max_side`` pixels (cheap; anatomy is smooth at that scale, noise is not)."""
+    f = max(1, int(np.ceil(max(image.shape) / max_side)))
+    h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
+    small = image[:h, :w].astype(np.float64).reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    corr = []
+    for a, b in ((small[:, :-1], small[:, 1:]), (small[:-1], small[1:])):
+        a, b = a - a.mean(), b - b.mean()
+        den = np.sqrt((a * a).sum() * (b * b).sum())
+        corr.append(float((a * b).sum() / den) if den > 0 else 0.0)
+    return float(np.mean(corr))
+
+
+def implausibility(rad: Radiograph) -> Optional[str]:
+    """Why ``rad`` cannot be a radiograph (too small, blank, colour, noise), or None.
+
+    A cheap screen before any model runs; whether a real radiograph is in the model's
+    domain is the trust verdict's job."""
+    rows, cols = rad.image.shape
+    if min(rows, cols) < MIN_RADIOGRAPH_SIDE:
+        return (f"is too small for a radiograph ({cols}x{rows} pixels; at least "
+                f"{MIN_RADIOGRAPH_SIDE} on each side)")
+    if float(rad.image.max() - rad.image.min()) <= 0:
+        return "is blank (one value everywhere), not a radiograph"
+    chroma = float(rad.metadata.get("chroma", 0.0))
+    if chroma > MAX_CHROMA:
+        return f"is a colour image (mean channel difference {chroma:.2f}), not a radiograph"
+    correlation = _neighbour_correlation(rad.image)
+    if correlation < MIN_NEIGHBOUR_CORRELATION:
+        return (f"looks like noise, not a radiograph (neighbouring pixels correlate "
+                f"{correlation:.2f}; anatomy gives > {MIN_NEIGHBOUR_CORRELATION})")
+    return None
+
+
+def check_radiograph(rad: Radiograph) -> None:
+    """Raise :class:`NotARadiographError`, naming the source file, when :func:`implausibility`
+    finds a reason; run before any model is loaded."""
+    problem = implausibility(rad)
+    if problem:
+        raise NotARadiographError(problem, rad.metadata.get("source"))

@@ -1,23 +1,26 @@
 """Xray2XrayCoreLogic: the work of the Slicer module on an MRML scene, without Qt.
 
-Everything here runs in Slicer's Python console, in ``Xray2XrayLogic`` (which delegates to
-it), and on plain ``slicer-core`` (the tests). Heavy modules (torch, the renderers) are
+Everything here runs in Slicer's Python console, in ``Xray2XrayLogic`` (which exposes it),
+and on plain ``slicer-core`` (the tests). Heavy modules (torch, the renderers) are
 imported inside the methods that need them, never at import time.
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from XrayWorldModel.conventions import (LATERAL_VIEW_POSITIONS, RESULTS_FORMAT, strip_ct_suffix,
+                                        view_position)
 from XrayWorldModel.errors import InputError, XrayWorldModelError
 from XrayWorldModel.geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
+from XrayWorldModel.radiograph import Radiograph
 
 from . import conversions as conv
+from .parameters import angleList, volumeSize as checkVolumeSize
 
 #: Attribute / reference names on the nodes the logic creates.
 ATTR_GEOMETRY = conv.ATTR_PREFIX + "Geometry"            # JSON of ProjectionGeometry.to_dict()
@@ -34,14 +37,6 @@ KIND_PREDICTED_VIEW = "PredictedView"
 KIND_VOLUME = "InferenceVolume"
 KIND_RESULTS = "InferenceResults"
 
-#: ``results.json``'s format tag (``XrayWorldModel.infer.outputs.RESULTS_FORMAT``; that module
-#: imports torch, so the tag is repeated here and a test keeps the two equal).
-RESULTS_FORMAT = "xray2xray-results"
-#: View positions the model refuses (``XrayWorldModel.infer.domain.LATERAL_POSITIONS``, kept
-#: equal by a test): checked before anything runs, because a radiograph handed to the
-#: background process as an image file loses its view position.
-LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "RLO", "LLO"})
-
 DEFAULT_DETECTOR = (256, 256)
 DEFAULT_PIXEL_SPACING = 1.6
 
@@ -50,63 +45,6 @@ ProgressCallback = Callable[[float, str], Optional[bool]]
 
 class CancelledError(XrayWorldModelError):
     """The user cancelled a running job (the progress callback returned False)."""
-
-
-def _viewPosition(angle: float) -> str:
-    a = angle % 360.0
-    for ref, name in ((0.0, "PA"), (90.0, "LL"), (180.0, "AP"), (270.0, "RL")):
-        if min(abs(a - ref), 360.0 - abs(a - ref)) < 1e-6:
-            return name
-    return ""
-
-
-def _parseAngles(angles) -> Tuple[float, ...]:
-    if angles is None:
-        raise InputError("no angles given; pass e.g. angles=[0, 90] (degrees)")
-    if isinstance(angles, str):
-        from XrayWorldModel.conventions import parse_angles
-        values = list(parse_angles(angles))
-    else:
-        try:
-            values = [float(a) for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))]
-        except (TypeError, ValueError):
-            raise InputError(f"angles must be numbers in degrees, got {angles!r}") from None
-    if not values:
-        raise InputError("no angles given (an empty list); pass e.g. angles=[0, 90] (degrees)")
-    if not all(math.isfinite(a) for a in values):
-        raise InputError(f"angles must be finite numbers in degrees, got {values}")
-    keys = [f"{a:g}" for a in values]
-    if len(set(keys)) != len(keys):
-        raise InputError(f"angles must be distinct (each becomes one sequence item), got {values}")
-    return tuple(values)
-
-
-def _parseViews(views) -> Tuple[float, ...]:
-    """Angles of the views to predict (degrees); an empty list predicts none."""
-    if views is None:
-        return ()
-    if isinstance(views, str):
-        views = [v for v in views.replace(" ", "").split(",") if v]
-    try:
-        values = [float(a) for a in np.atleast_1d(np.asarray(views, dtype=np.float64))]
-    except (TypeError, ValueError):
-        raise InputError(f"views must be angles in degrees, got {views!r}") from None
-    if not all(math.isfinite(a) for a in values):
-        raise InputError(f"views must be finite angles in degrees, got {values}")
-    keys = [f"{a:g}" for a in values]
-    if len(set(keys)) != len(keys):
-        raise InputError(f"views must be distinct angles (each becomes one sequence item), got {values}")
-    return tuple(values)
-
-
-def _checkVolumeSize(volumeSize) -> int:
-    try:
-        n = int(volumeSize)
-    except (TypeError, ValueError):
-        raise InputError(f"volumeSize must be a whole number of voxels, got {volumeSize!r}") from None
-    if n != volumeSize or not 16 <= n <= 512:
-        raise InputError(f"volumeSize must be a whole number between 16 and 512, got {volumeSize!r}")
-    return n
 
 
 def _fmt(value) -> str:
@@ -184,6 +122,10 @@ class Xray2XrayCoreLogic:
             self._sequencesLogic = logic
         return self._sequencesLogic
 
+    def browserForSequence(self, sequenceNode):
+        """The first sequence browser node that plays ``sequenceNode`` (None if none does)."""
+        return self.sequencesLogic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
+
     def _requireInScene(self, node, what: str):
         if node.GetScene() is not self.scene:
             raise InputError(f"{what} node '{node.GetName()}' is not in this logic's scene")
@@ -217,13 +159,7 @@ class Xray2XrayCoreLogic:
         reader and add it as a scalar volume node with its true geometry."""
         from XrayWorldModel.io import read_ct
         volume = read_ct(path)
-        p = Path(path)
-        stem = p.name
-        for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-            if stem.lower().endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        return conv.volumeToVolumeNode(volume, self.scene, name or stem)
+        return conv.volumeToVolumeNode(volume, self.scene, name or strip_ct_suffix(Path(path).name))
 
     def loadRadiograph(self, path, name: Optional[str] = None):
         """Read a radiograph (DICOM CR/DX, PNG, JPEG) in display convention (bone bright) and
@@ -240,7 +176,7 @@ class Xray2XrayCoreLogic:
         None for the CT's centre), angles ascending as a sequence node orders them. Raises
         :class:`InputError` for impossible values."""
         iso = None if isocenterRAS is None else tuple(conv.pointRasToLps(isocenterRAS))
-        return ProjectionGeometry(angles=tuple(sorted(_parseAngles(angles))),
+        return ProjectionGeometry(angles=tuple(sorted(angleList(angles))),
                                   detector_shape=_pair(detectorSize, "detectorSize", int),
                                   pixel_spacing=_pair(pixelSpacing, "pixelSpacing"),
                                   sdd=float(sdd), sod=float(sod), tilt=float(tilt), isocenter=iso)
@@ -398,7 +334,7 @@ class Xray2XrayCoreLogic:
             images.append(conv.volumeNodeToRadiograph(node).image)
         return np.stack(images), geometry
 
-    def exportDRRs(self, sequenceNode, outPath, png: bool = False, dicom: bool = False) -> Path:
+    def exportDRRs(self, sequenceNode, path, png: bool = False, dicom: bool = False) -> Path:
         """Write a DRR sequence as a stack (NIfTI + JSON sidecar, like ``xray2xray drr``)."""
         from XrayWorldModel.io.drr_stack import write_drr_stack
         drrs, geometry = self.sequenceToDRRs(sequenceNode)
@@ -407,7 +343,7 @@ class Xray2XrayCoreLogic:
         src = sequenceNode.GetNodeReference(REF_SOURCE_CT)
         if src is not None:
             meta["inputs"] = [src.GetName()]
-        return write_drr_stack(drrs, geometry, outPath, meta, png=png, dicom=dicom)
+        return write_drr_stack(drrs, geometry, path, meta, png=png, dicom=dicom)
 
     # ------------------------------------------------------------------ batch
     def generateDRRsForFolder(self, folder, angles, outputFolder=None, pattern: str = "*.nii*",
@@ -415,14 +351,8 @@ class Xray2XrayCoreLogic:
         """DRRs for every CT in ``folder`` matching ``pattern``: returns {file name: sequence
         node} (or the written stack path when ``keepInScene`` is False). With ``outputFolder``
         each stack is also written there (NIfTI + JSON)."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise InputError("is not a folder", folder)
-        paths = sorted(p for p in folder.glob(pattern) if p.is_file())
-        if not paths:
-            raise InputError(f"holds no files matching {pattern!r}", folder)
         results = {}
-        for path in paths:
+        for path in _filesMatching(folder, pattern):
             ct = self.loadCT(path)
             try:
                 seq = self.generateDRRs(ct, angles, **drrArgs)
@@ -465,6 +395,8 @@ class Xray2XrayCoreLogic:
             raise InputError("no radiograph node given (got None); select a frontal chest X-ray")
         radiograph = conv.volumeNodeToRadiograph(cxrNode)
         vp = (radiograph.view_position or "").strip().upper()
+        # checked here, before anything runs: a radiograph handed to a background job as an
+        # image file loses its view position
         if vp in LATERAL_VIEW_POSITIONS:
             raise InputError(f"radiograph '{cxrNode.GetName()}' is a lateral view ({vp}); the model "
                              "takes a frontal (PA or AP) chest radiograph")
@@ -497,8 +429,8 @@ class Xray2XrayCoreLogic:
         :class:`CancelledError`) leaves the scene unchanged.
         """
         radiograph = self.radiographForInference(cxrNode)
-        viewAngles = _parseViews(views)
-        volumeSize = _checkVolumeSize(volumeSize)
+        viewAngles = angleList(views, "views", allowEmpty=True)
+        volumeSize = checkVolumeSize(volumeSize)
         if progressCallback is not None and progressCallback(0.0, "loading the model") is False:
             raise CancelledError("cancelled")
         from XrayWorldModel.infer import run_inference          # torch: only now
@@ -639,14 +571,8 @@ class Xray2XrayCoreLogic:
         NRRD/NIfTI) matching ``pattern``: returns {file name: outputs of runInference}. With
         ``keepInScene=False`` the radiograph and output nodes are removed again and each
         outputs dict keeps only "results" (the results.json dict) and "result"."""
-        folder = Path(folder).expanduser()
-        if not folder.is_dir():
-            raise InputError("is not a folder", folder)
-        paths = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
-        if not paths:
-            raise InputError(f"holds no files matching {pattern!r}", folder)
         found = {}
-        for path in paths:
+        for path in _filesMatching(folder, pattern):
             cxr = self.loadRadiograph(path)
             try:
                 outputs = self.runInference(cxr, model=model, views=views, volumeSize=volumeSize,
@@ -661,6 +587,18 @@ class Xray2XrayCoreLogic:
         return found
 
 
+def _filesMatching(folder, pattern: str):
+    """The files (not hidden ones) in ``folder`` matching ``pattern``, sorted; a clear
+    :class:`InputError` when the folder is missing or holds none."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputError("is not a folder", folder)
+    paths = sorted(p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    if not paths:
+        raise InputError(f"holds no files matching {pattern!r}", folder)
+    return paths
+
+
 def _jsonDefault(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -670,7 +608,6 @@ def _jsonDefault(obj):
 
 
 def _drrRadiograph(image: np.ndarray, geometry: ProjectionGeometry, angle: float):
-    from XrayWorldModel.radiograph import Radiograph
     return Radiograph(image=image, spacing=geometry.pixel_spacing,
-                      view_position=_viewPosition(angle) or None,
+                      view_position=view_position(angle) or None,
                       metadata={"angle_deg": angle})

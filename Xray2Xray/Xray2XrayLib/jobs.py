@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from XrayWorldModel.conventions import CT_VOLUME_SUFFIXES
 from XrayWorldModel.errors import InputError
 
+from .parameters import angleList, volumeSize as checkVolumeSize
+
 DEVICES = ("auto", "cpu", "cuda")
-CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 #: ``xray2xray models`` sub-commands used by the models section. The registry
 #: (``XrayWorldModel.weights``) is reached through the CLI only, never imported here.
@@ -37,7 +39,6 @@ MODELS_COMMANDS: Dict[str, Tuple[str, ...]] = {
     "remove": ("models", "remove"),          # + NAME
     "path": ("models", "path"),              # [+ NAME]
 }
-MODELS_ENV = "XRAY2XRAY_MODELS"
 
 
 # ----------------------------------------------------------------------------- environment
@@ -132,7 +133,7 @@ def listCTs(folder) -> List[Path]:
     found = []
     for p in sorted(folder.iterdir()):
         name = p.name.lower()
-        if p.is_file() and name.endswith(CT_SUFFIXES):
+        if p.is_file() and name.endswith(CT_VOLUME_SUFFIXES):
             found.append(p)
         elif p.is_dir() and any(c.is_file() for c in p.iterdir()):
             found.append(p)   # a DICOM series folder; the reader says if it is not one
@@ -153,14 +154,14 @@ def _completeStacks(outFolder: Path) -> int:
     return n
 
 
-def drrFolderJob(inputFolder, outputFolder, angles: Sequence[float],
+def drrFolderJob(inputFolder, outputFolder, angles,
                  detectorSize=(256, 256), pixelSpacing: float = 1.6, sdd: float = 1800.0,
                  sod: float = 1500.0, method: str = "fast", device: str = "auto",
                  png: bool = False) -> Job:
-    """DRR stacks for every CT in ``inputFolder`` written to ``outputFolder`` (resumable)."""
+    """DRR stacks for every CT in ``inputFolder`` written to ``outputFolder`` (resumable).
+    ``angles``: degrees, a list or text ("0,90"), in the order the stacks will hold them."""
     cts = listCTs(inputFolder)
-    if not angles:
-        raise InputError("no angles given")
+    angles = angleList(angles, distinct=False)   # as ``xray2xray drr --angles`` takes them
     out = Path(outputFolder).expanduser()
     device = checkDevice(device)
     rows, cols = (int(v) for v in (detectorSize if len(detectorSize) == 2 else (detectorSize[0],) * 2))
@@ -254,11 +255,12 @@ def resolveAutoDevice() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def inferJob(cxrPath, outDir, model=None, views: Sequence[float] = (90,), volumeSize: int = 128,
+def inferJob(cxrPath, outDir, model=None, views=(90,), volumeSize: int = 128,
              device: str = "cpu") -> Job:
     """``xray2xray infer CXR --out DIR``: predicted views, reconstructed volume and
     ``results.json`` for one radiograph file (DICOM, PNG, JPEG, 2D NRRD/NIfTI/MHA), loaded
-    afterwards with ``Xray2XrayCoreLogic.loadInferenceOutputs(outDir)``.
+    afterwards with ``Xray2XrayCoreLogic.loadInferenceOutputs(outDir)``. ``views``: angles
+    (degrees, a list or text "90,270") checked like ``Xray2XrayCoreLogic.runInference`` does.
 
     Progress: the CLI prints nothing while the model runs, so the fraction is unknown (None)
     until the output files appear; ``results.json`` is written last and means done (a
@@ -270,18 +272,12 @@ def inferJob(cxrPath, outDir, model=None, views: Sequence[float] = (90,), volume
     device = checkDevice(device)
     if device == "auto":
         device = resolveAutoDevice()
-    try:
-        angles = [float(a) for a in views]
-    except (TypeError, ValueError):
-        raise InputError(f"views must be angles in degrees, got {views!r}") from None
-    if any(a != a or a in (float("inf"), float("-inf")) for a in angles):
-        raise InputError(f"views must be finite angles in degrees, got {angles}")
-    if int(volumeSize) != volumeSize or not 16 <= int(volumeSize) <= 512:
-        raise InputError(f"volumeSize must be a whole number between 16 and 512, got {volumeSize!r}")
+    angles = angleList(views, "views", allowEmpty=True)
+    volumeSize = checkVolumeSize(volumeSize)
     out = Path(outDir).expanduser()
     args = cliArguments("infer", str(cxr), "--out", str(out),
                         "--views", ",".join(f"{a:g}" for a in angles),
-                        "--volume-size", str(int(volumeSize)), "--device", device)
+                        "--volume-size", str(volumeSize), "--device", device)
     if model:
         args += ["--model", str(model)]
 
@@ -347,27 +343,6 @@ def removableModels(models: Sequence[dict]) -> List[str]:
         if m.get("cached") and m.get("source") != "package" and m["name"] not in names:
             names.append(m["name"])
     return names
-
-
-def _userCacheDir() -> Path:
-    try:
-        from platformdirs import user_cache_dir
-        return Path(user_cache_dir("xray2xray"))
-    except ImportError:
-        if sys.platform == "win32":
-            base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-            return base / "xray2xray" / "xray2xray" / "Cache"
-        if sys.platform == "darwin":
-            return Path.home() / "Library" / "Caches" / "xray2xray"
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xray2xray"
-
-
-def modelsCacheDir() -> Path:
-    """Where models are cached: ``$XRAY2XRAY_MODELS``, else ``<user cache dir>/xray2xray/models``
-    (the registry's rule, computed without importing it)."""
-    if os.environ.get(MODELS_ENV):
-        return Path(os.environ[MODELS_ENV]).expanduser()
-    return _userCacheDir() / "models"
 
 
 # ----------------------------------------------------------------------------- output lines

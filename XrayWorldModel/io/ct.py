@@ -91,9 +91,32 @@ def read_dicom_header(path: Path):
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as exc:  # InvalidDicomError, EOFError, struct errors on truncated headers
-        raise UnreadableFileError(
-            f"not a readable DICOM file (corrupt or truncated header): {_first_line(exc)}",
-            path) from exc
+        raise UnreadableFileError(dicom_failure(path, exc), path) from exc
+
+
+def dicom_failure(path: Path, exc: BaseException) -> str:
+    """Why a file could not be read as DICOM, in words for people (never pydicom's advice to
+    pass ``force=True``)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as err:
+        return f"cannot open the file: {err.strerror or err}"
+    if size == 0:
+        return "is an empty file (0 bytes), not a DICOM image"
+    if head[128:132] != b"DICM":
+        kind = "a text file" if _is_text(head) else "not a DICOM file"
+        return f"is {kind}: it has no DICOM header (a .dcm name alone does not make a DICOM file)"
+    return f"is a corrupt or truncated DICOM file ({_first_line(exc).split(' Use force')[0]})"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(b >= 32 or b in (9, 10, 13) for b in head)
 
 
 def _sniff_format(p: Path) -> str:

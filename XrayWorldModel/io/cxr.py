@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import NonFiniteDataError, NotARadiographError, PathLike, UnreadableFileError
 from ..radiograph import Radiograph
-from .ct import (RADIOGRAPH_MODALITIES, _first_line, format_from_suffix, itk_reason,
+from .ct import (RADIOGRAPH_MODALITIES, _first_line, dicom_failure, format_from_suffix, itk_reason,
                  looks_like_dicom, require_exists)
 
 log = logging.getLogger(__name__)
@@ -47,14 +47,15 @@ def read_cxr(path: PathLike) -> Radiograph:
         raise NotARadiographError("is a folder; read_cxr takes one radiograph file "
                                   "(DICOM, PNG or JPEG)", p)
     if looks_like_dicom(p):
-        return _read_dicom(p)
-    if format_from_suffix(p) is not None:
-        return _read_itk(p)
-    bitmap = _read_bitmap(p)
-    if bitmap is not None:
-        return bitmap
-    raise UnreadableFileError("not a recognised radiograph format (expected DICOM, PNG or JPEG)",
-                              p)
+        rad = _read_dicom(p)
+    elif format_from_suffix(p) is not None:
+        rad = _read_itk(p)
+    else:
+        rad = _read_bitmap(p)
+    if rad is None:
+        raise UnreadableFileError("not a recognised radiograph format (expected DICOM, PNG or "
+                                  "JPEG)", p)
+    return rad
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -89,6 +90,12 @@ def _check_finite(arr: np.ndarray, p: Path) -> None:
             raise NonFiniteDataError(f"{bad} of {arr.size} pixels are NaN or infinite", p)
 
 
+def _chroma(im) -> float:
+    """Mean absolute difference between colour channels, 0..1 (0 for a grey image)."""
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    return float(np.mean(np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])) / 2)
+
+
 def _to_gray(arr: np.ndarray) -> np.ndarray:
     """Luminance of an RGB(A) array (ITU-R BT.601 weights), for colour secondary captures."""
     return arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -104,34 +111,8 @@ def _pixel_functions():
 
 
 def _read_dicom(p: Path) -> Radiograph:
-    import pydicom
-    apply_modality_lut, apply_voi_lut = _pixel_functions()
-    try:
-        ds = pydicom.dcmread(str(p))
-    except Exception as exc:  # InvalidDicomError, EOFError, struct/ValueError on truncation
-        raise UnreadableFileError(
-            f"not a readable DICOM file (corrupt or truncated): {_first_line(exc)}", p) from exc
-
-    if len(ds) == 0:
-        raise UnreadableFileError("the DICOM file holds no data elements (truncated?)", p)
-    modality = str(ds.get("Modality", "") or "").upper()
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    rows, cols = ds.get("Rows"), ds.get("Columns")
-    scout = modality == "CT" and "LOCALIZER" in image_type   # a CT scout is a projection
-    if modality not in _ACCEPTED_MODALITIES and not scout:
-        hint = ", a CT slice; read the whole CT series with read_ct" if modality == "CT" else ""
-        raise NotARadiographError(
-            f"DICOM Modality is {modality} ({cols}x{rows} image{hint}), not a projection "
-            "radiograph (CR/DX)", p)
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        if "Rows" in ds:   # the image module is there, so the pixel data was cut off
-            raise UnreadableFileError("the DICOM file ends before its pixel data (truncated?)", p)
-        raise NotARadiographError("DICOM file holds no image (no pixel data)", p)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if n_frames > 1:
-        raise NotARadiographError(f"DICOM file holds {n_frames} frames; a radiograph is one "
-                                  "2D image (for a volume use read_ct)", p)
-
+    ds = _dcmread(p)
+    modality, rows, cols = _check_dicom_radiograph(ds, p)
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     ts_name = getattr(ts, "name", str(ts))
     try:
@@ -141,37 +122,13 @@ def _read_dicom(p: Path) -> Radiograph:
             f"could not decode the pixel data (transfer syntax {ts_name}); the file may be "
             f"truncated or corrupt, or its compression needs a decoder that is not installed: "
             f"{_first_line(exc)}", p) from exc
-
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if samples > 1 or raw.ndim == 3:
-        arr = _to_gray(raw)          # pydicom has already turned YBR into RGB
-        window = {"kind": "minmax", "min": float(arr.min()), "max": float(arr.max())}
-        image = _unit_range(arr, window["min"], window["max"])
-        inverted = False
-    else:
-        try:
-            arr = apply_modality_lut(raw, ds)
-        except Exception as exc:
-            raise UnreadableFileError(f"invalid modality LUT / rescale: {_first_line(exc)}",
-                                      p) from exc
-        _check_finite(np.asarray(arr), p)
-        image, window = _apply_voi(arr, ds, apply_voi_lut)
-        presentation = str(ds.get("PresentationLUTShape", "") or "").upper()
-        inverted = photometric == "MONOCHROME1" or (photometric == "MONOCHROME2"
-                                                     and presentation == "INVERSE")
-        if inverted:   # MONOCHROME1: low values are white; flip so bone is bright
-            image = 1.0 - image
+    image, window, inverted = _dicom_display_image(raw, ds, photometric, p)
     if image.ndim != 2:
         raise NotARadiographError(f"pixel data has shape {image.shape}; expected one 2D image", p)
 
-    spacing, source = None, "default"
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        pair = _spacing_pair(ds.get(tag))
-        if pair is not None:
-            spacing, source = pair, tag
-            break
-    if spacing is None:
+    spacing, source = _dicom_spacing(ds)
+    if spacing is None:   # warned here, so that the warning's stack level points at the caller
         found = ", ".join(f"{t}={ds.get(t)!s}" for t in ("PixelSpacing", "ImagerPixelSpacing")
                           if t in ds) or "neither PixelSpacing nor ImagerPixelSpacing present"
         spacing = _default_spacing(p, f"no usable pixel spacing in the DICOM header ({found})")
@@ -192,6 +149,76 @@ def _read_dicom(p: Path) -> Radiograph:
     }
     return Radiograph(image, spacing, view_position=view, metadata=meta,
                       spacing_is_default=(source == "default"))
+
+
+def _dcmread(p: Path):
+    """The DICOM dataset of ``p``, or an :class:`UnreadableFileError` saying why not."""
+    import pydicom
+    try:
+        ds = pydicom.dcmread(str(p))
+    except Exception as exc:  # InvalidDicomError, EOFError, struct/ValueError on truncation
+        raise UnreadableFileError(dicom_failure(p, exc), p) from exc
+    if len(ds) == 0:
+        raise UnreadableFileError("the DICOM file holds no data elements (truncated?)", p)
+    return ds
+
+
+def _check_dicom_radiograph(ds, p: Path) -> Tuple[str, object, object]:
+    """Refuse what is not one projection image (another modality, no pixel data, several
+    frames); returns (modality, Rows, Columns) as the header has them."""
+    modality = str(ds.get("Modality", "") or "").upper()
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    scout = modality == "CT" and "LOCALIZER" in image_type   # a CT scout is a projection
+    if modality not in _ACCEPTED_MODALITIES and not scout:
+        hint = ", a CT slice; read the whole CT series with read_ct" if modality == "CT" else ""
+        raise NotARadiographError(
+            f"DICOM Modality is {modality} ({cols}x{rows} image{hint}), not a projection "
+            "radiograph (CR/DX)", p)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if "Rows" in ds:   # the image module is there, so the pixel data was cut off
+            raise UnreadableFileError("the DICOM file ends before its pixel data (truncated?)", p)
+        raise NotARadiographError("DICOM file holds no image (no pixel data)", p)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        raise NotARadiographError(f"DICOM file holds {n_frames} frames; a radiograph is one "
+                                  "2D image (for a volume use read_ct)", p)
+    return modality, rows, cols
+
+
+def _dicom_display_image(raw: np.ndarray, ds, photometric: str,
+                         p: Path) -> Tuple[np.ndarray, dict, bool]:
+    """(image in [0, 1] with bone bright, the window used, whether it was inverted): colour
+    is turned to luminance; grayscale gets the modality LUT, then the header's VOI."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1 or raw.ndim == 3:
+        arr = _to_gray(raw)          # pydicom has already turned YBR into RGB
+        window = {"kind": "minmax", "min": float(arr.min()), "max": float(arr.max())}
+        return _unit_range(arr, window["min"], window["max"]), window, False
+    apply_modality_lut, apply_voi_lut = _pixel_functions()
+    try:
+        arr = apply_modality_lut(raw, ds)
+    except Exception as exc:
+        raise UnreadableFileError(f"invalid modality LUT / rescale: {_first_line(exc)}",
+                                  p) from exc
+    _check_finite(np.asarray(arr), p)
+    image, window = _apply_voi(arr, ds, apply_voi_lut)
+    presentation = str(ds.get("PresentationLUTShape", "") or "").upper()
+    inverted = photometric == "MONOCHROME1" or (photometric == "MONOCHROME2"
+                                                 and presentation == "INVERSE")
+    if inverted:   # MONOCHROME1: low values are white; flip so bone is bright
+        image = 1.0 - image
+    return image, window, inverted
+
+
+def _dicom_spacing(ds) -> Tuple[Optional[Tuple[float, float]], str]:
+    """(row, column) pixel spacing and the tag it came from: PixelSpacing, else
+    ImagerPixelSpacing; (None, "default") when neither is usable."""
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        pair = _spacing_pair(ds.get(tag))
+        if pair is not None:
+            return pair, tag
+    return None, "default"
 
 
 def _raw_tag(ds, tag: str):
@@ -258,6 +285,7 @@ def _read_bitmap(p: Path) -> Optional[Radiograph]:
         raise UnreadableFileError(f"cannot open the image: {exc}", p) from exc
     with im:
         fmt = im.format or "image"
+        chroma = 0.0
         n_frames = getattr(im, "n_frames", 1)
         if n_frames > 1:
             raise NotARadiographError(f"{fmt} file holds {n_frames} frames; a radiograph is one "
@@ -275,6 +303,7 @@ def _read_bitmap(p: Path) -> Optional[Radiograph]:
             elif mode == "L":
                 arr, full = np.array(im), 255.0
             else:   # RGB, RGBA, LA, P, 1, CMYK...: convert to 8-bit luminance
+                chroma = _chroma(im)
                 arr, full = np.array(im.convert("L")), 255.0
         except (OSError, ValueError, SyntaxError) as exc:
             raise UnreadableFileError(
@@ -291,7 +320,7 @@ def _read_bitmap(p: Path) -> Optional[Radiograph]:
     meta = {"source": str(p), "format": fmt.lower(), "mode": mode, "window": window,
             "photometric_interpretation": "MONOCHROME2", "inverted": False,
             "rows": image.shape[0], "columns": image.shape[1], "spacing_source": "default",
-            "view_position": None}
+            "view_position": None, "chroma": chroma}
     return Radiograph(image, spacing, view_position=None, metadata=meta, spacing_is_default=True)
 
 

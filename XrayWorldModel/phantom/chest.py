@@ -59,13 +59,19 @@ def chest_parameters(seed: int = 0, heart_scale: Optional[float] = None) -> Dict
     return _draw_parameters(np.random.default_rng(seed), heart_scale)
 
 
-def _draw_parameters(rng: np.random.Generator, heart_scale: Optional[float]) -> Dict[str, object]:
-    def jit(rel):  # multiplicative jitter 1 +- rel
+def _jitters(rng: np.random.Generator):
+    """(jit, add): ``jit(rel)`` draws a factor 1 +- rel, ``add(abs_mm)`` an offset +- abs_mm."""
+    def jit(rel):
         return 1.0 + rel * rng.uniform(-1.0, 1.0)
 
-    def add(abs_mm):  # additive jitter +- abs_mm
+    def add(abs_mm):
         return abs_mm * rng.uniform(-1.0, 1.0)
 
+    return jit, add
+
+
+def _draw_parameters(rng: np.random.Generator, heart_scale: Optional[float]) -> Dict[str, object]:
+    jit, add = _jitters(rng)
     p: Dict[str, object] = {}
     ax, ay = 160.0 * jit(0.06), 110.0 * jit(0.06)          # body semi-axes (L-R, A-P)
     fat = 12.0 * jit(0.3)
@@ -132,48 +138,72 @@ def _as_volumes(hu, labels, ctx, seed, return_labels, extra_meta=None):
 
 def _build_chest(seed, shape, spacing, noise_hu, heart_scale):
     """(hu, labels, context): the arrays and the intermediate geometry (grids, masks,
-    parameters) that findings need to place themselves in this anatomy."""
+    parameters) that findings need to place themselves in this anatomy.
+
+    The organs are painted in a fixed order (later ones overwrite earlier ones) and draw from
+    one random generator in a fixed order, so a seed always gives the same arrays.
+    """
+    shape, h, origin, (x, y, z) = _chest_grid(shape, spacing)
+    rng = np.random.default_rng(seed)
+    prm = _draw_parameters(rng, heart_scale)
+    hu = np.full(shape, HU_AIR, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+
+    body, inner = _paint_body(x, y, prm, shape, hu, labels)
+    z_dome, below = _paint_abdomen(x, y, z, prm, inner, hu, labels)
+    rho, alpha, ring = _rib_cage_ring(x, y, z, prm)
+    lungs, n1, n2 = _paint_lungs(rng, x, y, z, prm, h, shape, below, rho, ring, hu, labels)
+    aorta, asc_xy = _paint_aorta(x, y, z, prm, inner, hu, labels)
+    heart = (_ellipsoid_q(x, y, z, prm["heart_c"], prm["heart_semi"], prm["heart_rot"]) <= 1.0) \
+        & inner & (z >= z_dome - 5.0)
+    hu[heart] = HU_SOFT
+    labels[heart] = 4
+    bone = _paint_spine(x, y, z, prm, inner, n2, hu, labels)
+    ribs = _paint_ribs(x, y, z, prm, inner, rho, alpha, ring, bone, n1, hu, labels)
+
+    if noise_hu > 0:
+        hu[body] += (noise_hu * rng.standard_normal(int(body.sum()))).astype(np.float32)
+    ctx = {"params": prm, "spacing": h, "origin": origin, "shape": shape, "x": x, "y": y, "z": z,
+           "body": body, "inner": inner, "below": below, "z_dome": z_dome, "lungs": lungs,
+           "rho": rho, "ring": ring, "heart": heart, "aorta": aorta, "bone": bone | ribs,
+           "asc_xy": asc_xy, "desc_xy": (prm["aorta_x"], prm["spine_y"] - 27.0),
+           "noise_hu": noise_hu}
+    return hu, labels, ctx
+
+
+# The painters below each add one part of the anatomy to ``hu`` and ``labels`` (in place) on
+# the grid ``x, y, z`` (LPS mm, float32, broadcastable to the volume) and return its masks.
+def _chest_grid(shape, spacing):
+    """(shape, spacing, origin, (x, y, z)): the checked grid, centred on the LPS origin."""
     shape = tuple(int(n) for n in np.broadcast_to(np.asarray(shape), (3,)))
     if min(shape) < 2:
         raise InputError(f"procedural chest shape must be at least 2 in every axis, got {shape}")
     h = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).copy()
     if not np.all(np.isfinite(h) & (h > 0)):
         raise InputError(f"procedural chest spacing must be positive, got {h.tolist()}")
-    rng = np.random.default_rng(seed)
-
-    def jit(rel):  # multiplicative jitter 1 +- rel
-        return 1.0 + rel * rng.uniform(-1.0, 1.0)
-
-    def add(abs_mm):  # additive jitter +- abs_mm
-        return abs_mm * rng.uniform(-1.0, 1.0)
-
     origin = -(np.asarray(shape) - 1) / 2 * h
     f32 = np.float32
     x = (origin[0] + np.arange(shape[0]) * h[0]).astype(f32)[:, None, None]
     y = (origin[1] + np.arange(shape[1]) * h[1]).astype(f32)[None, :, None]
     z = (origin[2] + np.arange(shape[2]) * h[2]).astype(f32)[None, None, :]
+    return shape, h, origin, (x, y, z)
 
-    # ---------------------------------------------------------------- parameters (mm)
-    prm = _draw_parameters(rng, heart_scale)
-    ax, ay, fat, iax, iay = (prm[k] for k in ("ax", "ay", "fat", "iax", "iay"))
-    cage_x, cage_y, spine_y = prm["cage_x"], prm["cage_y"], prm["spine_y"]
-    dome_r, dome_l, dome_curv, lung_top = (prm[k] for k in ("dome_r", "dome_l", "dome_curv",
-                                                            "lung_top"))
-    heart_c, heart_semi, heart_rot = prm["heart_c"], prm["heart_semi"], prm["heart_rot"]
-    aorta_x, aorta_r, arch_z = prm["aorta_x"], prm["aorta_r"], prm["arch_z"]
-    vert_h, vert_phase, rib_drop = prm["vert_h"], prm["vert_phase"], prm["rib_drop"]
 
-    # ---------------------------------------------------------------- body and fat
-    body = (x / ax) ** 2 + (y / ay) ** 2 <= 1.0
+def _paint_body(x, y, prm, shape, hu, labels):
+    """The body (fat under the skin, soft tissue inside); returns (body, inner) masks."""
+    body = (x / prm["ax"]) ** 2 + (y / prm["ay"]) ** 2 <= 1.0
     body = np.broadcast_to(body, shape)
-    inner = np.broadcast_to((x / iax) ** 2 + (y / iay) ** 2 <= 1.0, shape)
-    hu = np.full(shape, HU_AIR, dtype=f32)
-    labels = np.zeros(shape, dtype=np.uint8)
+    inner = np.broadcast_to((x / prm["iax"]) ** 2 + (y / prm["iay"]) ** 2 <= 1.0, shape)
     hu[body] = HU_FAT
     hu[inner] = HU_SOFT
     labels[body] = 1
+    return body, inner
 
-    # ---------------------------------------------------------------- diaphragm, liver
+
+def _paint_abdomen(x, y, z, prm, inner, hu, labels):
+    """The diaphragm domes, the liver below the right one and the gastric air bubble under
+    the left one; returns (z_dome, below): the dome height and the abdomen mask."""
+    dome_r, dome_l, dome_curv = prm["dome_r"], prm["dome_l"], prm["dome_curv"]
     z_dome = np.maximum(dome_r - ((x + 60.0) ** 2 + y ** 2) / (2 * dome_curv),
                         dome_l - ((x - 60.0) ** 2 + (y - 5.0) ** 2) / (2 * dome_curv))
     below = z < z_dome                                      # abdomen, [nx, ny, nz]
@@ -182,19 +212,28 @@ def _build_chest(seed, shape, spacing, noise_hu, heart_scale):
     labels[liver] = 8
     bubble = _ellipsoid_q(x, y, z, (70.0, -25.0, dome_l - 25.0), (28.0, 20.0, 14.0)) <= 1.0
     hu[bubble & inner & below & ~liver] = HU_AIR + 100.0     # gastric air under the left dome
+    return z_dome, below
 
-    # ---------------------------------------------------------------- rib cage frame
-    taper = 1.0 - 0.30 * np.clip((z - 40.0) / (lung_top - 40.0), 0.0, 1.0) ** 2
+
+def _rib_cage_ring(x, y, z, prm):
+    """(rho, alpha, ring): radius and angle about the cage axis (alpha 0 posterior, pi/2
+    lateral, pi anterior) and the cage's radius at that angle, tapering towards the apex."""
+    taper = 1.0 - 0.30 * np.clip((z - 40.0) / (prm["lung_top"] - 40.0), 0.0, 1.0) ** 2
     yc = 0.0
     rho = np.sqrt(x ** 2 + (y - yc) ** 2)
-    alpha = np.arctan2(np.abs(x), y - yc)                    # 0 posterior, pi/2 lateral, pi anterior
-    ring = 1.0 / np.sqrt((np.sin(alpha) / cage_x) ** 2 + (np.cos(alpha) / cage_y) ** 2)
-    ring = ring * taper                                      # [nx, ny, nz]
+    alpha = np.arctan2(np.abs(x), y - yc)
+    ring = 1.0 / np.sqrt((np.sin(alpha) / prm["cage_x"]) ** 2 + (np.cos(alpha) / prm["cage_y"]) ** 2)
+    return rho, alpha, ring * taper                          # ring: [nx, ny, nz]
 
-    # ---------------------------------------------------------------- lungs
+
+def _paint_lungs(rng, x, y, z, prm, h, shape, below, rho, ring, hu, labels):
+    """Both lungs inside the cage and above the domes, with vessel texture; returns (lungs,
+    n1, n2): the mask and the two smooth random fields (they texture the bones too)."""
+    jit, add = _jitters(rng)
+    iax, iay, lung_top = prm["iax"], prm["iay"], prm["lung_top"]
     lungs = np.zeros(shape, dtype=bool)
     for side, lab in ((1.0, 2), (-1.0, 3)):
-        c = (side * (0.45 * iax + add(4.0)), 5.0 + add(4.0), (lung_top + dome_r) / 2 - 30.0)
+        c = (side * (0.45 * iax + add(4.0)), 5.0 + add(4.0), (lung_top + prm["dome_r"]) / 2 - 30.0)
         semi = (0.42 * iax * jit(0.05), 0.86 * iay * jit(0.05), (lung_top - c[2]) * jit(0.02))
         q = (np.abs(x - c[0]) / semi[0]) ** 2.6 + (np.abs(y - c[1]) / semi[1]) ** 2.6 \
             + ((z - c[2]) / semi[2]) ** 2
@@ -208,11 +247,16 @@ def _build_chest(seed, shape, spacing, noise_hu, heart_scale):
     hil = np.minimum(np.sqrt((x - 40.0) ** 2 + (y - 10.0) ** 2 + (z - 20.0) ** 2),
                      np.sqrt((x + 40.0) ** 2 + (y - 10.0) ** 2 + (z - 20.0) ** 2))
     near = np.clip(1.0 - hil / 160.0, 0.15, 1.0)
-    hu[lungs] = (HU_LUNG + 650.0 * (tube * near)[lungs] + 12.0 * n1[lungs]).astype(f32)
+    hu[lungs] = (HU_LUNG + 650.0 * (tube * near)[lungs] + 12.0 * n1[lungs]).astype(np.float32)
+    return lungs, n1, n2
 
-    # ---------------------------------------------------------------- aorta
+
+def _paint_aorta(x, y, z, prm, inner, hu, labels):
+    """Ascending aorta, arch and descending aorta; returns (mask, ascending centre (x, y))."""
+    aorta_x, aorta_r, arch_z = prm["aorta_x"], prm["aorta_r"], prm["arch_z"]
+    spine_y, heart_c = prm["spine_y"], prm["heart_c"]
     desc = ((x - aorta_x) ** 2 + (y - (spine_y - 27.0)) ** 2 <= aorta_r ** 2) & (z <= arch_z) \
-        & (z > dome_l - 120.0)
+        & (z > prm["dome_l"] - 120.0)
     asc_x, asc_y = -5.0, heart_c[1] + 15.0
     asc = ((x - asc_x) ** 2 + (y - asc_y) ** 2 <= (1.25 * aorta_r) ** 2) & (z <= arch_z) \
         & (z >= heart_c[2])
@@ -226,15 +270,14 @@ def _build_chest(seed, shape, spacing, noise_hu, heart_scale):
     aorta = (desc | asc | arch) & inner
     hu[aorta] = HU_SOFT
     labels[aorta] = 7
+    return aorta, (asc_x, asc_y)
 
-    # ---------------------------------------------------------------- heart
-    heart = (_ellipsoid_q(x, y, z, heart_c, heart_semi, heart_rot) <= 1.0) & inner \
-        & (z >= z_dome - 5.0)
-    hu[heart] = HU_SOFT
-    labels[heart] = 4
 
-    # ---------------------------------------------------------------- spine
-    zl = np.mod(z - vert_phase, vert_h)                       # position within a level
+def _paint_spine(x, y, z, prm, inner, n2, hu, labels):
+    """Vertebral bodies, discs, canal, arches, spinous and transverse processes; returns the
+    bone mask."""
+    spine_y = prm["spine_y"]
+    zl = np.mod(z - prm["vert_phase"], prm["vert_h"])        # position within a level
     disc = zl < 5.0
     vb = ((x / 21.0) ** 2 + ((y - spine_y) / 16.0) ** 2 <= 1.0)
     canal_c = spine_y + 27.0
@@ -247,29 +290,26 @@ def _build_chest(seed, shape, spacing, noise_hu, heart_scale):
     hu[canal & inner] = HU_CSF
     hu[bone] = HU_BONE + 60.0 * n2[bone]
     labels[bone] = 5
+    return bone
 
-    # ---------------------------------------------------------------- ribs and sternum
+
+def _paint_ribs(x, y, z, prm, inner, rho, alpha, ring, bone, n1, hu, labels):
+    """Twelve rib pairs (the last three floating) and the sternum; returns their mask."""
     # unwarp the anterior drop, then each rib is a flat tube around the cage ring
+    vert_h = prm["vert_h"]
     frac = np.clip(alpha / math.pi, 0.0, 1.0)
-    w = z + rib_drop * frac ** 1.4
-    rib_top = lung_top - 8.0
+    w = z + prm["rib_drop"] * frac ** 1.4
+    rib_top = prm["lung_top"] - 8.0
     idx = np.round((rib_top - w) / vert_h)
     dz = w - (rib_top - idx * vert_h)
     amax = np.where(idx >= 9, 1.9, 2.7)                       # floating ribs stop laterally
     ribs = (((rho - ring) / 5.5) ** 2 + (dz / 8.0) ** 2 <= 1.0) & (idx >= 0) & (idx <= 11) \
         & (alpha > 0.22) & (alpha < amax) & inner
+    iay = prm["iay"]
     sternum = (np.abs(x) <= 14.0) & (y >= -iay + 3.0) & (y <= -iay + 15.0) \
-        & (z <= rib_top - 20.0) & (z >= dome_r - 50.0) & inner
+        & (z <= rib_top - 20.0) & (z >= prm["dome_r"] - 50.0) & inner
     ribs |= sternum
     ribs &= ~bone
     hu[ribs] = HU_RIB + 60.0 * n1[ribs]
     labels[ribs] = 6
-
-    # ---------------------------------------------------------------- noise and output
-    if noise_hu > 0:
-        hu[body] += (noise_hu * rng.standard_normal(int(body.sum()))).astype(f32)
-    ctx = {"params": prm, "spacing": h, "origin": origin, "shape": shape, "x": x, "y": y, "z": z,
-           "body": body, "inner": inner, "below": below, "z_dome": z_dome, "lungs": lungs,
-           "rho": rho, "ring": ring, "heart": heart, "aorta": aorta, "bone": bone | ribs,
-           "asc_xy": (asc_x, asc_y), "desc_xy": (aorta_x, spine_y - 27.0), "noise_hu": noise_hu}
-    return hu, labels, ctx
+    return ribs
