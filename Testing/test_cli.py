@@ -338,3 +338,48 @@ def test_bad_input_one_line(bad_dir, case):
         assert "ninety" in lines[0]
     if case == "sod >= sdd":
         assert "SOD" in lines[0] and "SDD" in lines[0]
+
+
+# ------------------------------------------------------------------------------ structure
+def test_command_line_is_built_without_torch():
+    """`xray2xray --help` and `models list` stay quick: building the parser imports no torch."""
+    code = ("import sys, XrayWorldModel.cli as c; c.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numba')))")
+    res = ok(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, env=_env(), timeout=120))
+    assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_one_phantom_source_syntax():
+    """The DRR job and the training data read `phantom:...` with the same parser."""
+    from XrayWorldModel.data import resolve_source
+    from XrayWorldModel.drr.batch import expand_inputs
+    from XrayWorldModel.errors import InputError
+    from XrayWorldModel.phantom.source import PhantomSource, parse_phantom_source
+    assert parse_phantom_source("phantom:chest") == PhantomSource("chest", 0, 1)
+    assert parse_phantom_source("phantom:Chest:7") == PhantomSource("chest", 7, 1)
+    assert parse_phantom_source("phantom:ellipsoid") == PhantomSource("ellipsoid", 0, 1)
+    assert parse_phantom_source("phantom:3:10") == PhantomSource("chest", 10, 3)
+    for bad in ("phantom:lung", "phantom:chest:x", "phantom:ellipsoid:2", "phantom:0", "phantom:"):
+        with pytest.raises(InputError, match="phantom"):
+            parse_phantom_source(bad)
+    sources, manifest = expand_inputs(["phantom:chest", "phantom:2:5"])
+    assert [s.spec for s in sources] == ["phantom:chest", "phantom:chest:5", "phantom:chest:6"]
+    assert [s.stem() for s in sources] == ["phantom_chest", "phantom_chest_5", "phantom_chest_6"]
+    assert not manifest
+    assert [i.spec for i in resolve_source("phantom:2:5")] == ["phantom:chest:5", "phantom:chest:6"]
+    assert [i.spec for i in resolve_source("phantom:chest:5")] == ["phantom:chest:5"]
+    with pytest.raises(InputError, match="phantom:N"):
+        resolve_source("phantom:ellipsoid")
+
+
+def test_train_module_entry_point_reports_like_the_cli(tmp_path):
+    """`python -m XrayWorldModel.train` (torchrun's entry) parses as `xray2xray train`."""
+    res = subprocess.run([sys.executable, "-m", "XrayWorldModel.train", "--config", "nope"],
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.splitlines() == [res.stderr.strip()]
+    assert res.stderr.startswith("xray2xray: error: nope")
+    res = subprocess.run([sys.executable, "-m", "XrayWorldModel.train"], capture_output=True,
+                         text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 2 and "xray2xray train: error:" in res.stderr

@@ -226,7 +226,7 @@ def test_refinement_brings_the_volume_closer_to_the_imagined_views(tiny_config):
     """SIRT after FDK (``refine_iterations``) lowers the mismatch between the volume's
     projections and the imagined sweep it was reconstructed from."""
     from XrayWorldModel.drr import DRRRenderer
-    from XrayWorldModel.infer.pipeline import _geometry, reconstruct
+    from XrayWorldModel.infer.pipeline import isocentric_geometry, reconstruct
     torch.manual_seed(1)
     model = WorldModel(tiny_config.model).eval()
     s = tiny_config.views
@@ -235,7 +235,7 @@ def test_refinement_brings_the_volume_closer_to_the_imagined_views(tiny_config):
     views = imagine_views(model, state, angles)
 
     def mismatch(vol):
-        proj = DRRRenderer(vol, "fast", "cpu", s.mu_water).render(_geometry(s, angles))
+        proj = DRRRenderer(vol, "fast", "cpu", s.mu_water).render(isocentric_geometry(s, angles))
         return float(np.mean((proj - views) ** 2))
     plain = reconstruct(model, state, s, 32, 30.0)
     refined = reconstruct(model, state, s, 32, 30.0, refine_iterations=3)

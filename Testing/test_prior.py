@@ -9,7 +9,7 @@ import torch
 from XrayWorldModel.data import ViewSampling
 from XrayWorldModel.drr.render import project
 from XrayWorldModel.infer.evaluate import paired_difference, volume_scores, _cylinder
-from XrayWorldModel.infer.pipeline import _geometry
+from XrayWorldModel.infer.pipeline import isocentric_geometry
 from XrayWorldModel.infer.prior import (CARD_KEY, TENSOR_KEY, VolumePrior, centred, fov_grid,
                                         resample_like)
 from XrayWorldModel.phantom import procedural_chest
@@ -27,12 +27,12 @@ def chests():
 
 @pytest.fixture(scope="module")
 def prior(chests):
-    return VolumePrior.from_volumes(chests[:4], _geometry(SAMPLING, [0.0]), N, source="test")
+    return VolumePrior.from_volumes(chests[:4], isocentric_geometry(SAMPLING, [0.0]), N, source="test")
 
 
 def _sweep(step=30.0):
     angles = np.arange(0.0, 360.0, step)
-    return angles, _geometry(SAMPLING, angles)
+    return angles, isocentric_geometry(SAMPLING, angles)
 
 
 def _mu(hu):
@@ -40,7 +40,7 @@ def _mu(hu):
 
 
 def test_prior_is_the_mean_of_centred_ct(chests, prior):
-    grid = fov_grid(_geometry(SAMPLING, [0.0]), N)
+    grid = fov_grid(isocentric_geometry(SAMPLING, [0.0]), N)
     expected = np.mean([resample_like(centred(v), grid) for v in chests[:4]], axis=0)
     assert prior.hu.shape == (N, N, N) and prior.n_volumes == 4
     np.testing.assert_allclose(prior.hu, expected, atol=1e-3)
@@ -51,7 +51,7 @@ def test_prior_is_the_mean_of_centred_ct(chests, prior):
 def test_prior_without_any_ct_is_refused_in_one_line():
     from XrayWorldModel.errors import InputError
     with pytest.raises(InputError, match="at least one readable training CT"):
-        VolumePrior.from_volumes([], _geometry(SAMPLING, [0.0]), N)
+        VolumePrior.from_volumes([], isocentric_geometry(SAMPLING, [0.0]), N)
 
 
 def test_views_that_agree_with_the_prior_leave_it_unchanged(prior):

@@ -421,3 +421,51 @@ def test_cli_models_commands(tmp_path, monkeypatch, capsys, tiny_model):
         assert needle in err and "Traceback" not in err
         if argv[1:2] != ["frobnicate"]:
             assert err.strip().count("\n") == 0 and err.startswith("xray2xray: error:")
+
+
+# ----------------------------------------------------------------------------- release tool
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def test_build_demo_tool_runs_as_a_script_outside_the_package():
+    """``python tools/build_demo.py`` is how README builds the demo model; it is not part of
+    the installed package (the architecture test checks the package never imports it)."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(TOOLS / "build_demo.py"), "--help"],
+                          capture_output=True, text=True, cwd=TOOLS.parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert "--from-model" in done.stdout and "--cohort" in done.stdout
+    assert not (Path(__file__).resolve().parents[1] / "XrayWorldModel" / "weights"
+                / "build_demo.py").exists()
+
+
+def test_build_demo_tool_adds_the_prior_and_installs(tmp_path, monkeypatch, tiny_model):
+    """``--from-model``: a new version of a model file with the volume prior of its own
+    training CTs, copied into builtin/ and recorded in the registry (both redirected here)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_demo", TOOLS / "build_demo.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    shipped = json.loads(tool.REGISTRY.read_text())
+    monkeypatch.setattr(tool, "BUILTIN", tmp_path / "builtin")
+    monkeypatch.setattr(tool, "REGISTRY", tmp_path / "registry.json")
+    (tmp_path / "registry.json").write_text(json.dumps(shipped))
+
+    cfg = tiny_config()
+    cfg["data"].update(source="phantom:2", cache_dir=str(tmp_path / "ct-cache"), grid_size=24,
+                       grid_spacing=14.0)
+    src = save_model_file(tmp_path / "old.safetensors", model_tensors(tiny_model),
+                          {"name": tool.NAME, "version": "1.0", "config": cfg,
+                           "description": "tiny", "license": "Apache-2.0",
+                           "intended_use": "tests only"})
+    assert tool.main(["--from-model", str(src), "--version", "9.9",
+                      "--work", str(tmp_path / "work")]) == 0
+    installed = tmp_path / "builtin" / f"{tool.NAME}-9.9.safetensors"
+    tensors, card = load_model_file(installed)
+    assert card["version"] == "9.9" and card["volume_prior"]["n_volumes"] == 2
+    assert "prior.hu" in tensors
+    entry = [m for m in json.loads((tmp_path / "registry.json").read_text())["models"]
+             if m["name"] == tool.NAME]
+    assert len(entry) == 1 and entry[0]["sha256"] == sha256(installed)
+    assert entry[0]["url"] == f"package://XrayWorldModel/weights/builtin/{installed.name}"

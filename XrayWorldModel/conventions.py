@@ -16,6 +16,10 @@ from .errors import GeometryError
 #: Linear attenuation of water (1/mm) at a typical chest effective energy: HU -> mu.
 MU_WATER = 0.02
 
+#: Default DRR detector: 256 x 256 pixels of 1.6 mm (a 410 mm field, a chest film's size).
+DEFAULT_DETECTOR = (256, 256)
+DEFAULT_PIXEL_SPACING_MM = 1.6
+
 #: Single-file CT volume formats (a DICOM series is a folder).
 CT_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: What a CT input may end with on the command line: a volume file or one DICOM slice.

@@ -13,7 +13,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from XrayWorldModel.conventions import (LATERAL_VIEW_POSITIONS, RESULTS_FORMAT, strip_ct_suffix,
+from XrayWorldModel.conventions import (DEFAULT_DETECTOR, DEFAULT_PIXEL_SPACING_MM,
+                                        LATERAL_VIEW_POSITIONS, RESULTS_FORMAT, strip_ct_suffix,
                                         view_position)
 from XrayWorldModel.errors import InputError, XrayWorldModelError
 from XrayWorldModel.geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
@@ -37,8 +38,7 @@ KIND_PREDICTED_VIEW = "PredictedView"
 KIND_VOLUME = "InferenceVolume"
 KIND_RESULTS = "InferenceResults"
 
-DEFAULT_DETECTOR = (256, 256)
-DEFAULT_PIXEL_SPACING = 1.6
+DEFAULT_PIXEL_SPACING = DEFAULT_PIXEL_SPACING_MM
 
 ProgressCallback = Callable[[float, str], Optional[bool]]
 

@@ -8,5 +8,6 @@ from ..lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "domain": ["ModelInput", "domain_reference", "to_model_input"],
-    "pipeline": ["InferenceResult", "run_inference"],
-    "outputs": ["write_outputs"]})
+    "pipeline": ["InferenceResult", "isocentric_geometry", "load_inference_model",
+                 "run_inference"],
+    "outputs": ["input_info", "write_outputs"]})

@@ -1,30 +1,30 @@
-"""``xray2xray infer CXR --out DIR``: the command-line face of :func:`.pipeline.run_inference`."""
+"""``xray2xray infer CXR --out DIR``, ``demo`` and ``eval-volume``: the command-line face of
+:func:`.pipeline.run_inference`, :func:`.demo.run_demo` and :func:`.evaluate.evaluate_volumes`.
+
+Only torch-free modules are imported at the top, so that building the command line stays
+fast; each command imports the inference code when it runs.
+"""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
 
-
-def input_info(path: Path, rad) -> dict:
-    from ..fileutil import sha256_file
-    return {"path": str(path), "sha256": sha256_file(path), "view_position": rad.view_position,
-            "shape": [int(n) for n in rad.image.shape],
-            "spacing_mm": [float(s) for s in rad.spacing],
-            "spacing_is_default": bool(rad.spacing_is_default)}
+from ..conventions import parse_angles
+from ..errors import GeometryError, InputError
+from ..io import read_cxr
 
 
 def parse_views(text: str):
-    from ..errors import InputError
+    """``--views``: comma-separated angles in degrees (none: no predicted views)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+        return list(parse_angles(text, allow_empty=True))
+    except GeometryError:
         raise InputError(f"--views takes comma-separated angles in degrees, got {text!r}") from None
 
 
 def run_infer(args) -> int:
-    from ..io import read_cxr
-    from .outputs import write_outputs
+    from .outputs import input_info, write_outputs
     from .pipeline import run_inference
     t0 = time.perf_counter()
     path = Path(args.cxr).expanduser()
@@ -92,16 +92,15 @@ def add_demo_parser(sub) -> None:
 
 
 def run_eval_volume(args) -> int:
-    from pathlib import Path as _P
-    from ..data import PreprocessedCache, resolve_source
     from ..config import TrainConfig
+    from ..data import PreprocessedCache, resolve_source
     from ..data.cache import VolumeProvider
     from .evaluate import evaluate_volumes
     from .pipeline import load_inference_model
     from .prior import VolumePrior
     model, card, path = load_inference_model(args.model, args.device)
     cfg = TrainConfig.from_dict(card["config"])
-    cache = PreprocessedCache(_P(args.cache_dir) if args.cache_dir else None)
+    cache = PreprocessedCache(Path(args.cache_dir) if args.cache_dir else None)
     prep = cfg.data.preprocessing()
 
     def volumes(source, limit):

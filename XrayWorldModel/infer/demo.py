@@ -6,6 +6,7 @@ input is a phantom, whose truth is known), slices of the reconstructed volume, a
 """
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -13,8 +14,15 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..config import TrainConfig
+from ..drr import DRRRenderer
+from ..fileutil import atomic_path
+from ..io import read_cxr
+from ..phantom import procedural_chest
 from ..radiograph import Radiograph
 from .domain import LINE_INTEGRAL
+from .outputs import input_info, write_outputs
+from .pipeline import load_inference_model, run_inference
 
 #: The demo phantom's seed: far from the seeds the demo model was trained on.
 DEMO_SEED = 90210
@@ -23,8 +31,6 @@ TILE = 192
 
 def demo_phantom(sampling, seed: int = DEMO_SEED):
     """(frontal Radiograph, {angle: true DRR}) of a procedural chest at the model's geometry."""
-    from ..drr import DRRRenderer
-    from ..phantom import procedural_chest
     vol = procedural_chest(seed)
     g = sampling.geometry([0.0, 90.0, 180.0, 270.0], 0.0, vol.center)
     drrs = DRRRenderer(vol, "fast", "cpu", sampling.mu_water).render(g)
@@ -93,11 +99,9 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
     lines.append("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
     for note in result.model_input.notes:
         lines.append(f"note: {note}")
-    import textwrap
     wrapped = [part for line in lines for part in textwrap.wrap(line, max(40, W // 6 - 4))]
     for i, line in enumerate(wrapped):
         draw.text((pad, y + 4 + 16 * i), line, fill="black", font=font)
-    from ..fileutil import atomic_path
     with atomic_path(path) as tmp:
         page.save(tmp, format="PNG")
     return path
@@ -106,10 +110,6 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
 def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 128,
              device="cpu") -> Dict:
     """Run the demo; returns the results dict (``results.json``) with the report's name."""
-    from ..config import TrainConfig
-    from .cli import input_info
-    from .outputs import write_outputs
-    from .pipeline import load_inference_model, run_inference
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser()
     loaded = load_inference_model(model, device)
@@ -122,7 +122,6 @@ def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 
                 "spacing_is_default": False}
         title = f"Xray2Xray demo: procedural chest (seed {DEMO_SEED}), truth shown below"
     else:
-        from ..io import read_cxr
         rad = read_cxr(cxr)
         info = input_info(Path(cxr), rad)
         title = f"Xray2Xray demo: {Path(cxr).name}"

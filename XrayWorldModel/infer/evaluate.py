@@ -10,8 +10,11 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from ..config import TrainConfig
+from ..drr import DRRRenderer
+from ..recon import fdk, mu_to_hu
 from ..volume import Volume
-from .pipeline import _geometry, reconstruct
+from .pipeline import isocentric_geometry, reconstruct
 from .prior import VolumePrior, centred, fov_grid, resample_like
 
 
@@ -57,24 +60,21 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
 
     and the per-CT difference in r of ``world_model`` against ``mean_ct`` with a bootstrap
     CI (the claim to test: does the imagined sweep add anything to the average chest?)."""
-    from ..drr import DRRRenderer
-    from ..recon import fdk, mu_to_hu
-    from ..config import TrainConfig
     sampling = TrainConfig.from_dict(card["config"]).views
     dev = next(model.parameters()).device
     n_fdk = min(volume_size, sampling.image_size)
     if prior is None:
-        prior = VolumePrior.from_volumes(train_volumes, _geometry(sampling, [0.0]), n_fdk,
-                                         source=f"mean of {len(train_volumes)} training CTs")
+        prior = VolumePrior.from_volumes(train_volumes, isocentric_geometry(sampling, [0.0]),
+                                         n_fdk, source=f"mean of {len(train_volumes)} training CTs")
     rows = {"world_model": [], "world_model_fdk_only": [], "mean_ct": [],
             "copied_frontal_fdk": []}
     mean_ct = None
     angles = np.arange(0.0, 360.0, sweep_step)
-    g = _geometry(sampling, angles)
+    g = isocentric_geometry(sampling, angles)
     for vol in volumes:
         c = centred(vol)            # the CT centred on the isocentre, as at training time
         frontal = DRRRenderer(c, "fast", "cpu", sampling.mu_water).render(
-            _geometry(sampling, [0.0]))[0]
+            isocentric_geometry(sampling, [0.0]))[0]
         x = torch.from_numpy(frontal)[None, None].to(dev)
         state = model.encode(x, torch.zeros(1, device=dev))
         pred = reconstruct(model, state, sampling, volume_size, sweep_step,

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..conventions import RESULTS_FORMAT
-from ..version import __version__
-from ..io.drr_stack import write_drr_stack
-from ..fileutil import atomic_path
+from ..fileutil import atomic_path, sha256_file
 from ..io import write_volume
+from ..io.drr_stack import write_drr_stack
+from ..radiograph import Radiograph
+from ..version import __version__
 from .pipeline import InferenceResult
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
@@ -25,6 +26,14 @@ def consistency_reading(ncc: float) -> str:
     if ncc >= 0.7:
         return "partly consistent: treat predicted views and volume with caution"
     return "inconsistent: the input is far from what the model knows; do not trust the outputs"
+
+
+def input_info(path: Path, rad: Radiograph) -> Dict:
+    """``results.json``'s ``input``: the radiograph file read from ``path`` as ``rad``."""
+    return {"path": str(path), "sha256": sha256_file(path), "view_position": rad.view_position,
+            "shape": [int(n) for n in rad.image.shape],
+            "spacing_mm": [float(s) for s in rad.spacing],
+            "spacing_is_default": bool(rad.spacing_is_default)}
 
 
 def results_dict(result: InferenceResult, input_info: Optional[Dict] = None,

@@ -20,13 +20,20 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ..config import TrainConfig
 from ..data import ViewSampling
+from ..drr import DRRRenderer, resolve_device
 from ..errors import InputError
+from ..fileutil import sha256_file
 from ..geometry import ProjectionGeometry
+from ..probe.features import predict_heads
 from ..radiograph import Radiograph
-from ..recon import fdk, mu_to_hu
+from ..recon import fdk, mu_to_hu, refine
 from ..volume import Volume
+from ..weights.loading import load_world_model
+from ..weights.registry import resolve_model
 from .domain import ModelInput, to_model_input
 from .prior import VolumePrior, fov_extent, fov_grid
 
@@ -77,7 +84,9 @@ def imagine_views(model, state: torch.Tensor, angles: Sequence[float]) -> np.nda
     return np.clip(views, 0.0, None)
 
 
-def _geometry(sampling: ViewSampling, angles) -> ProjectionGeometry:
+def isocentric_geometry(sampling: ViewSampling, angles) -> ProjectionGeometry:
+    """The geometry of views at ``angles`` (degrees, no tilt) around the isocentre, with the
+    model's detector and distances: how the model saw views in training."""
     return sampling.geometry([float(a) for a in angles], 0.0, (0.0, 0.0, 0.0))
 
 
@@ -104,7 +113,7 @@ def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size:
     mu_water = mu_water if mu_water is not None else sampling.mu_water
     angles = np.arange(0.0, 360.0, sweep_step)
     views = imagine_views(model, state, angles)
-    geometry = _geometry(sampling, angles)
+    geometry = isocentric_geometry(sampling, angles)
     n_fdk = min(volume_size, sampling.image_size)
     grid = fov_grid(geometry, n_fdk)
     if prior is not None:
@@ -112,14 +121,12 @@ def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size:
     else:
         mu = fdk(views, geometry, like=grid)
     if refine_iterations > 0:
-        from ..recon import refine
         with torch.enable_grad():   # SIRT uses the projector's autograd adjoint
             mu = refine(Volume(np.clip(mu.array, 0.0, None), mu.affine), views, geometry,
                         iterations=int(refine_iterations))
     hu = mu_to_hu(mu.array, mu_water)
     affine = mu.affine
     if n_fdk != volume_size:
-        import torch.nn.functional as F
         t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
         hu = F.interpolate(t, size=(volume_size,) * 3, mode="trilinear",
                            align_corners=False)[0, 0].numpy()
@@ -136,8 +143,8 @@ def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size:
 def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSampling) -> float:
     """NCC between the volume re-projected at 0 deg and the model's input, over the pixels the
     radiograph covered: near 1 when the imagined 3D agrees with what was seen."""
-    from ..drr import DRRRenderer
-    drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water).render(_geometry(sampling, [0.0]))[0]
+    drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water).render(
+        isocentric_geometry(sampling, [0.0]))[0]
     m = model_input.covered
     return _ncc(drr[m], model_input.image[m])
 
@@ -151,7 +158,6 @@ def apply_card_heads(model, card: Dict, image: torch.Tensor) -> Dict:
     out = {"risk": None, "pathologies": None, "risk_details": None}
     if not heads:
         return out
-    from ..probe.features import predict_heads
     pred = predict_heads(model, image, heads)
     first = lambda v: float(np.asarray(v).reshape(-1)[0])
     if "pathology" in pred:
@@ -180,7 +186,6 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
     dev = next(model.parameters()).device
     t["load"] = time.perf_counter() - t0
 
-    from ..config import TrainConfig
     sampling = TrainConfig.from_dict(card["config"]).views
     t0 = time.perf_counter()
     mi = to_model_input(radiograph, sampling, card.get("domain"))
@@ -216,7 +221,7 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
     info = {"name": card.get("name", "unnamed"), "version": card.get("version"),
             "path": str(path) if path else None, "sha256": card.get("file_sha256"),
             "intended_use": (card.get("card") or {}).get("intended_use") or card.get("intended_use")}
-    geometry = _geometry(sampling, view_angles) if view_angles else None
+    geometry = isocentric_geometry(sampling, view_angles) if view_angles else None
     return InferenceResult(predicted.astype(np.float32), view_angles, geometry, volume, mi,
                            consistency, scores, info, t)
 
@@ -228,10 +233,6 @@ def load_inference_model(spec, device="cpu"):
     if isinstance(spec, tuple):
         model, card, *path = spec
         return model.eval(), card, (path[0] if path else None)
-    from ..drr import resolve_device
-    from ..fileutil import sha256_file
-    from ..weights import load_world_model
-    from ..weights.registry import resolve_model
     path = resolve_model(spec)
     model, card = load_world_model(path, resolve_device(device))
     if path.is_file():

@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from scipy.ndimage import gaussian_filter
 
+from ..data.cache import _to_sitk
+from ..drr.render import project
 from ..errors import InputError
 from ..geometry import ProjectionGeometry
+from ..recon import default_grid, fdk
 from ..volume import Volume
 
 TENSOR_KEY = "prior.hu"
@@ -38,13 +45,11 @@ DEFAULT_SMOOTHING_VOXELS = 1.0
 def fov_extent(geometry: ProjectionGeometry) -> np.ndarray:
     """Extent (mm, x y z) of the square around the circle every view of an orbit sees, so
     the whole chest fits; its corners are outside every view's field and stay air."""
-    from ..recon import default_grid
     return default_grid(geometry, (1, 1, 1)).spacing * np.array([math.sqrt(2), math.sqrt(2), 1.0])
 
 
 def fov_grid(geometry: ProjectionGeometry, n: int) -> Volume:
     """An empty ``n``^3 reconstruction grid over :func:`fov_extent`, centred on the isocentre."""
-    from ..recon import default_grid
     extent = fov_extent(geometry)
     g = default_grid(geometry, (n,) * 3, extent / n)
     return Volume(np.zeros((n,) * 3, np.float32), g.affine)
@@ -52,8 +57,6 @@ def fov_grid(geometry: ProjectionGeometry, n: int) -> Volume:
 
 def resample_like(volume: Volume, like: Volume, fill: float = -1024.0) -> np.ndarray:
     """``volume`` (HU) resampled trilinearly onto ``like``'s grid (both LPS)."""
-    import SimpleITK as sitk
-    from ..data.cache import _to_sitk
     src = _to_sitk(volume)
     ref = _to_sitk(Volume(np.zeros(like.shape, np.float32), like.affine))
     out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(fill))
@@ -71,7 +74,6 @@ def _resize(array: np.ndarray, n: int) -> np.ndarray:
     """A cube resampled to ``n``^3 over the same extent (cell-centred grids)."""
     if array.shape[0] == n:
         return array
-    import torch.nn.functional as F
     t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
     return F.interpolate(t, size=(n,) * 3, mode="trilinear", align_corners=False)[0, 0].numpy()
 
@@ -117,7 +119,6 @@ class VolumePrior:
         entry = card.get(CARD_KEY)
         if not entry or path is None or not Path(path).is_file():
             return None
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             if TENSOR_KEY not in f.keys():
                 return None
@@ -132,9 +133,6 @@ class VolumePrior:
                     mu_water: float) -> np.ndarray:
         """Attenuation on ``grid`` (a :func:`fov_grid`): the prior plus the damped,
         smoothed FDK of ``views`` minus the prior's projections at the same angles."""
-        from scipy.ndimage import gaussian_filter
-        from ..drr.render import project
-        from ..recon import fdk
         mu0 = np.clip((self.hu_on(grid.shape[0]) / 1000.0 + 1.0) * mu_water, 0.0, None)
         mu0 = mu0.astype(np.float32)
         with torch.no_grad():

@@ -4,9 +4,11 @@
   DRRs of CTs rendered the way the model saw them in training.
 * :mod:`.heads`    - logistic (binary / multi-label) and Cox heads, fitted with
   scikit-learn / numpy and stored as plain JSON; :func:`apply_heads` needs numpy only.
-* :mod:`.evaluate` - cross-validated AUROC and C-index with bootstrap CIs, paired
-  bootstrap comparison of two models.
-* :mod:`.run`      - labels CSV, fitting a task end to end, saving heads into a model card.
+* :mod:`.metrics`  - AUROC and Harrell's C-index, their bootstrap CIs, the paired
+  bootstrap comparison of two models, and :class:`ProbeError`.
+* :mod:`.evaluate` - stratified K-fold cross-validation: out-of-fold predictions.
+* :mod:`.run`      - labels CSV, fitting a task end to end (:func:`probe_task`, what
+  ``xray2xray probe`` runs), saving heads into a model card.
 
 Names are imported lazily, so ``apply_heads`` (used by inference) never pulls in torch
 or scikit-learn.
@@ -24,12 +26,12 @@ _EXPORTS = {
     "features": ["extract_features", "extract_for_heads", "feature_spec", "pooled_features",
                  "predict_heads",
                  "render_frontal_views", "CTSkippedWarning"],
-    "heads": ["ProbeError", "apply_head", "apply_heads", "fit_cox", "fit_logistic",
-              "linear_predictor", "check_task_entry", "task_entry"],
-    "evaluate": ["auroc", "auroc_ci", "bootstrap_ci", "c_index", "c_index_ci", "cv_cox",
-                 "cv_logistic", "multilabel_auroc_ci", "paired_bootstrap",
-                 "paired_bootstrap_test", "FoldWarning"],
-    "run": ["LabelsError", "LabelTable", "build_targets", "fit_task",
-            "match_ids", "read_labels_csv", "save_heads_into"],
+    "heads": ["apply_head", "apply_heads", "fit_cox", "fit_logistic", "linear_predictor",
+              "check_binary", "check_survival", "check_task_entry", "task_entry"],
+    "metrics": ["ProbeError", "auroc", "auroc_ci", "bootstrap_ci", "c_index", "c_index_ci",
+                "multilabel_auroc_ci", "paired_bootstrap", "paired_bootstrap_test"],
+    "evaluate": ["cv_cox", "cv_logistic", "FoldWarning"],
+    "run": ["LabelsError", "LabelTable", "build_targets", "fit_task", "match_ids",
+            "probe_task", "read_labels_csv", "save_heads_into"],
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)

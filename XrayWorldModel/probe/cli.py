@@ -10,12 +10,13 @@ import json
 import sys
 from pathlib import Path
 
+from ..conventions import parse_angles
 from ..errors import InputError
+from . import PATHOLOGIES, RISK_LABELS
 
 
 def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``probe`` subcommand to ``subparsers``."""
-    from . import PATHOLOGIES, RISK_LABELS
     p = subparsers.add_parser(
         "probe", help="fit risk / pathology probes on a model's latents (cross-validated)",
         description="Render each labelled CT's frontal DRR as the model saw views in training, "
@@ -76,12 +77,6 @@ def _number_or_auto(value: str, what: str):
 
 
 def run_probe(args) -> int:
-    from ..data import resolve_source
-    from ..conventions import parse_angles
-    from . import PATHOLOGIES, RISK_LABELS
-    from .run import (build_targets, match_ids, parse_columns, read_labels_csv,
-                      save_heads_into, table_from_items)
-
     progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     if args.folds < 2:
         raise InputError(f"--folds must be at least 2, got {args.folds}")
@@ -91,60 +86,18 @@ def run_probe(args) -> int:
     alpha = _number_or_auto(args.cox_alpha, "--cox-alpha")
     imagined = [] if args.imagined.strip().lower() in ("none", "") else \
         [float(a) for a in parse_angles(args.imagined)]
+    from .run import parse_columns, probe_task   # torch and the renderers: only now
     risk = args.task == "risk"
     columns = parse_columns(args.labels_columns, RISK_LABELS if risk else PATHOLOGIES)
     time_col = args.time_column if risk and args.time_column.lower() != "none" else None
     for out in (args.out, args.save_into):
         if out is not None and Path(out).expanduser().is_dir():
             raise InputError("is a folder; give a file name", out)
-
-    # labels first: a bad CSV fails in a second, before any model is loaded or CT rendered
-    items = resolve_source(args.data)
-    table = read_labels_csv(args.labels, args.id_column) if args.labels else table_from_items(items)
-    ids = match_ids([it.id for it in items], table)
-    build_targets(args.task, table, ids, columns, time_col, args.event_column)
-
-    from ..weights import load_world_model
-    from .features import extract_features, feature_spec, render_frontal_views
-    from .run import fit_task
-    model, card = load_world_model(args.model, args.device)
-    keep = set(ids)
-    images, got = render_frontal_views([it for it in items if it.id in keep], card, args.angle,
-                                       device=args.device, progress=progress)
-    if not got:
-        raise InputError("none of the labelled CTs could be read")
-    targets = build_targets(args.task, table, got, columns, time_col, args.event_column)
-    features = extract_features(model, images, args.angle, imagined, progress=progress)
-    spec = feature_spec(model, args.angle, imagined)
-    model_id = {"name": card.get("name", card.get("model")), "version": card.get("version"),
-                "sha256": card.get("content_sha256", card.get("sha256"))}
-    trained_on = {"data": args.data,
-                  "labels": str(Path(args.labels).resolve()) if args.labels else "data source",
-                  "columns": dict(columns), "model": model_id}
-    if time_col:
-        trained_on.update(time_column=time_col, event_column=args.event_column)
-    if args.labels:
-        from ..fileutil import sha256_of
-        trained_on["labels_sha256"] = sha256_of(Path(args.labels))
-    entry = fit_task(features, targets, spec, args.folds, args.seed, args.bootstrap, C, alpha,
-                     trained_on)
-
-    written = {}
-    if args.out:
-        from ..fileutil import atomic_path
-        out = Path(args.out).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp:
-            Path(tmp).write_text(json.dumps(entry, indent=1))
-        written["out"] = str(out)
-    if args.save_into:
-        written["saved_into"] = str(save_heads_into(args.model, Path(args.save_into).expanduser(),
-                                                    {args.task: entry}))
-    summary = {"task": args.task, "model": model_id, "data": args.data,
-               "labels": trained_on["labels"], "n": len(got), "features": spec,
-               "metrics": entry["metrics"],
-               "heads": [{"kind": h["kind"], **({"labels": h["labels"]} if h["kind"] == "logistic"
-                                                 else {"name": h["name"]})}
-                         for h in entry["heads"]], **written}
+    summary = probe_task(args.data, args.task, model=args.model, labels=args.labels,
+                         columns=columns, id_column=args.id_column, time_column=time_col,
+                         event_column=args.event_column, folds=args.folds, imagined=imagined,
+                         angle=args.angle, C=C, alpha=alpha, n_boot=args.bootstrap,
+                         seed=args.seed, out=args.out, save_into=args.save_into,
+                         device=args.device, progress=progress)
     print(json.dumps(summary, indent=1))
     return 0

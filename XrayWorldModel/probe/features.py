@@ -15,11 +15,19 @@ works on any such images (real radiographs once preprocessed into the model's do
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from ..config import TrainConfig
+from ..data import PreprocessedCache
+from ..data.views import render_views
 from ..errors import InputError, XrayWorldModelError
+from ..models.encoder import as_batch
+from .heads import apply_heads
 
 DEFAULT_IMAGINED = (90.0,)
 
@@ -43,9 +51,6 @@ def extract_features(model, images, angle=0.0, imagined: Sequence[float] = DEFAU
     image size) seen at ``angle`` degrees (a scalar or one per image): the token-mean of the
     encoded state, then the token-mean of the state stepped to each ``imagined`` angle
     (absolute degrees; 90 = left lateral). Batched, without gradients, in eval mode."""
-    import torch
-    from tqdm.auto import tqdm
-
     x = images.detach().float().cpu() if isinstance(images, torch.Tensor) else \
         torch.as_tensor(np.asarray(images, dtype=np.float32))
     if x.ndim == 3:
@@ -82,8 +87,6 @@ def pooled_features(model, state, imagined: Sequence[float] = DEFAULT_IMAGINED,
     """Features [B, F] from an already encoded ``state`` [B, N, D] of views at ``angle``
     (degrees, scalar or [B]): what :func:`extract_features` computes after encoding, for
     callers that hold the state anyway (inference)."""
-    import torch
-    from ..models.encoder import as_batch
     with torch.no_grad():
         a = as_batch(angle, state.shape[0], state.device)
         parts = [state.mean(dim=1)]
@@ -112,13 +115,11 @@ def extract_for_heads(model, images, heads: Mapping[str, Any], angle=None,
 def predict_heads(model, images, heads: Mapping[str, Any], angle=None) -> Dict[str, Any]:
     """``{task: {output: values}}`` of a card's ``heads`` on ``images`` (see
     :func:`.heads.apply_heads`); what inference reports."""
-    from .heads import apply_heads
     return apply_heads(heads, extract_for_heads(model, images, heads, angle))
 
 
 def _views_config(card_or_config):
     """The TrainConfig of a model card (or a TrainConfig / its dict)."""
-    from ..config import TrainConfig
     if isinstance(card_or_config, TrainConfig):
         return card_or_config
     data = card_or_config.get("config", card_or_config) if isinstance(card_or_config, Mapping) \
@@ -136,11 +137,6 @@ def render_frontal_views(items, card_or_config, angle: float = 0.0, cache_dir=No
     as the model saw views in training: the card's preprocessing (cached on disk) and view
     settings without augmentation. Returns (images, ids of the CTs rendered); a CT that
     cannot be read is skipped with a :class:`CTSkippedWarning`."""
-    from pathlib import Path
-    from tqdm.auto import tqdm
-    from ..data import PreprocessedCache
-    from ..data.views import render_views
-
     cfg = _views_config(card_or_config)
     root = cache_dir if cache_dir is not None else cfg.data.cache_dir
     cache = PreprocessedCache(Path(root) if root else None)

@@ -26,13 +26,19 @@ of the training data).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
+    threadpool_limits = None
+
 from ..conventions import PROBE_TASK_FORMAT as TASK_FORMAT
-from ..errors import InputError
+from .metrics import ProbeError, auroc, c_index
 
 TASK_VERSION = 1
 #: Inverse regularisation strengths tried when ``C="auto"`` (inner cross-validation).
@@ -42,17 +48,10 @@ ALPHA_GRID = tuple(float(a) for a in np.logspace(-3, 1, 5))
 INNER_FOLDS = 3
 
 
-class ProbeError(InputError):
-    """Labels or features a probe cannot be fitted to, or a malformed head."""
-
-
 def single_thread():
     """BLAS limited to one thread while fitting: probe problems are small, and threaded
     BLAS on them is 10-50x slower on a busy machine (scipy's L-BFGS spins its threads)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn depends on threadpoolctl
-        import contextlib
+    if threadpool_limits is None:  # pragma: no cover
         return contextlib.nullcontext()
     return threadpool_limits(1)
 
@@ -89,7 +88,8 @@ def _as_matrix(features) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- logistic
-def _check_binary(y: np.ndarray, name: str) -> np.ndarray:
+def check_binary(y: np.ndarray, name: str) -> np.ndarray:
+    """``y`` as 0/1 integers; a :class:`ProbeError` unless it holds only 0 and 1, and both."""
     y = np.asarray(y, dtype=np.float64)
     bad = ~np.isin(y, (0.0, 1.0))
     if bad.any():
@@ -111,7 +111,6 @@ def _choose_C(Z: np.ndarray, y: np.ndarray, seed: int) -> float:
     too few of a class for inner folds. Each inner fold walks the grid from the strongest
     penalty up, warm-starting from the previous solution."""
     from sklearn.model_selection import StratifiedKFold
-    from .evaluate import auroc
     k = min(INNER_FOLDS, int(np.bincount(y, minlength=2).min()))
     if k < 2:
         return 1.0
@@ -144,7 +143,7 @@ def fit_logistic(X, Y, labels: Sequence[str], C: Union[float, str] = "auto",
     coefs, intercepts, Cs = [], [], []
     for j, name in enumerate(labels):
         keep = ~np.isnan(Y[:, j])
-        y = _check_binary(Y[keep, j], name)
+        y = check_binary(Y[keep, j], name)
         with single_thread():
             c = _choose_C(Z[keep], y, seed) if C == "auto" else float(C)
             model = _logistic(c).fit(Z[keep], y)
@@ -189,7 +188,9 @@ def _cox_terms(Z: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndar
     return loglik, grad, -H
 
 
-def _check_survival(time, event, n: int):
+def check_survival(time, event, n: int):
+    """(time, event as bool) of ``n`` subjects, checked: finite times >= 0, a 0/1 event
+    indicator and at least 2 events."""
     time = np.asarray(time, dtype=np.float64).reshape(-1)
     event = np.asarray(event, dtype=np.float64).reshape(-1)
     if time.size != n or event.size != n:
@@ -241,7 +242,6 @@ def cox_newton(Z: np.ndarray, time: np.ndarray, event: np.ndarray, alpha: float,
 def _choose_alpha(Z, time, event, seed: int) -> float:
     """Ridge penalty with the best mean inner-CV C-index (ties: the larger penalty)."""
     from sklearn.model_selection import KFold, StratifiedKFold
-    from .evaluate import c_index
     n_censored = int((~event).sum())
     k = min(INNER_FOLDS, int(event.sum()), n_censored or INNER_FOLDS)
     if k < 2:
@@ -277,7 +277,7 @@ def fit_cox(X, time, event, alpha: Union[float, str] = "auto", name: str = "time
     against the *mean* log partial likelihood (so it does not scale with N), or ``"auto"``:
     chosen from :data:`ALPHA_GRID` by inner cross-validated C-index."""
     X = _as_matrix(X)
-    time, event = _check_survival(time, event, X.shape[0])
+    time, event = check_survival(time, event, X.shape[0])
     head = {"kind": "cox", "name": str(name), **standardiser(X)}
     Z = _standardise(head, X)
     with single_thread():

@@ -1,5 +1,6 @@
 """A probe from end to end: labels CSV -> matched CTs -> features -> cross-validated
-metrics and final heads -> JSON (and optionally a model file whose card carries them).
+metrics and final heads -> JSON (and optionally a model file whose card carries them);
+:func:`probe_task` runs it all, as ``xray2xray probe`` does.
 
 Labels are a CSV keyed by an ``id`` column that matches the CT item ids of the data source
 (``phantom-00000`` for ``phantom:N``, the file name without its suffix for a folder, the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +19,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..data import resolve_source
 from ..errors import FileNotFoundInputError, InputError
-from . import PATHOLOGIES, RISK_LABELS  # noqa: F401  (re-exported)
-from .heads import ProbeError, _check_binary, fit_cox, fit_logistic, task_entry
+from ..fileutil import atomic_path, sha256_of
+from ..weights.loading import export_checkpoint, load_world_model
+from ..weights.model_file import ModelFileError, load_model_file, read_card, save_model_file
+from ..weights.registry import resolve_model
+from . import PATHOLOGIES, RISK_LABELS
+from .evaluate import cv_cox, cv_logistic
+from .features import DEFAULT_IMAGINED, extract_features, feature_spec, render_frontal_views
+from .heads import check_binary, fit_cox, fit_logistic, task_entry
+from .metrics import ProbeError, c_index_ci, multilabel_auroc_ci
 
 TASKS = ("pathology", "risk")
 TIME_COLUMN, EVENT_COLUMN = "time", "event"
@@ -161,7 +171,7 @@ def build_targets(task: str, table: LabelTable, ids: Sequence[str],
                 raise LabelsError(f"column {column!r} has no value for any of the "
                                   f"{len(ids)} matched CTs", where)
             try:
-                _check_binary(y, name)
+                check_binary(y, name)
             except ProbeError as exc:
                 raise LabelsError(f"column {column!r}: {exc.reason}", where) from None
     if time_column:
@@ -196,7 +206,6 @@ def fit_task(features: np.ndarray, targets: Targets, feature_spec: Mapping[str, 
              folds: int = 5, seed: int = 0, n_boot: int = 1000, C="auto", alpha="auto",
              trained_on: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Cross-validated metrics and the final heads (fitted on all cases): a task entry."""
-    from .evaluate import c_index_ci, cv_cox, cv_logistic, multilabel_auroc_ci
     X = np.asarray(features, dtype=np.float64)
     heads, used = [], {}
     metrics = {"n": int(X.shape[0]), "folds": int(folds), "seed": int(seed),
@@ -222,9 +231,6 @@ def save_heads_into(model_spec, out_path, entries: Mapping[str, Mapping[str, Any
     """Write a new model file: the model of ``model_spec`` (model file or training
     checkpoint) with ``entries`` merged into its card's ``heads`` (tasks not in ``entries``
     keep their existing heads)."""
-    from ..weights import ModelFileError, export_checkpoint, load_model_file, read_card, \
-        save_model_file
-    from ..weights.registry import resolve_model
     path = resolve_model(model_spec)
     is_model_file = False
     if path.is_file() and path.suffix == ".safetensors":
@@ -239,3 +245,71 @@ def save_heads_into(model_spec, out_path, entries: Mapping[str, Mapping[str, Any
     old = card.get("heads") if isinstance(card.get("heads"), Mapping) else {}
     card["heads"] = {**old, **{k: dict(v) for k, v in entries.items()}}
     return save_model_file(out_path, tensors, card)
+
+
+def _model_id(card: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"name": card.get("name", card.get("model")), "version": card.get("version"),
+            "sha256": card.get("content_sha256", card.get("sha256"))}
+
+
+def _trained_on(data: str, labels, columns, time_column, event_column, model_id) -> Dict:
+    info = {"data": data, "labels": str(Path(labels).resolve()) if labels else "data source",
+            "columns": dict(columns), "model": model_id}
+    if time_column:
+        info.update(time_column=time_column, event_column=event_column)
+    if labels:
+        info["labels_sha256"] = sha256_of(Path(labels))
+    return info
+
+
+def _write_entry(entry: Mapping[str, Any], out) -> str:
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(json.dumps(entry, indent=1))
+    return str(out)
+
+
+def probe_task(data: str, task: str, model=None, labels=None,
+               columns: Optional[Sequence[Tuple[str, str]]] = None, id_column: str = "id",
+               time_column: Optional[str] = TIME_COLUMN, event_column: str = EVENT_COLUMN,
+               folds: int = 5, imagined: Sequence[float] = DEFAULT_IMAGINED, angle: float = 0.0,
+               C="auto", alpha="auto", n_boot: int = 1000, seed: int = 0, out=None,
+               save_into=None, device="cpu", progress: bool = False) -> Dict[str, Any]:
+    """Fit and cross-validate the heads of ``task`` (pathology or risk) for ``model`` on the
+    labelled CTs of ``data``; writes the task entry to ``out`` (JSON) and a model file with
+    the heads merged into its card to ``save_into``, when given. ``columns``: (label name,
+    CSV column) pairs, default the task's (:func:`parse_columns`); ``time_column`` (risk
+    only, None: no Cox head). Returns the summary ``xray2xray probe`` prints."""
+    columns = parse_columns(None, RISK_LABELS if task == "risk" else PATHOLOGIES) \
+        if columns is None else list(columns)
+    time_col = time_column if task == "risk" else None
+    # labels first: a bad CSV fails in a second, before any model is loaded or CT rendered
+    items = resolve_source(data)
+    table = read_labels_csv(labels, id_column) if labels else table_from_items(items)
+    ids = match_ids([it.id for it in items], table)
+    build_targets(task, table, ids, columns, time_col, event_column)
+
+    world_model, card = load_world_model(model, device)
+    keep = set(ids)
+    images, got = render_frontal_views([it for it in items if it.id in keep], card, angle,
+                                       device=device, progress=progress)
+    if not got:
+        raise InputError("none of the labelled CTs could be read")
+    targets = build_targets(task, table, got, columns, time_col, event_column)
+    features = extract_features(world_model, images, angle, imagined, progress=progress)
+    spec = feature_spec(world_model, angle, imagined)
+    model_id = _model_id(card)
+    trained_on = _trained_on(data, labels, columns, time_col, event_column, model_id)
+    entry = fit_task(features, targets, spec, folds, seed, n_boot, C, alpha, trained_on)
+    written = {}
+    if out:
+        written["out"] = _write_entry(entry, out)
+    if save_into:
+        written["saved_into"] = str(save_heads_into(model, Path(save_into).expanduser(),
+                                                    {task: entry}))
+    return {"task": task, "model": model_id, "data": data, "labels": trained_on["labels"],
+            "n": len(got), "features": spec, "metrics": entry["metrics"],
+            "heads": [{"kind": h["kind"], **({"labels": h["labels"]} if h["kind"] == "logistic"
+                                              else {"name": h["name"]})}
+                      for h in entry["heads"]], **written}

@@ -6,6 +6,10 @@ one line and exit status 2.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..console import emit, show_progress
+from ..errors import InputError
 
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,8 +43,6 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_analysis_command(args) -> int:
-    from pathlib import Path
-    from ..errors import InputError
     if not (Path(args.run_dir) / "results.json").is_file():
         raise InputError(f"{args.run_dir}: not a finished study folder (no results.json)")
     from .analysis import analyse
@@ -50,14 +52,13 @@ def run_analysis_command(args) -> int:
 
 
 def run_study_command(args) -> int:
-    from .config import load_study_config
+    from .config import load_study_config     # imports the data pipeline (torch)
     cfg = load_study_config(args.config, args.overrides, args.seed)   # fails fast on bad keys
-    from ..cli import _emit, _progress
     from .run import run_study
     out = args.out if args.out is not None else cfg.run.out_dir
-    _emit(f"xray2xray study: config {cfg.name}, seed {cfg.seed}, methods "
-          f"{', '.join(cfg.methods)}; output {out}")
-    res = run_study(cfg, out, progress=_progress(), log=_emit)
+    emit(f"xray2xray study: config {cfg.name}, seed {cfg.seed}, methods "
+         f"{', '.join(cfg.methods)}; output {out}")
+    res = run_study(cfg, out, progress=show_progress(), log=emit)
     for meth in cfg.methods:
         for frac in res["label_fractions"]:
             r = res["results"][meth][frac]

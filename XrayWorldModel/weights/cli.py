@@ -10,6 +10,7 @@ import json
 import sys
 
 from ..errors import InputError
+from . import registry
 
 _COMMANDS = "list, fetch, import, remove or path"
 
@@ -56,7 +57,6 @@ def _table(models) -> str:
 
 
 def run_models(args) -> int:
-    from . import registry
     progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     cmd = args.models_command
     if cmd is None:

@@ -9,15 +9,16 @@ edited file is refused instead of silently producing wrong predictions.
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
 
-from ..errors import UnreadableFileError
+from safetensors import SafetensorError
+
 from ..conventions import MODEL_FORMAT
+from ..errors import UnreadableFileError
 from ..fileutil import atomic_path
 
 if TYPE_CHECKING:  # torch is imported only where tensors are touched (``models list`` stays fast)
@@ -124,7 +125,7 @@ def save_model_file(path: PathLike, tensors: Mapping[str, "torch.Tensor"],
                     card: Mapping[str, Any]) -> Path:
     """Write ``tensors`` and ``card`` (which needs ``name`` and ``version``) as one model
     file, atomically; the card gets ``format`` and ``content_sha256``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file   # imports torch
     path = Path(path)
     try:
         full = json.loads(json.dumps(dict(card, format=MODEL_FORMAT, format_version=FORMAT_VERSION),
@@ -143,8 +144,7 @@ def save_model_file(path: PathLike, tensors: Mapping[str, "torch.Tensor"],
 
 def load_model_file(path: PathLike) -> Tuple[Dict[str, "torch.Tensor"], Dict[str, Any]]:
     """(tensors, card) after checking the file is complete and matches its card's digest."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file   # imports torch
     path = Path(path)
     card = read_card(path)
     try:
@@ -158,51 +158,10 @@ def load_model_file(path: PathLike) -> Tuple[Dict[str, "torch.Tensor"], Dict[str
     return tensors, card
 
 
-def export_checkpoint(checkpoint_spec: PathLike, out_path: PathLike,
-                      card_updates: Optional[Mapping[str, Any]] = None) -> Path:
-    """A training checkpoint (file or run folder) -> a model file with only the ``model.*``
-    weights (the EMA target encoder is for training only) and a card for users."""
-    from ..version import __version__
-    from ..train.checkpoint import load_checkpoint
-    tensors, ck, _ = load_checkpoint(checkpoint_spec)
-    model = {k: v for k, v in tensors.items() if k.startswith("model.")}
-    if not model:
-        raise ModelFileError("checkpoint holds no model.* weights", checkpoint_spec)
-    card = {"name": ck.get("model", "xray2xray-world-model"),
-            "version": f"step{int(ck.get('step', 0))}",
-            "config": ck.get("config"), "metrics": ck.get("metrics", {}),
-            "training_data": ck.get("training_data"),
-            "package_version": ck.get("package_version", __version__),
-            "created": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-            "source_checkpoint": {"step": ck.get("step"), "sha256": ck.get("sha256")}}
-    card.update(card_updates or {})
-    _build_model(model, card, checkpoint_spec)   # refuse to export weights that do not load
-    return save_model_file(out_path, model, card)
-
-
-def _build_model(tensors: Mapping[str, "torch.Tensor"], card: Mapping[str, Any], where):
-    """A WorldModel built from ``card["config"]`` with the ``model.*`` tensors loaded."""
-    from ..errors import InputError
-    from ..models import WorldModel
-    from ..config import TrainConfig
-    if not isinstance(card.get("config"), Mapping):
-        raise ModelFileError("the model card has no training config", where)
-    try:
-        cfg = TrainConfig.from_dict(card["config"])
-    except InputError as exc:
-        raise ModelFileError(f"the model card's config is invalid: {exc}", where) from None
-    model = WorldModel(cfg.model)
-    try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    except RuntimeError as exc:
-        raise ModelFileError(f"weights do not fit the model config in the card: "
-                             f"{str(exc).splitlines()[0]}", where) from None
-    return model
-
-
-def _is_model_file(path: Path) -> bool:
+def is_model_file(path: PathLike) -> bool:
     """A model file, not checkpoint weights (those have their card in a .json beside them);
     without a .json beside it a broken file is reported as a broken model file."""
+    path = Path(path)
     if not path.with_suffix(".json").is_file():
         return True
     try:
@@ -210,16 +169,3 @@ def _is_model_file(path: Path) -> bool:
         return True
     except ModelFileError:
         return False
-
-
-def load_world_model(spec=None, device="cpu"):
-    """(WorldModel in eval mode, card) from a model file, a training checkpoint (weights
-    file, card or run folder) or a model name known to the registry (None: the default)."""
-    from .registry import resolve_model
-    path = resolve_model(spec)
-    if path.is_file() and path.suffix == ".safetensors" and _is_model_file(path):
-        tensors, card = load_model_file(path)
-        return _build_model(tensors, card, path).to(device).eval(), card
-    from ..train.evaluate import load_world_model as load_checkpoint_model
-    model, _, card = load_checkpoint_model(path, device)
-    return model, card

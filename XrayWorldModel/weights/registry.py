@@ -12,6 +12,7 @@ package (the built-in demo model): it resolves in place, without a download.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,13 +20,16 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
+
+from tqdm import tqdm
 
 from ..conventions import MODELS_ENV, REGISTRY_ENV, REGISTRY_FORMAT, models_cache_dir
 from ..errors import FileNotFoundInputError, InputError
 from ..fileutil import atomic_path, sha256_file
-from .model_file import ModelFileError, load_model_file, read_card
+from .model_file import NAME_RE, ModelFileError, load_model_file, read_card
 
 PathLike = Union[str, Path]
 DEFAULT_MODEL = "xray2xray-demo"
@@ -60,7 +64,7 @@ def _read_registry(path: Path) -> Dict[str, Dict[str, Any]]:
         if missing:
             raise InputError(f"{where} lacks {', '.join(missing)}", path)
         for key in ("name", "version"):
-            if not isinstance(e[key], str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", e[key]):
+            if not isinstance(e[key], str) or not NAME_RE.match(e[key]):
                 raise InputError(f"{where}: {key} must be letters, digits and . _ + - "
                                  f"(got {e[key]!r})", path)
         if not isinstance(e["sha256"], str) or not _HEX64.match(e["sha256"].lower()):
@@ -103,7 +107,6 @@ def _package_file(url: str) -> Optional[Path]:
         return None
     package, _, rel = url[len("package://"):].partition("/")
     try:
-        from importlib import resources
         root = Path(str(resources.files(package)))
     except (ImportError, TypeError, ValueError) as exc:
         raise InputError(f"registry url {url}: cannot find package {package!r} ({exc})") from None
@@ -137,8 +140,6 @@ def _verify(path: Path, entry: Dict[str, Any]) -> Optional[str]:
 def _download(entry: Dict[str, Any], target: Path, progress: bool) -> None:
     """Stream the entry's url to a temporary file beside ``target``, hashing on the way;
     moved onto ``target`` only when size and SHA256 match."""
-    import hashlib
-    from tqdm import tqdm
     name, url = entry["name"], entry["url"]
     h, n = hashlib.sha256(), 0
     with atomic_path(target) as tmp:

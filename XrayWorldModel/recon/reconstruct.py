@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .drr.render import DEFAULT_MU_WATER, project, resolve_device
-from .errors import GeometryError, InputError
-from .geometry import ProjectionGeometry
-from .volume import Volume
+from ..drr.render import DEFAULT_MU_WATER, project, resolve_device
+from ..errors import GeometryError, InputError
+from ..geometry import ProjectionGeometry
+from ..volume import Volume
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
 
