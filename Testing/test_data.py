@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from XrayWorldModel.data import (CTItem, PreprocessedCache, Preprocessing, ViewRenderer,
-                                 ViewSampling, preprocess, resolve_source, sample_angles)
+from XrayWorldModel.data import (CTItem, PreprocessedCache, Preprocessing, RenderedViewSet,
+                                 ViewRenderer, ViewSampling, VolumeProvider, preprocess,
+                                 render_views, resolve_source, sample_angles)
 from XrayWorldModel.drr import render_drr
 from XrayWorldModel.errors import (EmptyFolderError, FileNotFoundInputError, InputError,
                                    UnreadableFileError)
@@ -156,3 +157,26 @@ def test_view_renderer_does_not_keep_dropped_volumes_or_reuse_their_renderers():
     empty = Volume(np.full(ball.shape, -1000.0, np.float32), ball.affine)
     out = vr.render([empty], [np.random.default_rng(0)])
     assert not out.context.any() and not out.targets.any()
+
+
+def test_rendered_view_set_is_a_view_source_that_skips_unreadable_cts(tmp_path):
+    """CTs rendered on the fly meet the ``ViewSource`` contract of DRR stacks: clean true views
+    at the context angle then each target angle, and the mean-view baseline; an unreadable CT
+    is reported and left out, not counted twice."""
+    vol = preprocess(_ball_ct(), Preprocessing(size=32, spacing=4.0))
+    s = ViewSampling(image_size=16, field_of_view_mm=150.0, noise_std=0.5)   # not in true views
+    true = RenderedViewSet([vol, vol], s).true_views(0.0, [90.0, 45.0])
+    np.testing.assert_array_equal(true.views, render_views([vol, vol], s, [0.0, 90.0, 45.0]))
+    np.testing.assert_array_equal(true.angles, [[0.0, 90.0, 45.0]] * 2)
+    mean = RenderedViewSet([vol, vol], s).mean_views([90.0])
+    np.testing.assert_allclose(mean[90.0], true.views[0, 1], rtol=1e-6)
+
+    write_volume(vol, tmp_path / "good.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    items = resolve_source(str(tmp_path))                              # bad, good
+    cts = RenderedViewSet(VolumeProvider(items, PreprocessedCache(tmp_path / "cache"),
+                                         Preprocessing(size=32, spacing=4.0), 2), s)
+    with pytest.warns(UserWarning, match="skipping CT"):
+        assert len(cts.true_views(0.0, [90.0])) == 1
+    batch = cts.batch([0, 1], np.random.default_rng(0))                 # training replaces it
+    assert batch.ids == ["good", "good"]

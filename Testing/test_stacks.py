@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 from XrayWorldModel.cli import main
 from XrayWorldModel.data import DRRStackSet, StackLoadWarning, ViewSampling, list_stacks
-from XrayWorldModel.data.stacks import (StackFieldOfViewWarning, evaluate_stacks,
-                                        mean_stack_views, wrap_deg)
+from XrayWorldModel.data.stacks import StackFieldOfViewWarning, wrap_deg
 from XrayWorldModel.errors import InputError
 from XrayWorldModel.io.drr_stack import read_drr_stack
 
@@ -186,14 +185,19 @@ def test_bad_stacks_are_skipped_and_empty_folders_refused(data, tmp_path):
 
 def test_stack_evaluation_uses_stored_views(data):
     from XrayWorldModel.models import WorldModel
+    from XrayWorldModel.train.evaluate import score_views
     from XrayWorldModel.config import TrainConfig
     cfg = TrainConfig.from_dict({"model": dict(_TINY_MODEL), "views": {"image_size": 32}})
     model = WorldModel(cfg.model)
     stacks = DRRStackSet(data / "drr", _sampling())
-    mean = mean_stack_views(stacks, [90.0, 45.0])
+    mean = stacks.mean_views([90.0, 45.0])
     drrs = [read_drr_stack(it.path)[0] for it in stacks.items]
     np.testing.assert_allclose(mean[90.0], np.mean([d[-1] for d in drrs], axis=0), rtol=1e-6)
-    out = evaluate_stacks(model, stacks, [90.0, 45.0], mean)
+    true = stacks.true_views(0.0, [90.0, 45.0])               # the stored views, as they are
+    assert true.views.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(true.views[:, 1], [d[-1] for d in drrs], rtol=1e-6)
+    np.testing.assert_array_equal(true.angles, np.tile([0.0, 90.0, 45.0], (3, 1)))
+    out = score_views(model, stacks, [90.0, 45.0], mean)
     assert set(out) == {"90", "45"}
     for row in out.values():
         assert set(row) == {f"{n}_{m}" for n in ("world_model", "copy_input", "mean_view")
@@ -231,8 +235,13 @@ def test_training_from_stacks_writes_a_validated_checkpoint(data, tmp_path):
     a, b = trainer._batch(2), trainer._batch(2)                       # planned from (seed, step)
     assert torch.equal(a.context, b.context) and torch.equal(a.deltas, b.deltas)
     assert set(a.ids) <= {"ct0", "ct1"}
-    last = train(cfg, progress=False)
+    records = []
+    last = train(cfg, progress=False, on_log=records.append)
     assert np.isfinite(last["total"])
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records == logged                      # on_log sees every record of metrics.jsonl
+    assert [r["step"] for r in records if "loss_total" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "validation" in r] == [4]
     card = json.loads((tmp_path / "run" / "checkpoints" / "step-0000004.json").read_text())
     assert card["step"] == 4 and card["training_data"] == cfg.data.source
     metrics = card["metrics"]

@@ -172,6 +172,20 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert listing(tmp_path / "ddp") == listing(tmp_path / "single")
 
 
+def test_lr_schedule_warms_up_then_decays_to_one_percent():
+    from XrayWorldModel.train.optim import adamw, lr_factor, optimizer_step, warmup_cosine
+    assert [lr_factor(s, 4, 20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, 4, 20) == 1.0 and lr_factor(20, 4, 20) == pytest.approx(0.01)
+    assert lr_factor(12, 4, 20) == pytest.approx(0.505)
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = adamw([w], lr=0.1, weight_decay=0.0)
+    sched = warmup_cosine(opt, 2, 10)
+    gnorm = optimizer_step(opt, sched, (w ** 2).sum() / 2, [w], grad_clip=1.0)
+    assert float(gnorm) == pytest.approx(5.0)               # norm before clipping
+    assert sched.get_last_lr()[0] == pytest.approx(0.1)     # after 1 step of warmup 2
+    assert "lr_lambdas" in sched.state_dict() and sched.state_dict()["lr_lambdas"] == [None]
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_no_readable_ct_is_a_clear_error(tmp_path):

@@ -102,7 +102,8 @@ _SECTION_TYPES = {"model": WorldModelConfig, "data": DataConfig, "views": ViewSa
                   "optim": OptimConfig, "run": RunConfig}
 
 
-def _parse_value(text: str) -> Any:
+def override_value(text: str) -> Any:
+    """The value of a ``key=value`` override: JSON when it parses, else the string."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -117,7 +118,7 @@ def apply_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str,
             raise InputError(f"override {item!r} must look like section.key=value")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = _parse_value(value)
+        out.setdefault(section, {})[name] = override_value(value)
     return out
 
 

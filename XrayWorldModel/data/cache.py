@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ import SimpleITK as sitk
 from ..conventions import CACHE_ENV, preprocessed_cache_dir  # noqa: F401  (CACHE_ENV re-exported)
 from ..errors import InputError, UnreadableFileError, XrayWorldModelError
 from ..fileutil import atomic_path, sha256_of
+from ..version import __version__
 from ..volume import Volume
 
 CACHE_FORMAT = 1
@@ -45,7 +45,6 @@ class Preprocessing:
 def source_digest(spec: str) -> str:
     """SHA256 of the source file(s), or of the spec string for generated phantoms."""
     if spec.startswith("phantom:"):
-        from ..version import __version__
         return hashlib.sha256(f"{spec}|{__version__}".encode()).hexdigest()
     return sha256_of(spec)
 
@@ -131,9 +130,11 @@ class VolumeProvider:
     def __len__(self):
         return len(self.items)
 
-    def get(self, index: int):
+    def get(self, index: int, replace: bool = True):
+        """(volume, item) of CT ``index``; a CT that fails to load is reported once and,
+        with ``replace``, the next readable one is used (``None`` without)."""
         n = len(self.items)
-        for k in range(n):
+        for k in range(n if replace else 1):
             i = (index + k) % n
             if i in self.bad:
                 continue
@@ -150,5 +151,7 @@ class VolumeProvider:
             if len(self._memory) > self.max_in_memory:
                 self._memory.popitem(last=False)
             return vol, self.items[i]
+        if not replace:
+            return None
         raise InputError(f"none of the {n} CTs could be read (first error: "
                          f"{next(iter(self.bad.values()), 'n/a')})")

@@ -9,6 +9,9 @@ from typing import Callable, Dict, List, Optional
 
 from ..conventions import CT_VOLUME_SUFFIXES as CT_SUFFIXES
 from ..errors import EmptyFolderError, FileNotFoundInputError, InputError
+from ..io import read_ct
+from ..phantom import procedural_chest
+from ..phantom.source import is_phantom_source, parse_phantom_source
 from ..volume import Volume
 
 PHANTOM_SHAPE = (128, 128, 96)
@@ -29,8 +32,6 @@ class CTItem:
 
 
 def _phantom_items(n: int, first_seed: int = 0) -> List[CTItem]:
-    from ..phantom import procedural_chest
-
     def make(seed):
         return lambda: procedural_chest(seed, PHANTOM_SHAPE, PHANTOM_SPACING)
     return [CTItem(f"phantom-{s:05d}", f"phantom:chest:{s}", {}, make(s))
@@ -38,7 +39,6 @@ def _phantom_items(n: int, first_seed: int = 0) -> List[CTItem]:
 
 
 def _file_item(path: Path, labels=None, item_id: Optional[str] = None) -> CTItem:
-    from ..io import read_ct
     stem = path.name
     for suf in CT_SUFFIXES:
         if stem.lower().endswith(suf):
@@ -80,16 +80,9 @@ def _manifest_items(path: Path) -> List[CTItem]:
 def resolve_source(source: str) -> List[CTItem]:
     """The CTs named by ``source``: ``phantom:N`` (or ``phantom:N:FIRST_SEED``), a CSV
     manifest, a single CT, or a folder of CT files / DICOM series subfolders."""
-    if source.startswith("phantom:"):
-        parts = source.split(":")[1:]
-        try:
-            n = int(parts[0])
-            first = int(parts[1]) if len(parts) > 1 else 0
-        except (ValueError, IndexError):
-            raise InputError(f"phantom source must be 'phantom:N' or 'phantom:N:FIRST_SEED', got {source!r}") from None
-        if n < 1:
-            raise InputError(f"phantom source needs at least one phantom, got {source!r}")
-        return _phantom_items(n, first)
+    if is_phantom_source(source):
+        chests = parse_phantom_source(source, kinds=("chest",))
+        return _phantom_items(chests.count, chests.first_seed)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundInputError("no such file or folder", path)

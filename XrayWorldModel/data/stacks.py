@@ -36,7 +36,6 @@ planning (seed, step, sample) stays exact across resumes and ranks.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,9 +48,9 @@ import torch.nn.functional as F
 
 from ..errors import (EmptyFolderError, FileNotFoundInputError, InputError, UnreadableFileError,
                       XrayWorldModelError)
-from ..io.drr_stack import STACK_FORMAT, read_drr_stack, sidecar_path, stack_path, stack_stem
-from ..geometry import ProjectionGeometry
-from .views import ViewBatch, ViewSampling
+from ..io.drr_stack import (STACK_FORMAT, NotAStackError, read_drr_stack, read_stack_metadata,
+                            stack_stem)
+from .views import TrueViews, ViewBatch, ViewSampling
 
 #: ``data.source`` / ``data.val_source`` prefix that selects training from DRR stacks.
 STACK_SOURCE_PREFIX = "stacks:"
@@ -130,37 +129,23 @@ def _distinct_angles(angles) -> int:
 
 def probe_stack(path: Union[str, Path]) -> Optional[StackItem]:
     """The :class:`StackItem` of the stack at ``path`` (its NIfTI or its ``.json``) from the
-    sidecar alone; ``None`` when ``path`` is no DRR stack at all (no sidecar, or a JSON of
-    another kind, e.g. a BIDS sidecar beside a CT); :class:`InputError` when it is a stack
-    that cannot be used (bad JSON, interrupted, image missing, fewer than 2 angles)."""
-    p = Path(path).expanduser()
-    side = p if p.suffix.lower() == ".json" else sidecar_path(p)
-    if not side.is_file():
-        return None
+    sidecar alone (:func:`~XrayWorldModel.io.drr_stack.read_stack_metadata`); ``None`` when
+    ``path`` is no DRR stack at all (no sidecar, or a JSON of another kind, e.g. a BIDS
+    sidecar beside a CT); :class:`InputError` when it is a stack that cannot be used (bad
+    JSON, interrupted, image missing, fewer than 2 angles)."""
     try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UnreadableFileError(f"the DRR stack sidecar is not valid JSON: {exc}", side) from None
-    if not isinstance(data, dict) or data.get("format") != STACK_FORMAT:
+        meta = read_stack_metadata(path)
+    except NotAStackError:
         return None
-    if data.get("complete") is not True:
-        raise InputError("the DRR stack is incomplete (the job writing it was interrupted); "
-                         "render it again", side)
-    image = side.with_name(str(data["image"])) if data.get("image") else stack_path(p)
-    if not image.is_file():
-        raise FileNotFoundInputError("the DRR stack image named by its sidecar is missing", image)
-    try:
-        g = ProjectionGeometry.from_dict(data["geometry"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnreadableFileError(f"the sidecar's geometry is unusable: {exc}", side) from None
+    g = meta.geometry
     n = _distinct_angles(g.angles)
     if n < 2:
         raise InputError(f"has {n} distinct angle{'s' if n != 1 else ''}; training needs at "
-                         "least 2 (a context and a target)", side)
+                         "least 2 (a context and a target)", meta.sidecar)
     (H, W), (dv, du) = g.detector_shape, g.pixel_spacing
     mag = g.magnification
-    mu = data.get("mu_water")
-    return StackItem(stack_stem(image), image, tuple(g.angles), (H, W),
+    mu = meta.data.get("mu_water")
+    return StackItem(stack_stem(meta.image), meta.image, tuple(g.angles), (H, W),
                      (H * dv / mag, W * du / mag), float(g.tilt),
                      float(mu) if isinstance(mu, (int, float)) else None)
 
@@ -442,83 +427,50 @@ class DRRStackSet:
             actual.append(float(have[i]))
         return views[idx].numpy(), np.asarray(actual), item
 
+    def true_views(self, context_angle: float, target_angles: Sequence[float]) -> TrueViews:
+        """The stored views of every readable stack: the one nearest ``context_angle`` (any
+        distance; reported once when over :data:`ANGLE_TOLERANCE_DEG`), then those nearest
+        each target angle (within 1 deg, else :class:`InputError`), with their actual angles."""
+        targets = [float(a) for a in target_angles]
+        views, angles = [], []
+        for i in range(len(self)):
+            got = self.get(i, replace=False)
+            if got is None:
+                continue
+            _, have, item = got
+            c, d = nearest_angle(have, context_angle)
+            if d > ANGLE_TOLERANCE_DEG and not self._warned_context:
+                self._warned_context = True
+                warnings.warn(f"DRR stack {item.id} has no view at the {context_angle:g} deg "
+                              f"context angle; validating from its {have[c]:g} deg view",
+                              StackLoadWarning, stacklevel=3)
+            cv, ca, _ = self.views_at(i, [have[c]], tol=None)
+            tv, ta, _ = self.views_at(i, targets)
+            views.append(np.concatenate([cv, tv]))
+            angles.append(np.concatenate([ca, ta]))
+        if not views:
+            raise InputError("none of the validation DRR stacks could be read", self.where)
+        return TrueViews(np.stack(views), np.stack(angles))
 
-def mean_stack_views(stacks: DRRStackSet, angles: Sequence[float],
-                     limit: int = 16) -> Dict[float, np.ndarray]:
-    """The mean stored view at each angle (the 'mean view' baseline) over the first
-    ``limit`` readable stacks, each taken at its angle nearest (within 1 deg) the wanted one."""
-    angles = [float(a) for a in angles]
-    acc = []
-    for i in range(len(stacks)):
-        if len(acc) >= limit:
-            break
-        got = stacks.views_at(i, angles)
-        if got is not None:
-            acc.append(got[0])
-    if not acc:
-        raise InputError("no readable DRR stack for the mean-view baseline", stacks.where)
-    mean = np.mean(np.stack(acc), axis=0)
-    return {a: mean[k] for k, a in enumerate(angles)}
-
-
-@torch.no_grad()
-def evaluate_stacks(model, stacks: DRRStackSet, target_angles: Sequence[float],
-                    mean_views: Dict[float, np.ndarray], context_angle: float = 0.0,
-                    device=None) -> Dict[str, Dict[str, float]]:
-    """``evaluate_views`` on stored DRRs: for each target angle, the mean PSNR/SSIM over the
-    readable stacks of the world model's view predicted from the stack's view nearest
-    ``context_angle``, of the copied input view, and of ``mean_views[angle]``, against the
-    stack's view nearest the target angle (within 1 deg, else :class:`InputError`). The
-    model is given the views' actual angles. Same dict format as ``evaluate_views``."""
-    from ..metrics import psnr, ssim
-
-    targets = [float(a) for a in target_angles]
-    ctx, ctx_angle, true, true_angle = [], [], [], []
-    for i in range(len(stacks)):
-        got = stacks.get(i, replace=False)
-        if got is None:
-            continue
-        _, have, item = got
-        c, d = nearest_angle(have, context_angle)
-        if d > ANGLE_TOLERANCE_DEG and not stacks._warned_context:
-            stacks._warned_context = True
-            warnings.warn(f"DRR stack {item.id} has no view at the {context_angle:g} deg context "
-                          f"angle; validating from its {have[c]:g} deg view", StackLoadWarning,
-                          stacklevel=2)
-        cv, ca, _ = stacks.views_at(i, [have[c]], tol=None)
-        tv, ta, _ = stacks.views_at(i, targets)
-        ctx.append(cv)
-        ctx_angle.append(ca[0])
-        true.append(tv)
-        true_angle.append(ta)
-    if not ctx:
-        raise InputError("none of the validation DRR stacks could be read", stacks.where)
-    N = len(ctx)
-    was_training = model.training
-    model.eval()
-    dev = device or next(model.parameters()).device
-    x = torch.from_numpy(np.stack(ctx)).to(dev)                      # [N, 1, H, W]
-    a0 = torch.tensor(ctx_angle, dtype=torch.float32, device=dev)
-    result = {}
-    try:
-        for t, angle in enumerate(targets):
-            at = torch.tensor([ta[t] for ta in true_angle], dtype=torch.float32, device=dev)
-            pred = model.predict_view(x, a0, at).float().cpu().numpy()[:, 0]
-            rows = {"world_model": [], "copy_input": [], "mean_view": []}
-            for n in range(N):
-                truth = true[n][t]
-                for name, img in (("world_model", pred[n]), ("copy_input", ctx[n][0]),
-                                  ("mean_view", mean_views[angle])):
-                    rows[name].append((psnr(img, truth), ssim(img, truth)))
-            result[f"{angle:g}"] = {f"{name}_{m}": float(np.mean([r[k] for r in vals]))
-                                    for name, vals in rows.items()
-                                    for k, m in enumerate(("psnr", "ssim"))}
-    finally:
-        model.train(was_training)
-    return result
+    def mean_views(self, angles: Sequence[float], limit: int = 16) -> Dict[float, np.ndarray]:
+        """The mean stored view at each angle (the 'mean view' baseline) over the first
+        ``limit`` readable stacks, each taken at its angle nearest (within 1 deg) the wanted
+        one."""
+        angles = [float(a) for a in angles]
+        acc = []
+        for i in range(len(self)):
+            if len(acc) >= limit:
+                break
+            got = self.views_at(i, angles)
+            if got is not None:
+                acc.append(got[0])
+        if not acc:
+            raise InputError("no readable DRR stack for the mean-view baseline", self.where)
+        mean = np.mean(np.stack(acc), axis=0)
+        return {a: mean[k] for k, a in enumerate(angles)}
 
 
 __all__ = ["ANGLE_TOLERANCE_DEG", "DRRStackSet", "STACK_SOURCE_PREFIX", "StackFieldOfViewWarning",
-           "StackItem", "StackLoadWarning", "StackSample", "evaluate_stacks", "is_stack_source",
-           "list_stacks", "mean_stack_views", "nearest_angle", "pick_context", "pick_targets",
-           "probe_stack", "stack_source_path", "wrap_deg"]
+           "StackItem", "StackLoadWarning", "StackSample", "is_stack_source", "list_stacks",
+           "nearest_angle", "pick_context", "pick_targets", "probe_stack", "stack_source_path",
+           "wrap_deg"]

@@ -1,11 +1,16 @@
 """Training views rendered on the fly: for each sample a context view at a random angle
 and K target views at that angle plus rotation deltas (the world model's actions), drawn
-and augmented as the configuration says, rendered on the training device."""
+and augmented as the configuration says, rendered on the training device.
+
+Also the contract of a data mode (:class:`ViewSource`): what training (batches) and
+evaluation (true views at given angles, the mean-view baseline) ask of the data, met by CTs
+rendered on the fly (:class:`RenderedViewSet`) and by stored DRR stacks
+(:class:`~.stacks.DRRStackSet`)."""
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -71,6 +76,42 @@ class ViewBatch:
     def to(self, device) -> "ViewBatch":
         return ViewBatch(*(t.to(device) for t in (self.context, self.targets, self.context_angle,
                                                    self.deltas, self.tilt)), list(self.ids))
+
+
+@dataclass
+class TrueViews:
+    """Clean views of the evaluated cases: view 0 of each case is the context, then one view
+    per target angle; ``angles`` are the views' actual angles (a stack's nearest stored
+    angle), which is what the model is given."""
+
+    views: np.ndarray              # [N, 1+T, H, W] float32 line integrals
+    angles: np.ndarray             # [N, 1+T] degrees
+
+    def __len__(self) -> int:
+        return int(self.views.shape[0])
+
+
+class ViewSource(Protocol):
+    """A data mode, as training and evaluation use it (the trainer never asks which)."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, index: int, replace: bool = True):
+        """Case ``index`` (the next readable one with ``replace``); fails when none is."""
+
+    def batch(self, indices: Sequence[int], rngs, ids: Optional[Sequence[str]] = None) -> ViewBatch:
+        """Training samples: sample ``b`` from case ``indices[b]`` and ``rngs[b]`` alone."""
+
+    def require_angles(self, angles: Sequence[float], limit: Optional[int] = None) -> None:
+        """:class:`InputError` when (one of the first ``limit``) cases has no view at one of
+        ``angles``."""
+
+    def true_views(self, context_angle: float, target_angles: Sequence[float]) -> TrueViews:
+        """Clean views of every readable case at ``context_angle`` and ``target_angles``."""
+
+    def mean_views(self, angles: Sequence[float], limit: int = 16) -> Dict[float, np.ndarray]:
+        """The mean clean view at each angle over the first ``limit`` readable cases (the
+        'mean training view' baseline)."""
 
 
 def sample_angles(s: ViewSampling, rng: np.random.Generator, batch: int):
@@ -150,3 +191,71 @@ def render_views(volumes: Sequence[Volume], sampling: ViewSampling, angles, devi
     out = [DRRRenderer(v, "fast", device, s.mu_water).render(s.geometry(angles, 0.0, v.center))
            for v in volumes]
     return np.stack(out)
+
+
+class _VolumeList:
+    """Volumes already in memory, with the (volume, item) interface of ``VolumeProvider``."""
+
+    def __init__(self, volumes: Sequence[Volume]):
+        self.volumes = list(volumes)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def get(self, index: int, replace: bool = True):
+        return self.volumes[index], None
+
+
+class RenderedViewSet:
+    """The :class:`ViewSource` of CTs: views rendered on the fly on ``device``.
+
+    ``volumes`` is a :class:`~.cache.VolumeProvider` (CTs loaded lazily; an unreadable one
+    is reported once and skipped) or a list of preprocessed volumes."""
+
+    def __init__(self, volumes, sampling: ViewSampling, device=None):
+        self.volumes = volumes if hasattr(volumes, "get") else _VolumeList(volumes)
+        self.sampling = sampling
+        self.device = device
+        self.renderer = ViewRenderer(sampling, device)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def get(self, index: int, replace: bool = True):
+        return self.volumes.get(index, replace)
+
+    def batch(self, indices: Sequence[int], rngs, ids: Optional[Sequence[str]] = None) -> ViewBatch:
+        vols, found = [], []
+        for i in indices:
+            vol, item = self.volumes.get(int(i))
+            vols.append(vol)
+            found.append(item.id if item is not None else str(int(i)))
+        return self.renderer.render(vols, rngs, found if ids is None else ids)
+
+    def require_angles(self, angles: Sequence[float], limit: Optional[int] = None) -> None:
+        """Nothing to check: a CT is rendered at any angle."""
+
+    def readable(self, limit: Optional[int] = None) -> List[Volume]:
+        """The first ``limit`` (default all) readable volumes, in order."""
+        out = []
+        for i in range(len(self.volumes)):
+            if limit is not None and len(out) >= limit:
+                break
+            got = self.volumes.get(i, replace=False)
+            if got is not None:
+                out.append(got[0])
+        if not out:
+            first = next(iter(getattr(self.volumes, "bad", {}).values()), "n/a")
+            raise InputError(f"none of the {len(self.volumes)} CTs could be read (first "
+                             f"error: {first})")
+        return out
+
+    def true_views(self, context_angle: float, target_angles: Sequence[float]) -> TrueViews:
+        angles = [float(context_angle)] + [float(a) for a in target_angles]
+        views = render_views(self.readable(), self.sampling, angles, self.device)
+        return TrueViews(views, np.tile(np.asarray(angles), (views.shape[0], 1)))
+
+    def mean_views(self, angles: Sequence[float], limit: int = 16) -> Dict[float, np.ndarray]:
+        angles = [float(a) for a in angles]
+        views = render_views(self.readable(limit), self.sampling, angles, self.device)
+        return {a: views[:, k].mean(0) for k, a in enumerate(angles)}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -108,8 +110,6 @@ def write_drr_stack(drrs: np.ndarray, geometry: ProjectionGeometry, out_path: Pa
     sidecar. Any old sidecar is removed first and the new one is written after all images, so
     ``complete: true`` on disk means every file of the stack is whole.
     """
-    import time
-
     t0 = time.perf_counter()
     drrs = np.asarray(drrs, dtype=np.float32)
     out = stack_path(out_path)
@@ -225,10 +225,9 @@ def _ds(x: float) -> str:
     return s if len(s) <= 16 else f"{float(x):.6g}"
 
 
-def write_dicoms(drrs: np.ndarray, geometry: ProjectionGeometry, folder: Path, stem: str,
-                 meta: Dict[str, Any]) -> List[str]:
-    """One DX (For Presentation) DICOM per view: uint16 pixels whose rescale gives the line
-    integrals, one shared slope for the stack so equal values mean equal attenuation."""
+def _dicom_modules():
+    """pydicom's (Dataset, FileMetaDataset, ExplicitVRLittleEndian, generate_uid, the
+    implementation UID, whether pydicom is older than 3)."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -238,72 +237,106 @@ def write_dicoms(drrs: np.ndarray, geometry: ProjectionGeometry, folder: Path, s
     except ImportError:  # pragma: no cover - very old pydicom
         impl_uid = generate_uid()
     legacy = int(pydicom.__version__.split(".")[0]) < 3
+    return Dataset, FileMetaDataset, ExplicitVRLittleEndian, generate_uid, impl_uid, legacy
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+
+def _dicom_series(drrs: np.ndarray, geometry: ProjectionGeometry, stem: str,
+                  meta: Dict[str, Any], generate_uid) -> Dict[str, Any]:
+    """What every view of a stack's DICOM series shares: UIDs, dates, the one rescale of the
+    stack (so equal values mean equal attenuation), the display window, names."""
     lo_val = float(min(0.0, float(drrs.min()) if drrs.size else 0.0))
     hi_val = float(drrs.max()) if drrs.size else 0.0
-    intercept_s = _ds(lo_val)
-    slope_s = _ds(max(hi_val - lo_val, 1e-12) / 65535.0)
-    intercept, slope = float(intercept_s), float(slope_s)
     win_lo, win_hi = display_window(drrs)
-    _, u, v = geometry.frames()
+    now = _dt.datetime.now()
+    patient = str(meta.get("name") or stem)
+    return {"intercept": _ds(lo_val), "slope": _ds(max(hi_val - lo_val, 1e-12) / 65535.0),
+            "window": (win_lo, win_hi), "date": now.strftime("%Y%m%d"),
+            "time": now.strftime("%H%M%S"), "study_uid": generate_uid(),
+            "series_uid": generate_uid(), "frame_uid": generate_uid(),
+            "patient": "DRR^" + "".join(c for c in patient if c.isalnum() or c in "_-")[:50],
+            "description": f"DRR ({meta.get('method', 'unknown')})"[:64]}
+
+
+def _dicom_geometry(ds, geometry: ProjectionGeometry, i: int, angle: float, u, v) -> None:
+    """The view's position, orientation and spacing attributes."""
     dv, du = geometry.pixel_spacing
     mag = geometry.magnification
-    now = _dt.datetime.now()
-    date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    patient = str(meta.get("name") or stem)
+    ds.ViewPosition = view_position(angle)
+    ds.PatientOrientation = [orientation_letters(u[i]), orientation_letters(v[i])]
+    ds.ImageLaterality = "U"
+    ds.ImageComments = f"DRR line integrals; gantry angle {angle:g} deg, tilt {geometry.tilt:g} deg"
+    ds.DistanceSourceToDetector = _ds(geometry.sdd)
+    ds.DistanceSourceToPatient = _ds(geometry.sod)
+    ds.ImagerPixelSpacing = [_ds(dv), _ds(du)]
+    ds.PixelSpacing = [_ds(dv / mag), _ds(du / mag)]
+    ds.EstimatedRadiographicMagnificationFactor = _ds(mag)
+
+
+def _dicom_pixels(ds, image: np.ndarray, series: Dict[str, Any]) -> None:
+    """uint16 pixels whose rescale (shared by the series) gives the line integrals."""
+    intercept, slope = float(series["intercept"]), float(series["slope"])
+    win_lo, win_hi = series["window"]
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = -1   # higher value = less beam = more attenuation
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = series["intercept"], series["slope"], "US"
+    ds.WindowCenter = _ds((win_lo + win_hi) / 2)
+    ds.WindowWidth = _ds(max(win_hi - win_lo, 1e-6))
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(image.shape[0]), int(image.shape[1])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    stored = np.clip(np.rint((image.astype(np.float64) - intercept) / slope), 0, 65535)
+    ds.PixelData = stored.astype("<u2").tobytes()
+
+
+def _dicom_view(modules, series: Dict[str, Any], stem: str, i: int):
+    """The dataset of view ``i`` with its file meta, identity and series attributes."""
+    Dataset, FileMetaDataset, explicit_le, generate_uid, impl_uid, legacy = modules
+    sop_uid = generate_uid()
+    fm = FileMetaDataset()
+    fm.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
+    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.TransferSyntaxUID = explicit_le
+    fm.ImplementationClassUID = impl_uid
+    ds = Dataset()
+    ds.file_meta = fm
+    if legacy:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID, ds.SOPInstanceUID = DX_FOR_PRESENTATION, sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = series["study_uid"], series["series_uid"]
+    ds.FrameOfReferenceUID = series["frame_uid"]
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = series["date"]
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = series["time"]
+    ds.Modality = "DX"
+    ds.Manufacturer = "Xray2Xray"
+    ds.SoftwareVersions = package_version()
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PatientName = series["patient"]
+    ds.PatientID = stem[:64]
+    ds.PatientBirthDate = ds.PatientSex = ds.AccessionNumber = ds.ReferringPhysicianName = ""
+    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, i + 1
+    ds.SeriesDescription = series["description"]
+    ds.BodyPartExamined = "CHEST"
+    return ds
+
+
+def write_dicoms(drrs: np.ndarray, geometry: ProjectionGeometry, folder: Path, stem: str,
+                 meta: Dict[str, Any]) -> List[str]:
+    """One DX (For Presentation) DICOM per view: uint16 pixels whose rescale gives the line
+    integrals, one shared slope for the stack so equal values mean equal attenuation."""
+    modules = _dicom_modules()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series = _dicom_series(drrs, geometry, stem, meta, modules[3])
+    _, u, v = geometry.frames()
     names = []
     for i, angle in enumerate(geometry.angles):
-        sop_uid = generate_uid()
-        fm = FileMetaDataset()
-        fm.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
-        fm.MediaStorageSOPInstanceUID = sop_uid
-        fm.TransferSyntaxUID = ExplicitVRLittleEndian
-        fm.ImplementationClassUID = impl_uid
-        ds = Dataset()
-        ds.file_meta = fm
-        if legacy:
-            ds.is_little_endian, ds.is_implicit_VR = True, False
-        ds.SOPClassUID, ds.SOPInstanceUID = DX_FOR_PRESENTATION, sop_uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = time_
-        ds.Modality = "DX"
-        ds.Manufacturer = "Xray2Xray"
-        ds.SoftwareVersions = package_version()
-        ds.ImageType = ["DERIVED", "SECONDARY"]
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.PatientName = "DRR^" + "".join(c for c in patient if c.isalnum() or c in "_-")[:50]
-        ds.PatientID = stem[:64]
-        ds.PatientBirthDate = ds.PatientSex = ds.AccessionNumber = ds.ReferringPhysicianName = ""
-        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, i + 1
-        ds.SeriesDescription = f"DRR ({meta.get('method', 'unknown')})"[:64]
-        ds.BodyPartExamined = "CHEST"
-        ds.ViewPosition = view_position(angle)
-        ds.PatientOrientation = [orientation_letters(u[i]), orientation_letters(v[i])]
-        ds.ImageLaterality = "U"
-        ds.ImageComments = f"DRR line integrals; gantry angle {angle:g} deg, tilt {geometry.tilt:g} deg"
-        ds.DistanceSourceToDetector = _ds(geometry.sdd)
-        ds.DistanceSourceToPatient = _ds(geometry.sod)
-        ds.ImagerPixelSpacing = [_ds(dv), _ds(du)]
-        ds.PixelSpacing = [_ds(dv / mag), _ds(du / mag)]
-        ds.EstimatedRadiographicMagnificationFactor = _ds(mag)
-        ds.PixelIntensityRelationship = "LOG"
-        ds.PixelIntensityRelationshipSign = -1   # higher value = less beam = more attenuation
-        ds.BurnedInAnnotation = "NO"
-        ds.LossyImageCompression = "00"
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept_s, slope_s, "US"
-        ds.WindowCenter = _ds((win_lo + win_hi) / 2)
-        ds.WindowWidth = _ds(max(win_hi - win_lo, 1e-6))
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(drrs.shape[1]), int(drrs.shape[2])
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        stored = np.clip(np.rint((drrs[i].astype(np.float64) - intercept) / slope), 0, 65535)
-        ds.PixelData = stored.astype("<u2").tobytes()
+        ds = _dicom_view(modules, series, stem, i)
+        _dicom_geometry(ds, geometry, i, angle, u, v)
+        _dicom_pixels(ds, drrs[i], series)
         name = view_name(stem, i, angle) + ".dcm"
         with atomic_path(folder / name) as tmp:
             try:
@@ -316,11 +349,26 @@ def write_dicoms(drrs: np.ndarray, geometry: ProjectionGeometry, folder: Path, s
 
 
 # ----------------------------------------------------------------------------- reading
+class NotAStackError(InputError):
+    """The file is no DRR stack at all: no sidecar beside it, or a JSON of another kind
+    (e.g. a BIDS sidecar beside a CT)."""
+
+
+@dataclass(frozen=True)
+class StackMetadata:
+    """A stack's sidecar, checked: the image it names, the exact geometry, the whole JSON."""
+
+    image: Path
+    sidecar: Path
+    geometry: ProjectionGeometry
+    data: Dict[str, Any]
+
+
 def _sidecar_of(path: PathLike) -> Tuple[Path, Path]:
     """(image, sidecar) of a stack named by its image or its sidecar."""
     p = Path(path).expanduser()
     if p.suffix.lower() == ".json":
-        return p, p
+        return stack_path(p.with_suffix("")), p
     return stack_path(p), sidecar_path(p)
 
 
@@ -330,21 +378,44 @@ def _load_sidecar(side: Path) -> Dict[str, Any]:
             data = json.load(f)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UnreadableFileError(f"the DRR stack sidecar is not valid JSON: {exc}", side) from exc
-    if not isinstance(data, dict):
-        raise UnreadableFileError("the DRR stack sidecar is not a JSON object", side)
+    if not isinstance(data, dict) or data.get("format") != STACK_FORMAT:
+        raise NotAStackError(f"is not a DRR stack: {side.name} is not a {STACK_FORMAT} sidecar",
+                             side)
     return data
+
+
+def read_stack_metadata(path: PathLike) -> StackMetadata:
+    """The checked sidecar of the stack at ``path`` (its NIfTI or its ``.json``), the one
+    reader of the stack metadata. :class:`NotAStackError` when ``path`` is no DRR stack (no
+    sidecar, or a JSON of another kind); :class:`InputError` for a stack that cannot be used:
+    invalid JSON, interrupted (``complete`` not true), image missing, geometry unusable."""
+    image, side = _sidecar_of(path)
+    if not side.is_file():
+        raise NotAStackError(f"is not a DRR stack: its metadata file {side.name} (written by "
+                             "`xray2xray drr`) is missing beside it", Path(path).expanduser())
+    data = _load_sidecar(side)
+    if data.get("complete") is not True:
+        raise InputError("the DRR stack is incomplete (the job writing it was interrupted); "
+                         "render it again", side)
+    if data.get("image"):
+        image = side.with_name(str(data["image"]))
+    if not image.is_file():
+        raise FileNotFoundInputError("the DRR stack image named by its sidecar is missing", image)
+    try:
+        geometry = ProjectionGeometry.from_dict(data["geometry"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnreadableFileError(f"the sidecar's geometry is unusable: {exc}", side) from None
+    return StackMetadata(image, side, geometry, data)
 
 
 def stack_complete(out_path: PathLike) -> bool:
     """True when the stack at ``out_path`` was written whole: sidecar with ``complete: true``
     and the image beside it. Used to skip finished work when a job is resumed."""
-    _, side = _sidecar_of(out_path)
     try:
-        data = _load_sidecar(side)
+        read_stack_metadata(out_path)
     except (OSError, InputError):
         return False
-    image = side.with_name(str(data.get("image", ""))) if data.get("image") else stack_path(out_path)
-    return data.get("complete") is True and image.is_file()
+    return True
 
 
 def check_image_whole(image: Path, n_values: int) -> None:
@@ -383,24 +454,8 @@ def read_drr_stack(path: PathLike) -> Tuple[np.ndarray, ProjectionGeometry, Dict
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundInputError("no such file or folder", p)
-    image, side = _sidecar_of(p)
-    if not side.is_file():
-        raise InputError(f"is not a DRR stack: its metadata file {side.name} (written by "
-                         "`xray2xray drr`) is missing beside it", p)
-    data = _load_sidecar(side)
-    if data.get("format") != STACK_FORMAT:
-        raise InputError(f"is not a DRR stack: {side.name} is not a {STACK_FORMAT} sidecar", p)
-    if data.get("complete") is not True:
-        raise InputError("the DRR stack is incomplete (the job writing it was interrupted); "
-                         "render it again", side)
-    if data.get("image"):
-        image = side.with_name(str(data["image"]))
-    if not image.is_file():
-        raise FileNotFoundInputError("the DRR stack image named by its sidecar is missing", image)
-    try:
-        geometry = ProjectionGeometry.from_dict(data["geometry"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UnreadableFileError(f"the sidecar's geometry is unusable: {exc}", side) from exc
+    meta = read_stack_metadata(p)
+    image, geometry = meta.image, meta.geometry
 
     import SimpleITK as sitk
     check_image_whole(image, geometry.n_angles * int(np.prod(geometry.detector_shape)))
@@ -419,4 +474,4 @@ def read_drr_stack(path: PathLike) -> Tuple[np.ndarray, ProjectionGeometry, Dict
                                   f"({want[0]} angles, detector {want[1]}x{want[2]})", image)
     if not np.isfinite(drrs).all():
         raise UnreadableFileError("the DRR stack holds NaN or infinite values", image)
-    return drrs.astype(np.float32, copy=False), geometry, data
+    return drrs.astype(np.float32, copy=False), geometry, meta.data

@@ -15,14 +15,13 @@ quantities - and go through the same linear probes at each label fraction.
 * :mod:`.figures`, :mod:`.report` - ROC and view figures, ``results.md``;
 * :mod:`.run`         - :func:`run_study`, the whole pipeline;
 * :mod:`.cli`         - the ``study`` subcommand.
+
+Names are imported lazily (:mod:`XrayWorldModel.lazy`): building the command line imports
+none of the study's modules, which pull in torch.
 """
-from .config import METHODS, StudyConfig, load_study_config
+from ..lazy import lazy_exports
 
-__all__ = ["METHODS", "StudyConfig", "load_study_config", "run_study"]
-
-
-def __getattr__(name):
-    if name == "run_study":
-        from .run import run_study
-        return run_study
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
+    "config": ["METHODS", "StudyConfig", "load_study_config"],
+    "run": ["run_study"],
+})

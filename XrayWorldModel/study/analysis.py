@@ -17,11 +17,19 @@ Writes ``analysis.json`` and ``analysis.md`` into RUN_DIR.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+
+from ..probe import extract_features
+from ..probe.metrics import auroc_ci
+from ..weights import load_world_model
+from . import data as sdata, probes
+from .config import StudyConfig
+from .data import BINARY_TASKS
 
 #: True quantities of the risk model, and the event probability itself.
 RISK_QUANTITIES = ("risk_prob", "calcium_volume_mm3", "coronary_calcium_mm3",
@@ -38,16 +46,22 @@ def _cv_r2(X: np.ndarray, y: np.ndarray, seed: int) -> float:
     return float(1.0 - ((p - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
-def analyse(run_dir) -> Dict:
-    import torch
-    import torch.nn.functional as F
-    from ..probe import extract_features
-    from ..probe.evaluate import auroc_ci
-    from ..weights import load_world_model
-    from . import data as sdata, probes
-    from .config import StudyConfig
-    from .data import BINARY_TASKS
-    run = Path(run_dir)
+@dataclasses.dataclass
+class _Run:
+    """A finished study's config, cohort, split and labelled subsets, rebuilt from its seed."""
+
+    path: Path
+    cfg: StudyConfig
+    cohort: sdata.Cohort
+    train: np.ndarray
+    test: np.ndarray
+    fractions: List[float]
+    labelled: Dict[float, np.ndarray]
+    columns: Dict[str, np.ndarray]
+    labels_test: Dict[str, np.ndarray]
+
+
+def _load_run(run: Path) -> _Run:
     res = json.loads((run / "results.json").read_text())
     cfg = StudyConfig.from_dict(res["config"], res.get("config_name", "custom"))
     seed = cfg.seed
@@ -57,34 +71,67 @@ def analyse(run_dir) -> Dict:
     labelled = sdata.labelled_subsets(cohort, train, fractions, cfg.probe.min_labelled, seed)
     columns = {t: cohort.column(t) for t in (*BINARY_TASKS, "time")}
     labels_test = {k: v[test] for k, v in columns.items()}
-    event = columns["event"]
+    return _Run(run, cfg, cohort, train, test, fractions, labelled, columns, labels_test)
 
-    out: Dict = {"run": str(run), "n_cases": len(cohort), "n_test": int(len(test))}
-    out["event_from_truth"] = {}
-    for q in RISK_QUANTITIES:
-        r = auroc_ci(event[test], np.nan_to_num(cohort.column(q)[test]),
-                     n_boot=cfg.probe.bootstrap, seed=seed)
-        out["event_from_truth"][q] = {"value": r["auroc"], "ci95": r["ci95"]}
 
-    total = np.nan_to_num(cohort.column("calcium_volume_mm3"))
-    count = np.nan_to_num(cohort.column("calcium_count"))
-    has = count > 0
-    out["calcium"] = {"fraction_with_calcium": float(has.mean()),
-                      "median_total_mm3": float(np.median(total)),
-                      "median_per_deposit_mm3": float(np.median(total[has] / count[has]))
-                      if has.any() else None,
-                      "ct_voxel_mm3": float(np.prod(cfg.cohort.spacing)),
-                      "detector_pixel_mm": cfg.views.field_of_view_mm / cfg.views.image_size}
+def analyse(run_dir) -> Dict:
+    import torch
+    r = _load_run(Path(run_dir))
+    cfg, cohort = r.cfg, r.cohort
+    out: Dict = {"run": str(r.path), "n_cases": len(cohort), "n_test": int(len(r.test))}
+    out["event_from_truth"] = _event_from_truth(r)
+    out["calcium"] = _calcium(r)
 
-    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run / "cache"
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else r.path / "cache"
     store = sdata.VolumeStore(cohort, cfg, cache)
     frontal = sdata.render_clean(store, range(len(cohort)), cfg.views, [0.0],
                                  torch.device("cpu"))[:, 0]
-    model, _ = load_world_model(str(run / "world_model"))
+    model, _ = load_world_model(str(r.path / "world_model"))
+    feats = _features(model, frontal, cfg)
+    targets = {"log calcium volume": np.log1p(np.nan_to_num(cohort.column("calcium_volume_mm3"))),
+               "heart scale": cohort.column("heart_scale")}
+    readout_inputs = _readout_inputs(store, frontal, cfg, len(cohort))
+    readout_inputs.update({k: v for k, v in feats.items() if "the study's" in k or "pixels" in k})
+    out["linear_readout_r2"] = {name: {t: _cv_r2(X, y, cfg.seed) for t, y in targets.items()}
+                                for name, X in readout_inputs.items()}
+    out["probe_ablation"] = {name: _probe_ablation(r, X) for name, X in feats.items()}
+    (r.path / "analysis.json").write_text(json.dumps(out, indent=1))
+    (r.path / "analysis.md").write_text(render(out))
+    return out
+
+
+def _event_from_truth(r: _Run) -> Dict:
+    """Test AUROC of the event from each true risk quantity."""
+    event = r.columns["event"]
+    out = {}
+    for q in RISK_QUANTITIES:
+        a = auroc_ci(event[r.test], np.nan_to_num(r.cohort.column(q)[r.test]),
+                     n_boot=r.cfg.probe.bootstrap, seed=r.cfg.seed)
+        out[q] = {"value": a["auroc"], "ci95": a["ci95"]}
+    return out
+
+
+def _calcium(r: _Run) -> Dict:
+    """How much calcium there is, next to the sizes of a CT voxel and a detector pixel."""
+    total = np.nan_to_num(r.cohort.column("calcium_volume_mm3"))
+    count = np.nan_to_num(r.cohort.column("calcium_count"))
+    has = count > 0
+    return {"fraction_with_calcium": float(has.mean()),
+            "median_total_mm3": float(np.median(total)),
+            "median_per_deposit_mm3": float(np.median(total[has] / count[has]))
+            if has.any() else None,
+            "ct_voxel_mm3": float(np.prod(r.cfg.cohort.spacing)),
+            "detector_pixel_mm": r.cfg.views.field_of_view_mm / r.cfg.views.image_size}
+
+
+def _features(model, frontal: np.ndarray, cfg) -> Dict[str, np.ndarray]:
+    """The world model's probe features with other imagined views, and pooled pixels."""
+    import torch
+    import torch.nn.functional as F
     pooled = max(1, cfg.views.image_size // 16)
     pixels = F.avg_pool2d(torch.from_numpy(frontal[:, None]), pooled).reshape(len(frontal), -1)
     with torch.no_grad():
-        feats = {
+        return {
             "world model: observed view only": extract_features(model, frontal[:, None], 0.0, []),
             "world model: observed + imagined "
             + ",".join(f"{a:g}" for a in cfg.probe.imagined) + " (the study's)":
@@ -94,34 +141,32 @@ def analyse(run_dir) -> Dict:
             f"frontal pixels ({frontal.shape[1] // pooled}x{frontal.shape[2] // pooled})":
                 pixels.numpy().astype(np.float64)}
 
-    targets = {"log calcium volume": np.log1p(np.nan_to_num(cohort.column("calcium_volume_mm3"))),
-               "heart scale": cohort.column("heart_scale")}
-    readout_inputs = {f"frontal pixels ({frontal.shape[1]}x{frontal.shape[2]})":
-                      frontal.reshape(len(frontal), -1).astype(np.float64)}
-    # finer frontal DRRs of the same CTs: is the calcium there at a higher resolution?
-    import dataclasses
-    for size in (2 * cfg.views.image_size, 4 * cfg.views.image_size):
-        fine = sdata.render_clean(store, range(len(cohort)), dataclasses.replace(
-            cfg.views, image_size=size), [0.0], torch.device("cpu"))[:, 0]
-        readout_inputs[f"frontal pixels ({size}x{size}, finer DRR)"] = \
-            fine.reshape(len(fine), -1).astype(np.float64)
-    readout_inputs.update({k: v for k, v in feats.items() if "the study's" in k or "pixels" in k})
-    out["linear_readout_r2"] = {name: {t: _cv_r2(X, y, seed) for t, y in targets.items()}
-                                for name, X in readout_inputs.items()}
 
-    out["probe_ablation"] = {}
-    for name, X in feats.items():
-        out["probe_ablation"][name] = {}
-        for f in fractions:
-            lab = labelled[f]
-            fit = probes.fit_and_score(X[lab], {c: v[lab] for c, v in columns.items()}, X[test],
-                                       cfg.probe.C, cfg.probe.cox_alpha, seed)
-            m = probes.task_metrics(fit, labels_test, cfg.probe.bootstrap, seed)
-            out["probe_ablation"][name][repr(f)] = {
-                t: {"value": m[t]["value"], "ci95": m[t]["ci95"]}
-                for t in ("pathology_macro", "event", "c_index")}
-    (run / "analysis.json").write_text(json.dumps(out, indent=1))
-    (run / "analysis.md").write_text(render(out))
+def _readout_inputs(store, frontal: np.ndarray, cfg, n: int) -> Dict[str, np.ndarray]:
+    """The frontal DRR's pixels at the study's resolution and at 2 and 4 times finer (is the
+    calcium there at a higher resolution?)."""
+    import torch
+    out = {f"frontal pixels ({frontal.shape[1]}x{frontal.shape[2]})":
+           frontal.reshape(len(frontal), -1).astype(np.float64)}
+    for size in (2 * cfg.views.image_size, 4 * cfg.views.image_size):
+        fine = sdata.render_clean(store, range(n), dataclasses.replace(
+            cfg.views, image_size=size), [0.0], torch.device("cpu"))[:, 0]
+        out[f"frontal pixels ({size}x{size}, finer DRR)"] = \
+            fine.reshape(len(fine), -1).astype(np.float64)
+    return out
+
+
+def _probe_ablation(r: _Run, X: np.ndarray) -> Dict:
+    """The study's probes on features ``X``, per label fraction."""
+    cfg = r.cfg
+    out = {}
+    for f in r.fractions:
+        lab = r.labelled[f]
+        fit = probes.fit_and_score(X[lab], {c: v[lab] for c, v in r.columns.items()}, X[r.test],
+                                   cfg.probe.C, cfg.probe.cox_alpha, cfg.seed)
+        m = probes.task_metrics(fit, r.labels_test, cfg.probe.bootstrap, cfg.seed)
+        out[repr(f)] = {t: {"value": m[t]["value"], "ci95": m[t]["ci95"]}
+                        for t in ("pathology_macro", "event", "c_index")}
     return out
 
 

@@ -23,9 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from ..errors import XrayWorldModelError
 from ..models import WorldModel, angle_features
 from ..models.encoder import as_batch, transformer
+from ..train.optim import adamw, optimizer_step, warmup_cosine
 
 
 def build_encoder(model_config, seed: int):
@@ -119,15 +122,11 @@ def fit(module: nn.Module, section, steps: int, loss_fn: Callable[[int], torch.T
         device: torch.device, desc: str, progress: bool = False,
         log: Optional[Callable[[str], None]] = None) -> Dict:
     """AdamW with linear warmup and cosine decay (the world model's schedule) and gradient
-    clipping, for ``steps`` steps of ``loss_fn(step)``. Returns what the results record."""
-    from tqdm.auto import tqdm
-    from ..errors import XrayWorldModelError
-    from ..train.trainer import lr_factor
+    clipping (:mod:`XrayWorldModel.train.optim`), for ``steps`` steps of ``loss_fn(step)``.
+    Returns what the results record."""
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay,
-                            betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, section.warmup_steps, steps))
+    opt = adamw(params, section.lr, section.weight_decay, (0.9, 0.95))
+    sched = warmup_cosine(opt, section.warmup_steps, steps)
     module.train()
     curve, t0 = [], time.perf_counter()
     every = max(1, steps // 20)
@@ -135,11 +134,7 @@ def fit(module: nn.Module, section, steps: int, loss_fn: Callable[[int], torch.T
         for step in range(steps):
             with _amp(device):
                 loss = loss_fn(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, section.grad_clip)
-            opt.step()
-            sched.step()
+            optimizer_step(opt, sched, loss, params, section.grad_clip)
             value = float(loss.detach())
             if not np.isfinite(value):
                 raise XrayWorldModelError(f"{desc}: loss became non-finite at step {step + 1}")

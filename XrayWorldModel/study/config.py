@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from ..config import override_value
+from ..data import ViewSampling
 from ..errors import InputError
+from ..models import WorldModelConfig
 from ..typed_config import build_section, coerce
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -149,8 +152,6 @@ class StudyConfig:
     name: str = "custom"                 # the preset or file it came from (not a JSON key)
 
     def __post_init__(self):
-        from ..data import ViewSampling
-        from ..models import WorldModelConfig
         if self.model is None:
             self.model = WorldModelConfig()
         if self.views is None:
@@ -252,8 +253,6 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], name: str = "custom") -> "StudyConfig":
-        from ..data import ViewSampling
-        from ..models import WorldModelConfig
         kwargs: Dict[str, Any] = {"name": name}
         for key, value in data.items():
             if key in TOP_LEVEL:
@@ -278,13 +277,6 @@ def _need_table(key: str, value: Any) -> None:
         raise InputError(f"config: section {key!r} must be a table of keys")
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
     """``section.key=value`` (or a top-level ``seed=3``) merged into ``data``; values are
     read as JSON, else taken as a string."""
@@ -300,9 +292,9 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> Dict[s
             table = out.setdefault(section, {})
             if not isinstance(table, dict):
                 raise InputError(f"override {item!r}: {section!r} is not a section")
-            table[name] = _parse_value(value)
+            table[name] = override_value(value)
         elif key in TOP_LEVEL:
-            out[key] = _parse_value(value)
+            out[key] = override_value(value)
         else:
             raise InputError(f"override {item!r} must look like section.key=value "
                              f"(or {' / '.join(k + '=...' for k in TOP_LEVEL)})")

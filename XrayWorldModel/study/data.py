@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..data import PreprocessedCache, Preprocessing, ViewRenderer, render_views, resolve_source
 from ..errors import InputError
+from ..fileutil import atomic_path
+from ..phantom.cohort import CohortConfig, write_cohort
+from ..phantom.findings import FINDINGS, HIDEABLE
 from ..probe import PATHOLOGIES
 
 #: Binary targets of the probes (the event within the horizon is the risk label).
@@ -53,8 +58,6 @@ class Cohort:
 
 def cohort_config(cfg):
     """The :class:`~XrayWorldModel.phantom.cohort.CohortConfig` the study config describes."""
-    from ..phantom.cohort import CohortConfig
-    from ..phantom.findings import FINDINGS, HIDEABLE
     kw = {}
     if cfg.cohort.prevalence is not None:
         kw["prevalence"] = {f: cfg.cohort.prevalence for f in FINDINGS}
@@ -65,8 +68,6 @@ def cohort_config(cfg):
 
 def prepare_cohort(cfg, folder: Path, progress: bool = False) -> Cohort:
     """Write (or reuse) the cohort in ``folder`` and read it back."""
-    from ..data import resolve_source
-    from ..phantom.cohort import write_cohort
     c = cfg.cohort
     spacing = c.spacing if len(c.spacing) == 3 else tuple(c.spacing) * 3
     res = write_cohort(c.n_cases, folder, first_seed=cfg.first_seed(), shape=tuple(c.shape),
@@ -130,7 +131,6 @@ def labelled_subsets(cohort: Cohort, train: np.ndarray, fractions: Sequence[floa
 
 def write_manifest(cohort: Cohort, rows: np.ndarray, path: Path) -> Path:
     """A CSV manifest (id, absolute path) of ``rows``, for the world model's training."""
-    from ..fileutil import atomic_path
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -145,7 +145,6 @@ class VolumeStore:
     """Preprocessed volumes (the training cube, HU) of the cohort, from the on-disk cache."""
 
     def __init__(self, cohort: Cohort, cfg, cache_dir: Path):
-        from ..data import PreprocessedCache, Preprocessing
         self.cohort = cohort
         self.cache = PreprocessedCache(cache_dir)
         self.prep = Preprocessing(cfg.data.grid_size, cfg.data.grid_spacing)
@@ -157,8 +156,6 @@ class VolumeStore:
 def render_clean(store: VolumeStore, rows: Sequence[int], sampling, angles: Sequence[float],
                  device=None, progress: bool = False) -> np.ndarray:
     """Clean DRRs [N, A, H, W] (float32) of the cases ``rows`` at ``angles``."""
-    from tqdm.auto import tqdm
-    from ..data.views import render_views
     out = []
     for r in tqdm(list(rows), desc="views", unit="CT", disable=not progress):
         out.append(render_views([store.get(r)], sampling, list(angles), device)[0])
@@ -173,8 +170,6 @@ def render_frontal_bank(store: VolumeStore, rows: Sequence[int], sampling, per_c
     shift, intensity and noise as ``sampling`` says). Case ``r``'s views come from a
     generator seeded by ``(seed, r)`` alone."""
     import torch
-    from tqdm.auto import tqdm
-    from ..data import ViewRenderer
     # one target at delta 0: the renderer's own augmentation code, context view kept
     s = replace(sampling, deltas_deg=(0.0,), targets_per_context=1)
     renderer = ViewRenderer(s, device)

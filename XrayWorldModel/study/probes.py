@@ -21,6 +21,9 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from ..probe import PATHOLOGIES
+from ..probe.heads import apply_head, fit_cox, fit_logistic
+from ..probe.metrics import (ProbeError, auroc, auroc_ci, c_index, c_index_ci,
+                             multilabel_auroc_ci, paired_bootstrap_test)
 
 #: Every task of the results table, in order.
 TASKS = (*PATHOLOGIES, "pathology_macro", "event", "c_index")
@@ -52,7 +55,6 @@ def fit_and_score(X_lab: np.ndarray, labels_lab: Mapping[str, np.ndarray], X_tes
                   C, cox_alpha, seed: int) -> Dict[str, Any]:
     """Test-set scores of each binary task and the Cox risk score (``None`` plus a reason
     in ``notes`` where a head cannot be fitted)."""
-    from ..probe.heads import ProbeError, apply_head, fit_cox, fit_logistic
     scores: Dict[str, Optional[np.ndarray]] = {}
     notes: Dict[str, str] = {}
     with warnings.catch_warnings():
@@ -83,7 +85,6 @@ def task_metrics(fitted: Mapping[str, Any], labels_test: Mapping[str, np.ndarray
                  n_boot: int, seed: int) -> Dict[str, Dict[str, Any]]:
     """Each task's test metric with its bootstrap CI (resamples shared by all methods: the
     same ``seed``)."""
-    from ..probe.evaluate import auroc_ci, c_index_ci, multilabel_auroc_ci
     scores, notes = fitted["scores"], fitted["notes"]
     out: Dict[str, Dict[str, Any]] = {}
     Y, P = _macro_inputs(scores, labels_test)
@@ -115,13 +116,11 @@ def task_metrics(fitted: Mapping[str, Any], labels_test: Mapping[str, np.ndarray
 
 
 def _macro_auroc(Y, P) -> float:
-    from ..probe.evaluate import auroc
     vals = [auroc(Y[:, j], P[:, j]) for j in range(Y.shape[1])]
     return float(np.mean(vals))
 
 
 def _c_index_metric(yt, p) -> float:
-    from ..probe.evaluate import c_index
     return c_index(yt[:, 0], yt[:, 1], p)
 
 
@@ -130,7 +129,6 @@ def compare(fitted_a: Mapping[str, Any], fitted_b: Mapping[str, Any],
             ) -> Dict[str, Dict[str, Any]]:
     """Per task: the paired bootstrap difference (a - b) of the metric on the same test
     cases, its 95 % CI and the two-sided p-value; ``None`` where either side is missing."""
-    from ..probe.evaluate import auroc, paired_bootstrap_test
     sa, sb = fitted_a["scores"], fitted_b["scores"]
     out: Dict[str, Dict[str, Any]] = {}
 
@@ -165,7 +163,6 @@ def hidden_subgroups(fitted: Mapping[str, Any], labels_test: Mapping[str, np.nda
     shows (``visible``) and of those it hides by superposition (``hidden``), each against
     all negatives, with bootstrap CIs. A volumetric representation should lose less on the
     hidden ones."""
-    from ..probe.evaluate import auroc_ci
     out: Dict[str, Dict[str, Any]] = {}
     for task, hidden in hidden_test.items():
         s = fitted["scores"].get(task)
@@ -188,7 +185,6 @@ def compare_hidden(fitted_a: Mapping[str, Any], fitted_b: Mapping[str, Any],
                    n_boot: int, seed: int) -> Dict[str, Optional[Dict[str, Any]]]:
     """Paired bootstrap difference (a - b) of the AUROC on the hidden positives against
     all negatives, per hideable finding."""
-    from ..probe.evaluate import paired_bootstrap_test
     out: Dict[str, Optional[Dict[str, Any]]] = {}
     for task, hidden in hidden_test.items():
         sa, sb = fitted_a["scores"].get(task), fitted_b["scores"].get(task)

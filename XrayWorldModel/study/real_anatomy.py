@@ -16,6 +16,13 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from ..data import PreprocessedCache, RenderedViewSet, resolve_source
+from ..infer.domain import domain_reference
+from ..infer.evaluate import evaluate_volumes
+from ..infer.pipeline import run_inference
+from ..io import read_cxr
+from ..train.evaluate import score_views
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,16 +38,11 @@ def find_file(spec: Optional[str]) -> Tuple[Optional[Path], Optional[str]]:
 
 
 def _real_ct(model, tcfg, cfg, path: Path, cache_dir: Path, train_vols, prior, device) -> Dict:
-    from ..data import PreprocessedCache, resolve_source
-    from ..infer.evaluate import evaluate_volumes
-    from ..data.views import render_views
-    from ..train.metrics import evaluate_views
     item = resolve_source(str(path))[0]
     ct = PreprocessedCache(cache_dir).get(item, tcfg.data.preprocessing())
     angles = [float(a) for a in cfg.evaluate.novel_view_angles]
-    mean = render_views(train_vols, cfg.views, angles, device).mean(0)
-    views = evaluate_views(model, [ct], cfg.views, angles,
-                           {a: mean[k] for k, a in enumerate(angles)}, device=device)
+    mean = RenderedViewSet(train_vols, cfg.views, device).mean_views(angles, len(train_vols))
+    views = score_views(model, RenderedViewSet([ct], cfg.views, device), angles, mean)
     volume = evaluate_volumes(model, {"config": tcfg.to_dict()}, [ct], train_vols,
                               cfg.evaluate.volume_size, cfg.evaluate.sweep_step, prior=prior)
     volume.pop("world_model_vs_mean_ct", None)      # one CT: no CI to speak of
@@ -48,9 +50,6 @@ def _real_ct(model, tcfg, cfg, path: Path, cache_dir: Path, train_vols, prior, d
 
 
 def _real_cxr(model, tcfg, cfg, path: Path, frontal_train: np.ndarray, prior) -> Dict:
-    from ..infer.domain import domain_reference
-    from ..infer.pipeline import run_inference
-    from ..io import read_cxr
     card = {"config": tcfg.to_dict(), "domain": domain_reference(frontal_train),
             "name": "study world model"}
     res = run_inference(read_cxr(path), (model, card), views=[90.0],

@@ -46,15 +46,29 @@ def _view_rows(novel_view: Mapping[str, Any]) -> List[List[str]]:
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
+    methods = list(results["methods"])
+    wm = results.get("world_model") or {}
+    lines = _header(results)
+    lines += _probe_sections(results, methods)
+    lines += _hidden_section(results, methods)
+    lines += _world_model_section(wm)
+    lines += _real_anatomy_section(wm.get("real_anatomy") or {})
+    lines += _training_section(results, methods)
+    lines += ["Figures: `roc.png` (ROC curves per task), `views.png` (frontal input, true and "
+              "predicted lateral, true and reconstructed mid-slices).", ""]
+    return "\n".join(lines)
+
+
+def _header(results: Mapping[str, Any]) -> List[str]:
+    """Title, the smoke warning, cohort, encoder, compute and hardware."""
     cfg = results["config"]
     cohort = results["cohort"]
-    methods = list(results["methods"])
     lines: List[str] = [f"# In-silico study (`{results['config_name']}`, seed {cfg['seed']})", ""]
     if results["config_name"] == "insilico-smoke":
         lines += ["> Smoke configuration: a pipeline check on a tiny cohort with a few training "
                   "steps. The numbers below mean nothing about the methods.", ""]
     m = cfg["model"]
-    lines += [
+    return lines + [
         f"Cohort: {cohort['n_cases']} synthetic chest CTs (seeds {cohort['first_seed']}.."
         f"{cohort['first_seed'] + cohort['n_cases'] - 1}), {cohort['n_train']} for training "
         f"and {cohort['n_test']} held out for testing. Encoder (every method): ViT "
@@ -66,8 +80,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         f"Hardware: {results['environment']['hardware']}; wall time "
         f"{results['timing']['total_s'] / 60:.1f} min.",
-        "",
-        "## Probe metrics (AUROC; C-index for time to event)", ""]
+        ""]
+
+
+def _probe_sections(results: Mapping[str, Any], methods: List[str]) -> List[str]:
+    """The probe metrics per label fraction, and Xray2Xray minus each other method."""
+    lines = ["## Probe metrics (AUROC; C-index for time to event)", ""]
     header = ["Method", *(TASK_TITLES[t] for t in TASKS)]
     for frac in results["label_fractions"]:
         n = results["labelled"].get(frac, {}).get("n")
@@ -84,8 +102,22 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                      *(_diff(results["comparisons"][other][frac].get(t)) for t in TASKS)]
                     for other in results["comparisons"]]
             lines += _table(["Comparison", *(TASK_TITLES[t] for t in TASKS)], rows) + [""]
-    lines += _hidden_section(results, methods)
-    wm = results.get("world_model") or {}
+    return lines
+
+
+#: Volume rows: result key, title in the world-model section, title in the real-anatomy one.
+_VOLUME_ROWS = (
+    ("world_model", "world model (imagined sweep on the mean-CT prior)",
+     "volume: world model on the prior"),
+    ("world_model_fdk_only", "world model (FDK of the imagined sweep alone)",
+     "volume: world model, FDK alone"),
+    ("mean_ct", "mean training CT", "volume: mean training CT"),
+    ("copied_frontal_fdk", "FDK of the copied frontal view", "volume: FDK of the copied frontal"))
+
+
+def _world_model_section(wm: Mapping[str, Any]) -> List[str]:
+    """Novel-view PSNR/SSIM and the volume from the frontal view, with their baselines."""
+    lines: List[str] = []
     if wm.get("novel_view"):
         lines += ["## World model: novel views and volume", ""]
         lines += _table(["View", "Prediction", "PSNR (dB)", "SSIM"],
@@ -93,11 +125,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if wm.get("volume"):
         v = wm["volume"]
         rows = [[title, f"{v[name]['pearson_r']:.3f}", f"{v[name]['ssim']:.3f}"]
-                for name, title in (
-                    ("world_model", "world model (imagined sweep on the mean-CT prior)"),
-                    ("world_model_fdk_only", "world model (FDK of the imagined sweep alone)"),
-                    ("mean_ct", "mean training CT"),
-                    ("copied_frontal_fdk", "FDK of the copied frontal view")) if name in v]
+                for name, title, _ in _VOLUME_ROWS if name in v]
         lines += [f"Volume from the frontal view ({v['n_ct']} test CTs, {v['volume_size']}^3):", ""]
         lines += _table(["Volume", "Pearson r", "SSIM"], rows) + [""]
         d = v.get("world_model_vs_mean_ct")
@@ -106,32 +134,36 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                       "; ".join(f"{k} {d[k]['mean']:+.4f} [{d[k]['ci95'][0]:+.4f}, "
                                 f"{d[k]['ci95'][1]:+.4f}], {d[k]['wins']}/{d[k]['n']}"
                                 for k in ("pearson_r", "ssim")), ""]
-    real = wm.get("real_anatomy") or {}
-    if real:
-        lines += ["## Real anatomy: the same world model outside its synthetic training", ""]
-        ct, cxr = real.get("ct") or {}, real.get("cxr") or {}
-        if "skipped" in ct:
-            lines += [f"Real CT: skipped ({ct['skipped']}).", ""]
-        elif ct:
-            rows = _view_rows(ct["novel_view"])
-            v = ct["volume"]
-            for name, title in (("world_model", "volume: world model on the prior"),
-                                ("world_model_fdk_only", "volume: world model, FDK alone"),
-                                ("mean_ct", "volume: mean training CT"),
-                                ("copied_frontal_fdk", "volume: FDK of the copied frontal")):
-                if name in v:
-                    rows.append(["volume", title, f"r {v[name]['pearson_r']:.3f}",
-                                 f"{v[name]['ssim']:.3f}"])
-            lines += [f"DRRs of the real CT `{ct['file']}`:", ""]
-            lines += _table(["View", "Prediction", "PSNR (dB) / Pearson r", "SSIM"], rows) + [""]
-        if "skipped" in cxr:
-            lines += [f"Real radiograph: skipped ({cxr['skipped']}).", ""]
-        elif cxr:
-            notes = "; ".join(cxr["preprocessing"].get("notes") or []) or "none"
-            lines += [f"Real radiograph `{cxr['file']}`: consistency score (NCC of the "
-                      f"reconstruction re-projected at 0 deg with the input) "
-                      f"{cxr['consistency']:.3f}; preprocessing notes: {notes}.", ""]
-    lines += ["## Training", ""]
+    return lines
+
+
+def _real_anatomy_section(real: Mapping[str, Any]) -> List[str]:
+    """The world model on a real CT's DRRs and on a real radiograph (or why skipped)."""
+    if not real:
+        return []
+    lines = ["## Real anatomy: the same world model outside its synthetic training", ""]
+    ct, cxr = real.get("ct") or {}, real.get("cxr") or {}
+    if "skipped" in ct:
+        lines += [f"Real CT: skipped ({ct['skipped']}).", ""]
+    elif ct:
+        rows = _view_rows(ct["novel_view"])
+        v = ct["volume"]
+        rows += [["volume", title, f"r {v[name]['pearson_r']:.3f}", f"{v[name]['ssim']:.3f}"]
+                 for name, _, title in _VOLUME_ROWS if name in v]
+        lines += [f"DRRs of the real CT `{ct['file']}`:", ""]
+        lines += _table(["View", "Prediction", "PSNR (dB) / Pearson r", "SSIM"], rows) + [""]
+    if "skipped" in cxr:
+        lines += [f"Real radiograph: skipped ({cxr['skipped']}).", ""]
+    elif cxr:
+        notes = "; ".join(cxr["preprocessing"].get("notes") or []) or "none"
+        lines += [f"Real radiograph `{cxr['file']}`: consistency score (NCC of the "
+                  f"reconstruction re-projected at 0 deg with the input) "
+                  f"{cxr['consistency']:.3f}; preprocessing notes: {notes}.", ""]
+    return lines
+
+
+def _training_section(results: Mapping[str, Any], methods: List[str]) -> List[str]:
+    """Steps, batch, encoder samples, final loss and wall time of each trained encoder."""
     rows = []
     for meth in methods:
         tr = results["methods"][meth].get("training")
@@ -143,11 +175,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             rows.append([label, str(rec["steps"]), str(rec["batch_size"]),
                          str(rec["encoder_samples"]), f"{rec['final_loss']:.4f}",
                          f"{rec['wall_s']:.0f}"])
-    lines += _table(["Method", "Steps", "Batch", "Encoder samples", "Final loss", "Wall (s)"],
-                    rows) + [""]
-    lines += ["Figures: `roc.png` (ROC curves per task), `views.png` (frontal input, true and "
-              "predicted lateral, true and reconstructed mid-slices).", ""]
-    return "\n".join(lines)
+    return ["## Training", ""] + _table(
+        ["Method", "Steps", "Batch", "Encoder samples", "Final loss", "Wall (s)"], rows) + [""]
 
 
 def _hidden_section(results: Mapping[str, Any], methods: List[str]) -> List[str]:

@@ -7,16 +7,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+
+from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from ..data import RenderedViewSet
+from ..drr import DRRRenderer
+from ..infer.evaluate import evaluate_volumes
+from ..infer.pipeline import isocentric_geometry, reconstruct
+from ..infer.prior import VolumePrior, centred as centre, resample_like
+from ..probe import extract_features
+from ..train.evaluate import score_views
+from ..train.trainer import Trainer
 
 
 def train_config(cfg, manifest: Path, out_dir: Path, cache_dir: Path, device: str):
     """The :class:`~XrayWorldModel.train.TrainConfig` of the world-model arm: the study's
     model and views, the training split's manifest, the matched step budget, no validation
     (nothing of the test split is seen), one final checkpoint."""
-    from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig
     w = cfg.world_model
     steps = cfg.steps("xray2xray")
     return TrainConfig(
@@ -31,73 +41,37 @@ def train_config(cfg, manifest: Path, out_dir: Path, cache_dir: Path, device: st
                       val_every=0, checkpoint_every=steps, keep_last=1)).validate()
 
 
-def _loss_records(path: Path):
-    """The complete loss records of the trainer's ``metrics.jsonl`` so far."""
-    import json
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:       # a line still being written
-            continue
-        if "loss_total" in rec:
-            out.append(rec)
-    return out
+class _LossLog:
+    """The trainer's ``on_log``: keeps the loss records (the loss curve) and, when given a
+    ``log``, reports about every 5 % of the steps, for logs where no progress bar is shown."""
 
-
-class _Watcher:
-    """Reports the trainer's progress from its ``metrics.jsonl`` about every 5 % of the
-    steps, for logs where no progress bar is shown."""
-
-    def __init__(self, path: Path, steps: int, log, interval: float = 5.0):
-        import threading
-        self.path, self.steps, self.log, self.interval = path, steps, log, interval
+    def __init__(self, steps: int, log: Optional[Callable[[str], None]]):
+        self.steps, self.log = steps, log
         self.every = max(1, steps // 20)
         self.next = self.every
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.records: List[Dict] = []
 
-    def _report(self) -> None:
-        for rec in _loss_records(self.path):
-            if rec["step"] >= self.next:
-                self.log(f"  world model: step {rec['step']}/{self.steps} "
-                         f"loss {rec['loss_total']:.4f}")
-                self.next = (rec["step"] // self.every + 1) * self.every
-
-    def _loop(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            self._report()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop_event.set()
-        self.thread.join()
-        self._report()
+    def __call__(self, rec: Dict) -> None:
+        if "loss_total" not in rec:
+            return
+        self.records.append(rec)
+        if self.log is not None and rec["step"] >= self.next:
+            self.log(f"  world model: step {rec['step']}/{self.steps} "
+                     f"loss {rec['loss_total']:.4f}")
+            self.next = (rec["step"] // self.every + 1) * self.every
 
 
 def train_world_model(cfg, manifest: Path, out_dir: Path, cache_dir: Path, device: str,
                       progress: bool = False, log=None):
     """Train; returns (model in eval mode, training record, train config). Without a
     progress bar, ``log`` gets a line about every 5 % of the steps."""
-    from contextlib import nullcontext
-    from ..train.trainer import Trainer
     tcfg = train_config(cfg, manifest, out_dir, cache_dir, device)
     t0 = time.perf_counter()
-    trainer = Trainer(tcfg, progress=progress)
-    metrics = Path(out_dir) / "metrics.jsonl"
-    watch = (_Watcher(metrics, tcfg.optim.steps, log) if log is not None and not progress
-             else nullcontext())
-    with watch:
-        last = trainer.fit()
+    losses = _LossLog(tcfg.optim.steps, log if not progress else None)
+    trainer = Trainer(tcfg, progress=progress, on_log=losses)
+    last = trainer.fit()
     wall = time.perf_counter() - t0
-    curve = [[rec["step"], rec["loss_total"]] for rec in _loss_records(metrics)]
+    curve = [[rec["step"], rec["loss_total"]] for rec in losses.records]
     model = trainer.model.eval()
     w = cfg.world_model
     info = {"steps": tcfg.optim.steps, "batch_size": w.batch_size,
@@ -112,31 +86,24 @@ def train_world_model(cfg, manifest: Path, out_dir: Path, cache_dir: Path, devic
 
 def world_model_features(model, images: np.ndarray, imagined: Sequence[float]) -> np.ndarray:
     """Probe features of frontal DRRs [N, H, W]: observed and imagined-view latents."""
-    from ..probe import extract_features
     return extract_features(model, images[:, None], 0.0, list(imagined))
 
 
 def novel_views(model, store, train_rows, test_rows, cfg, device=None) -> Dict:
     """Mean PSNR/SSIM of the views predicted from 0 deg at each novel-view angle over the
     test CTs, next to copying the input and the mean training view."""
-    from ..data.views import render_views
-    from ..train.metrics import evaluate_views
     angles = [float(a) for a in cfg.evaluate.novel_view_angles]
-    train_vols = [store.get(r) for r in list(train_rows)[:16]]
-    views = render_views(train_vols, cfg.views, angles, device)
-    mean_views = {a: views[:, k].mean(0) for k, a in enumerate(angles)}
-    test_vols = [store.get(r) for r in test_rows]
-    return evaluate_views(model, test_vols, cfg.views, angles, mean_views, device=device)
+    train = RenderedViewSet([store.get(r) for r in list(train_rows)[:16]], cfg.views, device)
+    test = RenderedViewSet([store.get(r) for r in test_rows], cfg.views, device)
+    return score_views(model, test, angles, train.mean_views(angles))
 
 
 def volume_prior(store, train_rows, cfg):
     """The world model's volume prior: the mean of the first 16 training CTs (the mean-CT
     baseline is the same mean), on the reconstruction grid."""
-    from ..infer.pipeline import _geometry
-    from ..infer.prior import VolumePrior
     n = min(cfg.evaluate.volume_size, cfg.views.image_size)
     rows = list(train_rows)[:16]
-    return VolumePrior.from_volumes([store.get(r) for r in rows], _geometry(cfg.views, [0.0]),
+    return VolumePrior.from_volumes([store.get(r) for r in rows], isocentric_geometry(cfg.views, [0.0]),
                                     n, source=f"mean of {len(rows)} training CTs")
 
 
@@ -148,7 +115,6 @@ def volume_correlation(model, tcfg, store, train_rows, test_rows, cfg,
     n = min(cfg.evaluate.volume_cases, len(test_rows))
     if n == 0:
         return None
-    from ..infer.evaluate import evaluate_volumes
     vols = [store.get(r) for r in list(test_rows)[:n]]
     train_vols = [store.get(r) for r in list(train_rows)[:16]]
     return evaluate_volumes(model, {"config": tcfg.to_dict()}, vols, train_vols,
@@ -158,13 +124,9 @@ def volume_correlation(model, tcfg, store, train_rows, test_rows, cfg,
 def example_row(model, volume, cfg, prior=None) -> Dict[str, np.ndarray]:
     """One figure row for a CT: its frontal DRR (the input), true and predicted lateral
     (90 deg), and the true and reconstructed axial mid-slices (HU)."""
-    import torch
-    from ..drr import DRRRenderer
-    from ..infer.pipeline import _geometry, reconstruct
-    from ..infer.prior import centred as centre, resample_like
     s = cfg.views
     centred = centre(volume)
-    drr = DRRRenderer(centred, "fast", "cpu", s.mu_water).render(_geometry(s, [0.0, 90.0]))
+    drr = DRRRenderer(centred, "fast", "cpu", s.mu_water).render(isocentric_geometry(s, [0.0, 90.0]))
     dev = next(model.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(drr[:1]))[None].to(dev)
     with torch.no_grad():

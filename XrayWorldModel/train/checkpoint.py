@@ -15,8 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..conventions import CHECKPOINT_FORMAT as CARD_FORMAT
-from ..errors import InputError, UnreadableFileError
+from ..errors import UnreadableFileError
 from ..fileutil import atomic_path, sha256_file
+from ..models import EMAEncoder, WorldModel
 
 _STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
 
@@ -117,3 +118,23 @@ def load_checkpoint(spec, with_state: bool = False):
             raise CheckpointError(f"cannot read the training state: {str(exc).splitlines()[0]}",
                                   state_path) from None
     return tensors, card, state
+
+
+def model_tensors(model: WorldModel, ema: EMAEncoder) -> Dict[str, torch.Tensor]:
+    """The checkpoint's tensors: ``model.*`` (the world model) and ``ema.*`` (the EMA
+    target encoder)."""
+    t = {f"model.{k}": v for k, v in model.state_dict().items()}
+    t.update({f"ema.{k}": v for k, v in ema.encoder.state_dict().items()})
+    return t
+
+
+def load_model_tensors(model: WorldModel, ema: Optional[EMAEncoder], tensors, where) -> None:
+    """Load :func:`model_tensors` into ``model`` (and ``ema`` unless None);
+    :class:`CheckpointError` naming ``where`` when they do not fit the model config."""
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:
+            ema.encoder.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit this model config: {str(exc).splitlines()[0]}",
+                              where) from None

@@ -1,11 +1,16 @@
-"""The training loop: views rendered on the fly from CTs, the world-model losses, AdamW
-with warmup + cosine, gradient clipping, EMA targets, validation, checkpoints and exact
-resume, on one device or many through torchrun (DistributedDataParallel).
+"""The training loop: views rendered on the fly from CTs or taken from DRR stacks (either
+data mode is a :class:`~XrayWorldModel.data.ViewSource`), the world-model losses, AdamW with
+warmup + cosine and gradient clipping (:mod:`.optim`), EMA targets, validation
+(:mod:`.evaluate`), checkpoints and exact resume, on one device or many through torchrun
+(DistributedDataParallel).
 
 Batches are planned globally: step ``s`` draws its CTs from a generator seeded by
 ``(seed, s)`` and sample ``b`` its views from ``(seed, s, b)``. Each rank renders its own
 slice of that batch, so a run's data do not depend on the number of ranks or on where it
 was resumed, which is what makes resume exact and N ranks match one process.
+
+Every record written to ``metrics.jsonl`` is also handed to ``on_log`` (rank 0), so a caller
+follows the run without reading the file.
 """
 from __future__ import annotations
 
@@ -13,29 +18,29 @@ import json
 import math
 import os
 import time
-import warnings
-from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..version import __version__
-from ..data import PreprocessedCache, ViewRenderer, resolve_source
-from ..data.cache import CTLoadWarning, VolumeProvider  # noqa: F401  (CTLoadWarning re-exported)
-from ..data.stacks import (DRRStackSet, evaluate_stacks, is_stack_source, list_stacks,
-                           mean_stack_views)
+from ..config import TrainConfig
+from ..data import PreprocessedCache, is_stack_source, list_stacks, resolve_source
 from ..drr import resolve_device
 from ..errors import InputError, XrayWorldModelError
 from ..models import EMAEncoder, PixelLoss, WorldModel, world_model_losses
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from ..config import TrainConfig
-from ..data.views import render_views
-from .metrics import evaluate_views
+from ..version import __version__
+from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, load_model_tensors,
+                         model_tensors, save_checkpoint)
+from .evaluate import open_views, score_views
+from .optim import adamw, optimizer_step, warmup_cosine
+
+#: How many training cases the mean-view baseline averages.
+MEAN_VIEW_CASES = 16
 
 
 class Objective(nn.Module):
@@ -49,14 +54,6 @@ class Objective(nn.Module):
     def forward(self, context, context_angle, targets, deltas):
         return world_model_losses(self.model, self.ema, context, context_angle, targets, deltas,
                                   self.pixel_loss)
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup to 1, then cosine down to 1% at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def _dist_setup(cfg: TrainConfig):
@@ -79,25 +76,58 @@ def _dist_setup(cfg: TrainConfig):
     return rank, world, device
 
 
-def model_tensors(model: WorldModel, ema: EMAEncoder) -> Dict[str, torch.Tensor]:
-    t = {f"model.{k}": v for k, v in model.state_dict().items()}
-    t.update({f"ema.{k}": v for k, v in ema.encoder.state_dict().items()})
-    return t
+class _RunLog:
+    """Rank 0's outputs of a run: ``config.json``, ``metrics.jsonl`` (each record also handed
+    to ``on_log``), TensorBoard scalars and the progress bar. Other ranks get a silent one."""
 
+    def __init__(self, trainer: "Trainer", active: bool):
+        self.active, self.on_log = active, trainer.on_log
+        self.file = self.tb = self.bar = None
+        if not active:
+            return
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        (trainer.out / "config.json").write_text(json.dumps(trainer.cfg.to_dict(), indent=1))
+        self.file = open(trainer.out / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(trainer.out / "tb"))
+        except ImportError:
+            pass
+        progress = trainer.progress
+        self.bar = tqdm(total=trainer.cfg.optim.steps, initial=trainer.step, desc="train",
+                        unit="step", disable=not progress if progress is not None else None)
 
-def load_model_tensors(model: WorldModel, ema: Optional[EMAEncoder], tensors, where) -> None:
-    try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        if ema is not None:
-            ema.encoder.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    except RuntimeError as exc:
-        from .checkpoint import CheckpointError
-        raise CheckpointError(f"weights do not fit this model config: {str(exc).splitlines()[0]}",
-                              where) from None
+    def record(self, rec: Dict) -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        if self.on_log is not None:
+            self.on_log(rec)
+
+    def scalars(self, losses: Dict[str, float], step: int) -> None:
+        if self.tb is not None:
+            for k, v in losses.items():
+                self.tb.add_scalar(f"loss/{k}", v, step)
+
+    def progress(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        for thing in (self.bar, self.file, self.tb):
+            if thing is not None:
+                thing.close()
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None):
+    """One training run. ``on_log`` (optional) is called on rank 0 with each record written
+    to ``metrics.jsonl``: losses every ``run.log_every`` steps, validation metrics, the
+    closing ``done`` event of a multi-rank run."""
+
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None,
+                 on_log: Optional[Callable[[Dict], None]] = None):
         self.cfg = cfg
         self.rank, self.world, self.device = _dist_setup(cfg)
         if cfg.optim.batch_size % self.world:
@@ -109,9 +139,32 @@ class Trainer:
         self.out = Path(cfg.run.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.progress = progress
+        self.on_log = on_log
+        self.train_data, self.val_data = self._data()
 
-        # data: CTs rendered on the fly, or DRR stacks ("stacks:DIR", see data/stacks.py);
-        # the validation source may be of either kind
+        self.model = WorldModel(cfg.model).to(self.device)
+        self.ema = EMAEncoder(self.model.encoder, cfg.model.ema_start, cfg.model.ema_end).to(self.device)
+        o = cfg.optim
+        self.opt = adamw(self.model.parameters(), o.lr, o.weight_decay, (o.beta1, o.beta2))
+        self.sched = warmup_cosine(self.opt, o.warmup_steps, o.steps)
+        self.step = 0
+        self.best = -math.inf
+        if resume:
+            self._resume(resume)
+        objective = Objective(self.model, self.ema)
+        if self.world > 1:
+            objective = nn.parallel.DistributedDataParallel(
+                objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.objective = objective
+        self._mean_views = None
+
+    def _data(self):
+        """(training, validation) :class:`~XrayWorldModel.data.ViewSource` s: CTs rendered on
+        the fly, or DRR stacks ("stacks:DIR", see data/stacks.py); the validation source may
+        be of either kind. Fails now if nothing is readable, or if validation is due and
+        stored views lack the validation angles."""
+        cfg = self.cfg
+
         def listing(source):
             return list_stacks(source) if is_stack_source(source) else resolve_source(source)
 
@@ -128,38 +181,15 @@ class Trainer:
         if not (train_stacks and val_stacks):
             cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
             prep = cfg.data.preprocessing()
-
-        def provider(its, stacks: bool, memory: int):
-            return (DRRStackSet(its, cfg.views, memory) if stacks
-                    else VolumeProvider(its, cache, prep, memory))
-
-        self.train_data = provider(items, train_stacks, cfg.data.max_volumes_in_memory)
-        self.val_data = provider(val_items, val_stacks, len(val_items) or 1)
-        self.train_data.get(0)                     # fail now if nothing is readable
-        if cfg.run.val_every and len(self.val_data):   # stored views must exist at val angles
-            if val_stacks:
-                self.val_data.require_angles(cfg.run.val_angles)
-            if train_stacks:                       # the mean-view baseline's stacks
-                self.train_data.require_angles(cfg.run.val_angles, limit=16)
-
-        self.model = WorldModel(cfg.model).to(self.device)
-        self.ema = EMAEncoder(self.model.encoder, cfg.model.ema_start, cfg.model.ema_end).to(self.device)
-        o = cfg.optim
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay,
-                                     betas=(o.beta1, o.beta2))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, o.warmup_steps, o.steps))
-        self.step = 0
-        self.best = -math.inf
-        if resume:
-            self._resume(resume)
-        objective = Objective(self.model, self.ema)
-        if self.world > 1:
-            objective = nn.parallel.DistributedDataParallel(
-                objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.objective = objective
-        self.views = ViewRenderer(cfg.views, self.device)
-        self._mean_views = None
+        train = open_views(items, train_stacks, cfg.views, cfg.data.max_volumes_in_memory,
+                           cache, prep, self.device)
+        val = open_views(val_items, val_stacks, cfg.views, len(val_items) or 1, cache, prep,
+                         self.device)
+        train.get(0)                               # fail now if nothing is readable
+        if cfg.run.val_every and len(val):         # stored views must exist at val angles
+            val.require_angles(cfg.run.val_angles)
+            train.require_angles(cfg.run.val_angles, limit=MEAN_VIEW_CASES)   # the baseline's
+        return train, val
 
     # ------------------------------------------------------------------ state
     def _resume(self, spec: str) -> None:
@@ -176,7 +206,6 @@ class Trainer:
             self.sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, ValueError, RuntimeError) as exc:
-            from .checkpoint import CheckpointError
             raise CheckpointError(f"training state does not fit this run: {exc}", path) from None
         self.step = int(card["step"])
         self.best = float(state.get("best", -math.inf))
@@ -207,130 +236,95 @@ class Trainer:
         picks = np.random.default_rng([seed, step]).integers(0, len(self.train_data), size=B)
         per = B // self.world
         lo = self.rank * per
-        if isinstance(self.train_data, DRRStackSet):
-            rngs = [np.random.default_rng([seed, step, b]) for b in range(lo, lo + per)]
-            return self.train_data.batch(picks[lo: lo + per], rngs).to(self.device)
-        vols, ids = [], []
-        for b in range(lo, lo + per):
-            vol, item = self.train_data.get(int(picks[b]))
-            vols.append(vol)
-            ids.append(item.id)
         rngs = [np.random.default_rng([seed, step, b]) for b in range(lo, lo + per)]
-        return self.views.render(vols, rngs, ids).to(self.device)
+        return self.train_data.batch(picks[lo: lo + per], rngs).to(self.device)
 
     def mean_views(self) -> Dict[float, np.ndarray]:
         """Mean training DRR at each validation angle (the 'mean view' baseline)."""
-        if self._mean_views is None and isinstance(self.train_data, DRRStackSet):
-            self._mean_views = mean_stack_views(self.train_data, self.cfg.run.val_angles, 16)
         if self._mean_views is None:
-            n = min(16, len(self.train_data))
-            vols = [self.train_data.get(i)[0] for i in range(n)]
-            angles = list(self.cfg.run.val_angles)
-            views = render_views(vols, self.cfg.views, angles)
-            self._mean_views = {a: views[:, k].mean(0) for k, a in enumerate(angles)}
+            self._mean_views = self.train_data.mean_views(self.cfg.run.val_angles, MEAN_VIEW_CASES)
         return self._mean_views
 
     def validate(self) -> Dict:
         if not len(self.val_data):
             return {}
-        if isinstance(self.val_data, DRRStackSet):
-            return evaluate_stacks(self.model, self.val_data, self.cfg.run.val_angles,
-                                   self.mean_views())
-        vols = [self.val_data.get(i)[0] for i in range(len(self.val_data))]
-        return evaluate_views(self.model, vols, self.cfg.views, self.cfg.run.val_angles,
-                              self.mean_views())
+        return score_views(self.model, self.val_data, self.cfg.run.val_angles, self.mean_views())
 
     # ------------------------------------------------------------------ loop
+    def _train_step(self, amp):
+        """One optimiser step: (mean losses over ranks, grad norm, EMA momentum, seconds
+        rendering, seconds in all)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch = self._batch(self.step)
+        t1 = time.perf_counter()
+        with amp:
+            losses = self.objective(batch.context, batch.context_angle, batch.targets, batch.deltas)
+        gnorm = optimizer_step(self.opt, self.sched, losses["total"], self.model.parameters(),
+                               cfg.optim.grad_clip)
+        m = self.ema.update(self.model.encoder, self.step, cfg.optim.steps)
+        self.step += 1
+        t2 = time.perf_counter()
+        if not all(torch.isfinite(v) for v in losses.values()):
+            raise XrayWorldModelError(f"loss became non-finite at step {self.step}: "
+                                      f"{ {k: float(v) for k, v in losses.items()} }")
+        last = self._mean_over_ranks({k: float(v.detach()) for k, v in losses.items()})
+        return last, gnorm, m, t1 - t0, t2 - t0
+
+    def _loss_record(self, last: Dict[str, float], gnorm, m: float, t_render: float,
+                     t_total: float) -> Dict:
+        cfg = self.cfg
+        return {"step": self.step, "lr": self.sched.get_last_lr()[0], "ema_momentum": m,
+                "grad_norm": float(gnorm), **{f"loss_{k}": v for k, v in last.items()},
+                "samples_per_s": cfg.optim.batch_size * cfg.run.log_every / max(t_total, 1e-9)
+                if self.step % cfg.run.log_every == 0 else None,
+                "render_fraction": t_render / max(t_total, 1e-9)}
+
+    def _validate_and_save(self, out: _RunLog) -> None:
+        """Validation and a checkpoint (rank 0) when due at the current step."""
+        run = self.cfg.run
+        done = self.step == self.cfg.optim.steps
+        val_due = run.val_every and (self.step % run.val_every == 0 or done)
+        ckpt_due = run.checkpoint_every and (self.step % run.checkpoint_every == 0 or done)
+        if self.rank == 0 and (val_due or ckpt_due):
+            metrics = self.validate() if val_due else {}
+            if metrics:
+                out.record({"step": self.step, "validation": metrics})
+            if ckpt_due:
+                score = _score(metrics)
+                is_best = score is not None and score > self.best
+                if is_best:
+                    self.best = score
+                self._save(metrics, is_best)
+        if self.world > 1 and (val_due or ckpt_due):
+            dist.barrier()
+
     def fit(self) -> Dict:
         cfg = self.cfg
-        main = self.rank == 0
-        if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        log = open(self.out / "metrics.jsonl", "a") if main else None
-        tb = None
-        if main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                tb = SummaryWriter(str(self.out / "tb"))
-            except ImportError:
-                pass
-        bar = None
-        if main:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.optim.steps, initial=self.step, desc="train", unit="step",
-                       disable=not self.progress if self.progress is not None else None)
+        out = _RunLog(self, self.rank == 0)
         amp = (torch.autocast("cuda", dtype=torch.bfloat16)
                if self.device.type == "cuda" and cfg.run.bf16 else nullcontext())
         last = {}
         t_render = t_total = 0.0
         try:
             while self.step < cfg.optim.steps:
-                t0 = time.perf_counter()
-                batch = self._batch(self.step)
-                t1 = time.perf_counter()
-                with amp:
-                    losses = self.objective(batch.context, batch.context_angle, batch.targets, batch.deltas)
-                self.opt.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                self.opt.step()
-                self.sched.step()
-                m = self.ema.update(self.model.encoder, self.step, cfg.optim.steps)
-                self.step += 1
-                t2 = time.perf_counter()
-                t_render += t1 - t0
-                t_total += t2 - t0
-                if not all(torch.isfinite(v) for v in losses.values()):
-                    raise XrayWorldModelError(f"loss became non-finite at step {self.step}: "
-                                              f"{ {k: float(v) for k, v in losses.items()} }")
-                last = self._mean_over_ranks({k: float(v.detach()) for k, v in losses.items()})
-                if main and (self.step % cfg.run.log_every == 0 or self.step == cfg.optim.steps):
-                    rec = {"step": self.step, "lr": self.sched.get_last_lr()[0], "ema_momentum": m,
-                           "grad_norm": float(gnorm), **{f"loss_{k}": v for k, v in last.items()},
-                           "samples_per_s": cfg.optim.batch_size * cfg.run.log_every / max(t_total, 1e-9)
-                           if self.step % cfg.run.log_every == 0 else None,
-                           "render_fraction": t_render / max(t_total, 1e-9)}
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    if tb is not None:
-                        for k, v in last.items():
-                            tb.add_scalar(f"loss/{k}", v, self.step)
+                last, gnorm, m, dt_render, dt_total = self._train_step(amp)
+                t_render += dt_render
+                t_total += dt_total
+                if self.rank == 0 and (self.step % cfg.run.log_every == 0
+                                       or self.step == cfg.optim.steps):
+                    out.record(self._loss_record(last, gnorm, m, t_render, t_total))
+                    out.scalars(last, self.step)
                     t_render = t_total = 0.0
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last['total']:.4f}")
-                done = self.step == cfg.optim.steps
-                val_due = cfg.run.val_every and (self.step % cfg.run.val_every == 0 or done)
-                ckpt_due = cfg.run.checkpoint_every and (self.step % cfg.run.checkpoint_every == 0 or done)
-                metrics = {}
-                if main and (val_due or ckpt_due):
-                    if val_due:
-                        metrics = self.validate()
-                        if metrics:
-                            log.write(json.dumps({"step": self.step, "validation": metrics}) + "\n")
-                            log.flush()
-                    if ckpt_due:
-                        score = _score(metrics)
-                        is_best = score is not None and score > self.best
-                        if is_best:
-                            self.best = score
-                        self._save(metrics, is_best)
-                if self.world > 1 and (val_due or ckpt_due):
-                    dist.barrier()
+                out.progress(last["total"])
+                self._validate_and_save(out)
             if self.world > 1:   # proof that every rank stepped, in rank 0's log
                 steps = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
                 dist.all_gather(steps, torch.tensor([self.step]))
-                if main:
-                    log.write(json.dumps({"event": "done", "world_size": self.world,
-                                          "rank_steps": [int(t) for t in steps]}) + "\n")
+                out.record({"event": "done", "world_size": self.world,
+                            "rank_steps": [int(t) for t in steps]})
         finally:
-            if bar is not None:
-                bar.close()
-            if log is not None:
-                log.close()
-            if tb is not None:
-                tb.close()
+            out.close()
         return last
 
 
@@ -340,8 +334,9 @@ def _score(metrics: Dict) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None) -> Dict:
-    trainer = Trainer(cfg, resume, progress)
+def train(cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None,
+          on_log: Optional[Callable[[Dict], None]] = None) -> Dict:
+    trainer = Trainer(cfg, resume, progress, on_log)
     try:
         result = trainer.fit()
         if dist.is_initialized():
