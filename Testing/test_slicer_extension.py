@@ -121,12 +121,6 @@ def test_module_classes_and_metadata():
     assert "runTest" in tests and any(t.startswith("test_") for t in tests)
 
 
-def test_dependencies_installed_through_pytorch_utils_and_pip_ensure():
-    text = MODULE_FILE.read_text()
-    assert "PyTorchUtils" in text and "installTorch" in text
-    assert "pip_ensure" in text and "slicer.util.pip_install" in text
-
-
 # ----------------------------------------------------------------------------- UI file
 def _ui():
     return ET.parse(UI_FILE).getroot()

@@ -10,6 +10,7 @@ Nothing heavy is imported here at module load: torch, MONAI, numba and the XrayW
 package are imported (and installed on first use) only when the user asks for work.
 """
 import functools
+import importlib
 import logging
 import os
 import shutil
@@ -589,18 +590,20 @@ class Xray2XrayLogic(ScriptedLoadableModuleLogic):
 
     def ensureDependencies(self, torch: bool = True, askConfirmation: bool = True) -> bool:
         """Install what the package needs on first use (never at import): torch through the
-        PyTorch extension, the rest through ``slicer.packaging.pip_ensure`` (or
-        ``slicer.util.pip_install`` on older Slicer). Returns False if the user declined."""
+        PyTorch extension, the rest through Slicer's ``pip_ensure`` (``slicer.pydeps`` from
+        5.11, ``slicer.packaging`` before it was renamed) or ``slicer.util.pip_install`` on
+        older Slicer. Like ``pip_ensure``, a declined installation raises RuntimeError; the
+        return value is True once everything is in place."""
         if self._dependenciesChecked:
             return True
-        if torch and not self._ensureTorch(askConfirmation):
-            return False
+        if torch:
+            self._ensureTorch(askConfirmation)
         self._ensurePipRequirements()
         self._dependenciesChecked = True
         return True
 
     @staticmethod
-    def _ensureTorch(askConfirmation: bool = True) -> bool:
+    def _ensureTorch(askConfirmation: bool = True) -> None:
         try:
             import PyTorchUtils
         except ModuleNotFoundError:
@@ -608,27 +611,38 @@ class Xray2XrayLogic(ScriptedLoadableModuleLogic):
                                  "the Extensions Manager and restart Slicer."))
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if torchLogic.torchInstalled():
-            return True
+            return
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
                 _("Xray2Xray needs PyTorch. Download and install it now? This can take several "
                   "minutes."), _("Install PyTorch")):
-            return False
+            raise RuntimeError(_("PyTorch installation was declined; Xray2Xray cannot run "
+                                 "without it."))
         torchModule = torchLogic.installTorch(askConfirmation=False,
                                               torchVersionRequirement=TORCH_REQUIREMENT)
         if torchModule is None:
             raise RuntimeError(_("PyTorch could not be installed."))
-        return True
+
+    @staticmethod
+    def _pipEnsureModule():
+        """Slicer's module providing ``pip_ensure``, or None on Slicer before 5.10."""
+        for name in ("slicer.pydeps", "slicer.packaging"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "pip_ensure"):
+                return module
+        return None
 
     def _ensurePipRequirements(self) -> None:
         path = self.requirementsPath()
-        try:
-            import slicer.packaging as packaging
-        except ImportError:
-            packaging = None
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(packaging.load_requirements(path), requester="Xray2Xray")
+        deps = self._pipEnsureModule()
+        if deps is not None:
+            # skip_in_testing=False: the self-test needs the packages it then imports.
+            deps.pip_ensure(deps.load_requirements(path), requester="Xray2Xray",
+                            skip_in_testing=False)
             return
-        if self._missingRequirements(path):   # Slicer before slicer.packaging
+        if self._missingRequirements(path):   # Slicer before pip_ensure existed
             slicer.util.pip_install(["-r", path])
 
     @staticmethod
