@@ -220,3 +220,62 @@ def test_reconstruction_uses_the_prior_it_is_given(tiny):
     assert inside.mean() > 0.5
     np.testing.assert_allclose(with_prior.array[inside], expected[inside], atol=0.5)
     assert np.abs(with_prior.array - without.array)[inside].mean() > 20.0
+
+
+# ------------------------------------------------------------------- evaluation metrics
+class LookupModel(torch.nn.Module):
+    """A stand-in world model whose prediction is chosen by the test: the truth itself, or
+    one fixed image per target angle. It has one parameter so scoring can find its device."""
+
+    def __init__(self, views_by_angle):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.views_by_angle = views_by_angle          # angle -> [N, H, W] or [H, W]
+
+    def predict_view(self, ctx, a0, at):
+        out = []
+        for n, angle in enumerate(at.tolist()):
+            v = np.asarray(self.views_by_angle[round(angle, 6)])
+            out.append(v[n] if v.ndim == 3 else v)
+        return torch.from_numpy(np.stack(out)[:, None].astype(np.float32))
+
+
+TARGETS = [90.0, 45.0]
+
+
+def _sources(tmp_path):
+    """The same three phantoms as a CT view source and as a DRR-stack view source."""
+    from XrayWorldModel.data import DRRStackSet, RenderedViewSet
+    from XrayWorldModel.io.drr_stack import write_drr_stack
+    from XrayWorldModel.data import ViewSampling
+    s = ViewSampling(image_size=32, field_of_view_mm=400.0)
+    vols = [_centred_chest(seed) for seed in (11, 12, 13)]
+    stack_angles = [0.0, 45.0, 90.0, 180.0]
+    for k, vol in enumerate(vols):
+        geometry = s.geometry(stack_angles, 0.0, (0.0, 0.0, 0.0))
+        drrs = DRRRenderer(vol, "fast", "cpu", s.mu_water).render(geometry)
+        write_drr_stack(drrs, geometry, tmp_path / f"case{k}.nii.gz")
+    return {"ct": RenderedViewSet(vols, s, "cpu"), "stacks": DRRStackSet(str(tmp_path), s)}
+
+
+@pytest.mark.parametrize("kind", ["ct", "stacks"])
+def test_scoring_gives_the_truth_infinite_psnr_and_the_mean_view_its_own_row(tmp_path, kind):
+    """eval-views' numbers: a model that returns the true view scores PSNR = inf and SSIM = 1;
+    a model that returns the mean view scores exactly the mean-view baseline's row."""
+    from XrayWorldModel.train.evaluate import score_views
+    source = _sources(tmp_path)[kind]
+    true = source.true_views(0.0, TARGETS)
+    mean = source.mean_views(TARGETS, 16)
+    truth = LookupModel({round(float(a), 6): true.views[:, t + 1]
+                         for t, a in enumerate(true.angles[0, 1:])})
+    perfect = score_views(truth, source, TARGETS, mean)
+    for angle in TARGETS:
+        row = perfect[f"{angle:g}"]
+        assert row["world_model_psnr"] == float("inf") and row["world_model_ssim"] == pytest.approx(1.0)
+        assert np.isfinite(row["mean_view_psnr"]) and row["mean_view_ssim"] < 0.999
+    as_mean = score_views(LookupModel({round(a, 6): mean[a] for a in TARGETS}), source, TARGETS, mean)
+    for angle in TARGETS:
+        row = as_mean[f"{angle:g}"]
+        assert row["world_model_psnr"] == row["mean_view_psnr"]
+        assert row["world_model_ssim"] == row["mean_view_ssim"]
+        assert row["copy_input_psnr"] != row["mean_view_psnr"]

@@ -67,11 +67,18 @@ def _node_count(scene) -> int:
     return scene.GetNumberOfNodes()
 
 
-@pytest.fixture(scope="module")
-def real_ct(shared_data):
-    """The real CT as a node in a scene with a subject hierarchy (patient > study > CT), and
-    its DRR sequence at 0 and 90 deg (default detector: 256x256, 1.6 mm; SDD 1800, SOD 1500)."""
-    path = shared_data / "chest_ct.nii.gz"
+@pytest.fixture(scope="module", params=["phantom", "real"])
+def real_ct(request, tmp_path_factory):
+    """A CT as a node in a scene with a subject hierarchy (patient > study > CT), and its DRR
+    sequence at 0 and 90 deg (default detector: 256x256, 1.6 mm; SDD 1800, SOD 1500): a
+    procedural phantom written to NIfTI (always, so a fresh clone runs the placement tests),
+    and the real CT when ../shared/data is present."""
+    if request.param == "real":
+        path = request.getfixturevalue("shared_data") / "chest_ct.nii.gz"
+    else:
+        from XrayWorldModel.io import write_volume
+        path = write_volume(_phantom(seed=4, shape=(64, 60, 48), spacing=(6.0, 6.5, 7.5)),
+                            tmp_path_factory.mktemp("phantom-ct") / "phantom.nii.gz")
     scene = _new_scene()
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     logic = Xray2XrayCoreLogic(scene)
@@ -79,7 +86,8 @@ def real_ct(shared_data):
     study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient"), "Chest CT study")
     sh.CreateItem(study, ct)
     seq = logic.generateDRRs(ct, [0, 90])
-    yield dict(path=path, scene=scene, logic=logic, ct=ct, seq=seq, sh=sh, study=study)
+    yield dict(path=path, scene=scene, logic=logic, ct=ct, seq=seq, sh=sh, study=study,
+               kind=request.param)
     scene.Clear(1)
 
 
@@ -88,7 +96,8 @@ def test_real_ct_node_has_true_geometry(real_ct):
     from XrayWorldModel.io import read_ct
     vol = read_ct(real_ct["path"])
     ct = real_ct["ct"]
-    assert ct.GetImageData().GetDimensions() == (512, 512, 133)
+    assert ct.GetImageData().GetDimensions() == ((512, 512, 133) if real_ct["kind"] == "real"
+                                                 else (64, 60, 48))
     np.testing.assert_allclose(conv.ijkToRas(ct), conv.LPS_TO_RAS @ vol.affine, atol=1e-9)
     np.testing.assert_allclose(ct.GetSpacing(), vol.spacing, rtol=1e-6)
     # first voxel: LPS x, y negated in RAS
@@ -879,23 +888,8 @@ def test_cli_error_and_progress_lines():
 
 # ----------------------------------------------------------------------------- the module's logic
 def _module_file(monkeypatch):
-    """Xray2Xray.py imported on slicer-core, with stand-ins for what only Slicer has: qt, the
-    scripted-module base classes and the parameter-node wrapper."""
-    qt = types.ModuleType("qt")
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
-                 "ScriptedLoadableModuleTest", "ScriptedLoadableModuleLogic"):
-        setattr(scripted, name, type(name, (), {"__init__": lambda self, parent=None: None}))
-    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-    wrapper.parameterNodeWrapper = lambda cls: cls
-    wrapper.Choice = wrapper.WithinRange = lambda *args: None
-    for name, module in (("qt", qt), ("slicer.ScriptedLoadableModule", scripted),
-                         ("slicer.parameterNodeWrapper", wrapper)):
-        monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location("Xray2Xray", MODULE_DIR / "Xray2Xray.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from slicer_module import load_module_file
+    return load_module_file(monkeypatch)
 
 
 def _readme_console_methods():

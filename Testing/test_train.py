@@ -28,7 +28,7 @@ TINY = {
     "views": {"image_size": 32, "field_of_view_mm": 400.0, "targets_per_context": 2,
               "tilt_max_deg": 2.0, "shift_max_mm": 3.0, "intensity_jitter": 0.05, "noise_std": 0.01},
     "optim": {"batch_size": 4, "steps": 6, "lr": 1e-3, "warmup_steps": 2},
-    "run": {"seed": 3, "deterministic": True, "log_every": 1, "val_every": 0,
+    "run": {"seed": 3, "deterministic": True, "device": "cpu", "log_every": 1, "val_every": 0,
             "checkpoint_every": 3, "keep_last": 5, "val_angles": [90.0]},
 }
 
@@ -52,6 +52,14 @@ def _env(tmp_path):
 def _cli(args, tmp_path, **kw):
     return subprocess.run([sys.executable, "-m", "XrayWorldModel", *args], cwd=tmp_path,
                           env=_env(tmp_path), capture_output=True, text=True, **kw)
+
+
+def _free_port() -> int:
+    """A port nothing listens on now, so parallel runs of the suite do not collide."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _weights(run_dir, step):
@@ -119,8 +127,9 @@ def test_checkpoint_round_trip_pruning_and_tamper_detection(tmp_path):
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
     """Kill training with SIGKILL after its first checkpoint, resume, and get bit-identical
-    final weights to an uninterrupted run (CPU, deterministic mode)."""
-    cfg = _config(tmp_path, optim={"steps": 40}, run={"checkpoint_every": 10})
+    final weights to an uninterrupted run (CPU, deterministic mode). Dropout draws from
+    torch's RNG, so resume must restore that state too."""
+    cfg = _config(tmp_path, model={"dropout": 0.1}, optim={"steps": 40}, run={"checkpoint_every": 10})
     full = _cli(["train", "--config", str(cfg), "run.out_dir=full"], tmp_path, timeout=600)
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, "-m", "XrayWorldModel", "train", "--config", str(cfg),
@@ -150,7 +159,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     cfg = _config(tmp_path, optim={"steps": 3}, run={"checkpoint_every": 3})
     single = _cli(["train", "--config", str(cfg), "run.out_dir=single"], tmp_path, timeout=600)
     assert single.returncode == 0, single.stderr
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29531", "-m",
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
                         "XrayWorldModel.train", "--config", str(cfg), "run.out_dir=ddp"],
                        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -134,6 +134,8 @@ class Trainer:
             raise InputError(f"optim.batch_size ({cfg.optim.batch_size}) must be divisible by "
                              f"the number of ranks ({self.world})")
         if cfg.run.deterministic:
+            if self.device.type == "cuda":   # cuBLAS is only deterministic with a fixed workspace
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.run.seed)
         self.out = Path(cfg.run.out_dir)
