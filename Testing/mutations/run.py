@@ -6,6 +6,8 @@ repository, run the tests named for it, and print whether the suite caught it.
     python Testing/mutations/run.py --list       # the catalogue, nothing run
 
 Exit status 0 only when every mutation was caught and every anchor was found exactly once.
+The tests named for a mutation are first run on the unmutated copy; if they fail there, the
+mutation is reported as such, not as caught.
 An anchor that is missing or ambiguous (the code moved) is reported as such, never as
 caught. The checkout itself is never modified.
 """
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -63,8 +65,11 @@ def run_tests(scratch: Path, tests: List[str], timeout: float) -> int:
         return -1
 
 
-def check(m: Mutation, scratch: Path, timeout: float) -> str:
-    """Apply ``m`` in ``scratch``, run its tests, restore the file; returns the verdict."""
+def check(m: Mutation, scratch: Path, timeout: float, baseline: Dict[tuple, int]) -> str:
+    """Apply ``m`` in ``scratch``, run its tests, restore the file; returns the verdict.
+
+    The named tests must pass on the unmutated copy first (``baseline`` caches that per test
+    set), or a failure would prove nothing about the mutation."""
     path = scratch / m.file
     if not path.is_file():
         return "file missing"
@@ -72,6 +77,10 @@ def check(m: Mutation, scratch: Path, timeout: float) -> str:
     count = original.count(m.anchor)
     if count != 1:
         return "anchor missing" if count == 0 else f"anchor ambiguous ({count}x)"
+    if m.tests not in baseline:
+        baseline[m.tests] = run_tests(scratch, list(m.tests), timeout)
+    if baseline[m.tests] != 0:
+        return f"tests fail without the mutation (pytest exit {baseline[m.tests]})"
     path.write_text(original.replace(m.anchor, m.replacement), encoding="utf-8")
     try:
         rc = run_tests(scratch, list(m.tests), timeout)
@@ -98,13 +107,13 @@ def main(argv=None) -> int:
         for m in chosen:
             print(f"{m.id:28s} {m.file}  [{', '.join(m.tests)}]\n    {m.invariant}")
         return 0
-    rows, ok = [], True
+    rows, ok, baseline = [], True, {}
     with tempfile.TemporaryDirectory(prefix="xray2xray-mutants-") as tmp:
         scratch = Path(tmp)
         make_scratch(REPO, scratch)
         for m in chosen:
             t0 = time.perf_counter()
-            verdict = check(m, scratch, args.timeout)
+            verdict = check(m, scratch, args.timeout, baseline)
             ok &= verdict == "caught"
             rows.append((m.id, m.file, verdict, time.perf_counter() - t0))
             print(f"{m.id}: {verdict} ({rows[-1][3]:.0f} s)", file=sys.stderr, flush=True)
