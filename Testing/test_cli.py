@@ -383,3 +383,103 @@ def test_train_module_entry_point_reports_like_the_cli(tmp_path):
     res = subprocess.run([sys.executable, "-m", "XrayWorldModel.train"], capture_output=True,
                          text=True, cwd=tmp_path, env=_env(), timeout=120)
     assert res.returncode == 2 and "xray2xray train: error:" in res.stderr
+
+
+# ------------------------------------------------------------------------------ progress
+def test_line_progress_prints_at_most_one_line_per_interval(capsys):
+    from XrayWorldModel.console import LineProgress
+    now = [0.0]
+    bar = LineProgress(total=100, desc="DRR (fast)", unit="view", interval=5.0,
+                       clock=lambda: now[0])
+    for _ in range(100):
+        now[0] += 0.25                                   # 4 views/s, 25 s in all
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 6, lines                        # every 5 s, then the closing line
+    assert lines[0] == "xray2xray: DRR (fast) 20/100 views (20%), 4 views/s, ETA 20 s"
+    assert lines[-1] == "xray2xray: DRR (fast) 100/100 views (100%), done in 25 s"
+    quick = LineProgress(range(3), desc="CTs", unit="CT", clock=lambda: 0.0)
+    assert list(quick) == [0, 1, 2]
+    assert capsys.readouterr().err == ""                 # short work prints nothing
+
+
+def test_progress_modes(monkeypatch, capsys):
+    from XrayWorldModel import console
+    monkeypatch.setattr(console.sys.stderr, "isatty", lambda: False, raising=False)
+    assert console.show_progress() == console.LINES
+    assert console.show_progress(quiet=True) == console.QUIET
+    monkeypatch.setattr(console.sys.stderr, "isatty", lambda: True, raising=False)
+    assert console.show_progress() == console.BAR
+    assert isinstance(console.progress_bar(range(2), console.LINES), console.LineProgress)
+    assert list(console.progress_bar(range(2), console.QUIET)) == [0, 1]
+    assert list(console.progress_bar(range(2), False)) == [0, 1]
+    assert capsys.readouterr().err == ""
+    assert console.format_duration(3725) == "1 h 02 min"
+    assert console.format_duration(65) == "1 min 05 s"
+
+
+def test_quiet_drr_prints_no_progress(work):
+    res = ok(run_cli("drr", work / "ct_a.nii.gz", "phantom:chest:2", "--out", work / "quiet",
+                     "--angles", "0", *SMALL, "--quiet"))
+    assert res.stderr == "" and "wrote 2 DRR stacks" in res.stdout
+
+
+# ------------------------------------------------------------------------------ --out kinds
+def test_drr_out_kinds(work, tmp_path):
+    """drr's --out: a .nii/.nii.gz stack file, a folder, or a plain name (.nii.gz appended);
+    never a file of another kind; and the check creates nothing."""
+    from XrayWorldModel.drr.batch import plan_batch
+    from XrayWorldModel.errors import InputError
+    ct = str(work / "ct_a.nii.gz")
+    assert plan_batch([ct], tmp_path / "s.nii").targets == [tmp_path / "s.nii"]
+    assert plan_batch([ct], tmp_path / "new" / "sweep_1.5mm").targets == [
+        tmp_path / "new" / "sweep_1.5mm.nii.gz"]
+    assert plan_batch([ct], tmp_path).targets == [tmp_path / "ct_a.nii.gz"]
+    (tmp_path / "notes.txt").write_text("x")
+    for out, phrase in ((tmp_path / "notes.txt", "neither a folder nor a DRR stack"),
+                        (tmp_path / "x.mha", "not a .mha file"),
+                        (tmp_path / "notes.txt" / "x.nii.gz", "is a file")):
+        with pytest.raises(InputError, match=phrase):
+            plan_batch([ct], out)
+    with pytest.raises(InputError, match="several inputs --out names a folder"):
+        plan_batch([ct, "phantom:chest"], tmp_path / "both.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_output_checks_honour_a_read_only_folder(tmp_path):
+    from XrayWorldModel.errors import InputError
+    from XrayWorldModel.fileutil import check_output_file, check_output_folder
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(InputError, match="read-only"):
+            check_output_folder(ro)
+        with pytest.raises(InputError, match="ro is read-only"):
+            check_output_folder(ro / "a" / "b")
+        with pytest.raises(InputError, match="read-only"):
+            check_output_file(ro / "x.json")
+    finally:
+        ro.chmod(0o755)
+    assert check_output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(InputError, match="names a volume ending in .nii"):
+        check_output_file(tmp_path / "v.txt", suffixes=(".nii",), what="volume")
+
+
+def test_study_log_in_a_pipe_keeps_stages_and_thins_step_lines(monkeypatch, capsys):
+    from XrayWorldModel.console import BAR, LINES, QUIET
+    from XrayWorldModel.study import cli as study_cli
+    now = [0.0]
+    monkeypatch.setattr("XrayWorldModel.console.time.monotonic", lambda: now[0])
+    log = study_cli.study_log(LINES)
+    for k in range(1, 21):
+        now[0] += 1.0
+        log(f"  mae: step {k}/20 loss 0.5")
+    log("study [2/6] baselines")
+    assert capsys.readouterr().err.splitlines() == [
+        f"mae: step {k}/20 loss 0.5" for k in (5, 10, 15, 20)] + ["study [2/6] baselines"]
+    study_cli.study_log(QUIET)("study [1/6] cohort")
+    study_cli.study_log(BAR)("  mae: step 1/20 loss 0.5")
+    assert capsys.readouterr().err.splitlines() == ["mae: step 1/20 loss 0.5"]

@@ -314,7 +314,8 @@ def test_dicom_picks_largest_series_and_says_which(two_series, hu_big, caplog):
     np.testing.assert_array_equal(vol.array, hu_big)
     assert vol.metadata["series_uid"] == big and vol.metadata["other_series"] == [small]
     msg = str(rec[0].message)
-    assert big in msg and small in msg and "series_uid=" in msg and "5 files" in msg
+    assert big in msg and small in msg and "5 files" in msg
+    assert "folder that holds only that series" in msg and "series_uid" not in msg
     assert any(big in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
 
@@ -548,7 +549,7 @@ def test_ct_volume_given_to_read_cxr(tmp_path):
     path = write_volume(Volume(np.zeros((8, 9, 10), np.int16), np.eye(4)), tmp_path / "ct.nii.gz")
     with pytest.raises(errors.NotARadiographError) as ei:
         read_cxr(path)
-    assert_input_error(ei, path, "3D volume", "read_ct")
+    assert_input_error(ei, path, "3D volume", "`xray2xray drr`")
 
 
 def test_ct_dicom_slice_given_to_read_cxr(tmp_path):
@@ -557,7 +558,8 @@ def test_ct_dicom_slice_given_to_read_cxr(tmp_path):
     path = folder / "axial_000.dcm"
     with pytest.raises(errors.NotARadiographError) as ei:
         read_cxr(path)
-    assert_input_error(ei, path, "Modality is CT", "read_ct")
+    assert_input_error(ei, path, "a single CT slice", "give the folder of the whole series")
+    assert "read_ct" not in str(ei.value)
 
 
 def test_folder_given_to_read_cxr(tmp_path):
@@ -787,3 +789,38 @@ def test_radiograph_plausibility_screen():
     assert "blank" in implausibility(Radiograph(np.zeros((64, 64)), (1, 1)))
     assert "noise" in implausibility(Radiograph(rng.random((300, 300)), (1, 1)))
     assert "colour" in implausibility(Radiograph(smooth, (1, 1), metadata={"chroma": 0.3}))
+
+
+def test_read_cxr_check_refuses_before_its_warnings(tmp_path):
+    """`read_cxr(..., check=True)`: an image that cannot be a radiograph is refused with the
+    one error, not after a warning about its missing spacing; a good one keeps the warning."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / "noise.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(errors.NotARadiographError, match="noise"):
+            read_cxr(tmp_path / "noise.png", check=True)
+    assert caught == []
+    r, c = np.mgrid[0:64, 0:64]
+    Image.fromarray(((r + c) * 2).astype(np.uint8)).save(tmp_path / "smooth.png")
+    with pytest.warns(DefaultSpacingWarning):
+        read_cxr(tmp_path / "smooth.png", check=True)
+
+
+def test_itk_failures_print_no_raw_library_lines(tmp_path, capfd):
+    """MetaIO prints its parse errors straight to stdout, and ITK's messages carry source
+    paths and object addresses: neither reaches the user."""
+    path = write_volume(Volume(np.zeros((8, 9, 10), np.int16), np.eye(4)), tmp_path / "v.mha",
+                        compress=False)
+    cut = tmp_path / "cut.mha"
+    raw = path.read_bytes()
+    cut.write_bytes(raw[: raw.index(b"DimSize")])      # MetaIO: "DimSize required and not defined"
+    for reader in (read_ct, read_cxr):
+        with pytest.raises(errors.UnreadableFileError) as ei:
+            reader(cut)
+        assert_input_error(ei, cut, "header")
+        for raw in ("ITK", "0x", ".cxx", "MetaImage"):
+            assert raw not in str(ei.value), str(ei.value)
+    assert capfd.readouterr() == ("", "")
+    print("still printing")
+    assert capfd.readouterr().out == "still printing\n"

@@ -106,3 +106,86 @@ def test_fdk_of_real_ct_correlates_with_the_ct(shared_data):
     r = np.corrcoef(rec.array[:, :, ks][m], mu[:, :, ks][m])[0, 1]
     print(f"FDK vs CT Pearson r = {r:.4f} over {m.sum()} voxels")
     assert r >= 0.95, r
+
+
+# ------------------------------------------------------------------ the default field of view
+def _readme_geometry(angle_step):
+    """The geometry of the README's `xray2xray drr chest3.nii.gz --angle-range 0 360 2`
+    (default detector, distances), with another angular step."""
+    from XrayWorldModel.cli import build_parser
+    from XrayWorldModel.drr.cli import build_geometry
+    args = build_parser().parse_args(["drr", "chest3.nii.gz", "--out", "sweep.nii.gz",
+                                      "--angle-range", "0", "360", str(angle_step)])
+    return build_geometry(args)
+
+
+def _body_box(ct, hu=-500.0):
+    pts = ct.index_to_lps(np.argwhere(ct.array > hu))
+    return pts.min(axis=0), pts.max(axis=0)
+
+
+def test_readme_recon_covers_the_whole_phantom():
+    """`phantom --seed 3` (358 mm across), its DRR sweep and `recon --size 128`: the default
+    grid covers the whole body; the old inscribed field of view (216 mm) cut the chest wall."""
+    import warnings
+    from XrayWorldModel.phantom import procedural_chest
+    ct = procedural_chest(seed=3)
+    assert ct.shape[0] * ct.spacing[0] == pytest.approx(358.4)
+    g = _readme_geometry(10).resolve(ct)
+    proj = DRRRenderer(ct).render(g)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec = fdk(proj, g, shape=(48, 48, 48))
+    assert not [w for w in caught if "crops" in str(w.message)]   # the default grid: no crop
+    lo, hi = _body_box(ct)
+    corners = rec.corners()
+    assert np.all(corners.min(axis=0) <= lo) and np.all(corners.max(axis=0) >= hi), (
+        corners.min(axis=0), corners.max(axis=0), lo, hi)
+    old = default_grid(g, (48, 48, 48)).corners()
+    assert old.max(axis=0)[0] < hi[0]           # what the README example used to crop
+    # the chest wall is there: tissue just inside both sides of the body, at mid-height
+    mu = rec.array
+    for x in (lo[0] + 15.0, hi[0] - 15.0):
+        i = np.rint(rec.lps_to_index([x, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2])).astype(int)
+        assert mu[tuple(i)] > 0.5 * 0.02, (x, mu[tuple(i)])
+
+
+def test_a_user_grid_that_crops_the_object_is_warned_about():
+    ph = default_ellipsoid_phantom()
+    g = ProjectionGeometry.from_range(0, 360, 10, detector_shape=(64, 64), pixel_spacing=(6.0, 6.0),
+                                      isocenter=(0.0, 0.0, 0.0))
+    proj = ph.project(g)
+    with pytest.warns(UserWarning, match="crops the object"):
+        fdk(proj, g, shape=(16, 16, 16), spacing=5.0)            # 80 mm
+    from XrayWorldModel.recon import support_extent
+    radius, half_h = support_extent(proj, g)
+    big = 2.2 * max(radius, half_h) / 16
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fdk(proj, g, shape=(16, 16, 16), spacing=big)
+    assert not [w for w in caught if "crops" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_readme_recon_commands_cover_the_phantom(tmp_path):
+    """The README's three commands as written, through the command line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from XrayWorldModel.io import read_ct
+    repo = Path(__file__).resolve().parents[1]
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "XrayWorldModel", *args], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=900,
+                           env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+        assert r.returncode == 0, r.stderr
+        return r
+    cli("phantom", "--kind", "chest", "--seed", "3", "--out", "chest3.nii.gz")
+    cli("drr", "chest3.nii.gz", "--out", "sweep.nii.gz", "--angle-range", "0", "360", "2")
+    r = cli("recon", "sweep.nii.gz", "--out", "recon.nii.gz", "--size", "128")
+    assert "warning" not in r.stderr
+    lo, hi = _body_box(read_ct(tmp_path / "chest3.nii.gz"))
+    corners = read_ct(tmp_path / "recon.nii.gz").corners()
+    assert np.all(corners.min(axis=0) <= lo) and np.all(corners.max(axis=0) >= hi)

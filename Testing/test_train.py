@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,14 @@ def _free_port() -> int:
 
 def _weights(run_dir, step):
     return load_file(str(Path(run_dir) / "checkpoints" / f"step-{step:07d}.safetensors"))
+
+
+def _assert_same_weights(run_a, run_b, step):
+    """Bit-identical weights of two runs' step checkpoints."""
+    a, b = _weights(run_a, step), _weights(run_b, step)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 # ---------------------------------------------------------------- config
@@ -145,10 +154,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert not (tmp_path / "killed" / "checkpoints" / "step-0000040.json").exists()
     resumed = _cli(["train", "--config", str(cfg), "run.out_dir=killed", "--resume"], tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    a, b = _weights(tmp_path / "full", 40), _weights(tmp_path / "killed", 40)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _assert_same_weights(tmp_path / "full", tmp_path / "killed", 40)
 
 
 @pytest.mark.slow
@@ -246,3 +252,162 @@ def test_eval_views_prints_model_and_baselines(tmp_path):
             assert np.isfinite(row[f"{name}_psnr"]) and -1 <= row[f"{name}_ssim"] <= 1
     r = _cli(["eval-views", "--model", "nothere", "--data", "phantom:1"], tmp_path)
     assert r.returncode == 2 and "no such checkpoint" in r.stderr
+
+
+# ---------------------------------------------------------------- interrupts, progress, resume
+
+def _wait_for_step(metrics: Path, proc, step: int, timeout: float = 300) -> None:
+    """Wait until ``metrics.jsonl`` records ``step`` (the run is inside its training loop)."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.exists():
+            steps = [json.loads(line).get("step", 0) for line in
+                     metrics.read_text().splitlines() if line.endswith("}")]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"training never reached step {step} (exit {proc.poll()})")
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_the_current_step_and_resume_is_exact(tmp_path):
+    """A real SIGINT to a real `xray2xray train` process: it finishes the step, writes a
+    checkpoint at that step, exits 130; --resume continues from it and the weights after the
+    remaining steps equal an uninterrupted run's (CPU, deterministic mode)."""
+    cfg = _config(tmp_path, optim={"steps": 60}, run={"checkpoint_every": 1000})
+    full = _cli(["train", "--config", str(cfg), "run.out_dir=full"], tmp_path, timeout=600)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "XrayWorldModel", "train", "--config", str(cfg),
+                             "run.out_dir=cut"], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(tmp_path / "cut" / "metrics.jsonl", proc, 5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    cards = sorted((tmp_path / "cut" / "checkpoints").glob("step-*.json"))
+    assert len(cards) == 1, cards                      # no periodic checkpoint was due
+    step = json.loads(cards[0].read_text())["step"]
+    assert 5 <= step < 60
+    last = json.loads((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last == {"step": step, "event": "interrupted", "signal": "SIGINT"}
+    assert f"stopped by SIGINT at step {step} of 60" in err and "--resume" in err
+    resumed = _cli(["train", "--config", str(cfg), "run.out_dir=cut", "--resume"], tmp_path,
+                   timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming cut from step {step} of 60" in resumed.stderr
+    _assert_same_weights(tmp_path / "full", tmp_path / "cut", 60)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    cfg = _config(tmp_path, optim={"steps": 400}, run={"checkpoint_every": 1000})
+    proc = subprocess.Popen([sys.executable, "-m", "XrayWorldModel.train", "--config", str(cfg),
+                             "run.out_dir=x", "--quiet"], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(tmp_path / "x" / "metrics.jsonl", proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1].startswith("xray2xray: training stopped by SIGTERM at step ")
+    step = json.loads(sorted((tmp_path / "x" / "checkpoints").glob("step-*.json"))[-1]
+                      .read_text())["step"]
+    assert 2 <= step < 400
+    load_checkpoint(tmp_path / "x", with_state=True)   # whole, and its SHA256 checks out
+
+
+def test_stop_on_signal_defers_the_first_signal_only():
+    from XrayWorldModel.train.trainer import StopOnSignal
+    before = signal.getsignal(signal.SIGINT)
+    with StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signum == signal.SIGINT              # noted, not raised
+        with pytest.raises(KeyboardInterrupt):           # a second Ctrl-C acts at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_thirty_steps_print_progress_lines_into_a_pipe(tmp_path):
+    cfg = _config(tmp_path, optim={"steps": 30}, run={"checkpoint_every": 30, "log_every": 5})
+    r = _cli(["train", "--config", str(cfg), "run.out_dir=x"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    import re
+    lines = [line for line in r.stderr.splitlines() if line.startswith("xray2xray train: step")]
+    assert len(lines) >= 2, r.stderr                     # the first and the last, at least
+    pattern = (r"xray2xray train: step (\d+)/30, loss \d+\.\d{4}, [\d.e+]+ samples/s, "
+               r"(ETA \d+ s|done in \d+ s)")
+    for line in lines:
+        assert re.fullmatch(pattern, line), line
+    assert lines[0].startswith("xray2xray train: step 5/30") and lines[-1].startswith(
+        "xray2xray train: step 30/30") and "done in" in lines[-1]
+    quiet = _cli(["train", "--config", str(cfg), "run.out_dir=y", "optim.steps=3", "--quiet"],
+                 tmp_path, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "xray2xray train: step" not in quiet.stderr
+
+
+def _recorded_run(tmp_path, steps=30, **run):
+    """A run folder whose checkpoint card records ``steps`` (no training needed)."""
+    out = tmp_path / "run"
+    cfg = load_config(str(_config(tmp_path)), [f"optim.steps={steps}", f"run.out_dir={out}"])
+    for key, value in run.items():
+        setattr(cfg.run, key, value)
+    save_checkpoint(out / "checkpoints", 10, {"w": torch.zeros(1)}, {"config": cfg.to_dict()},
+                    {"x": torch.zeros(1)})
+    return out, cfg
+
+
+def test_resume_keeps_the_recorded_step_budget(tmp_path):
+    from XrayWorldModel.train.preflight import prepare_run
+    out, _ = _recorded_run(tmp_path, steps=30, seed=7)
+    preset = load_config(str(_config(tmp_path)), [f"run.out_dir={out}"])   # steps 6, seed 3
+    plan = prepare_run(preset, [f"run.out_dir={out}"], "auto")
+    assert plan.config.optim.steps == 30 and plan.config.run.seed == 7
+    assert plan.checkpoint.endswith("step-0000010.safetensors") and not plan.done
+    assert plan.notes[0] == f"resuming {out} from step 10 of 30 (step-0000010.safetensors)"
+    assert "optim.steps" in plan.notes[1] and "run.seed" in plan.notes[1]
+    plan = prepare_run(preset, [f"run.out_dir={out}", "optim.steps=60"], "auto")
+    assert plan.config.optim.steps == 60 and plan.config.run.seed == 7
+    plan = prepare_run(load_config(str(_config(tmp_path)), ["optim.steps=10"]),
+                       ["optim.steps=10"], str(out))
+    assert plan.done and "nothing to do" in plan.notes[-1]
+
+
+def test_training_into_an_existing_run_needs_resume(tmp_path):
+    from XrayWorldModel.train.preflight import prepare_run
+    out, cfg = _recorded_run(tmp_path)
+    with pytest.raises(InputError, match="add --resume"):
+        prepare_run(cfg, [], None)
+    empty = load_config(str(_config(tmp_path)), [f"run.out_dir={tmp_path / 'new'}"])
+    plan = prepare_run(empty, [], "auto")
+    assert plan.checkpoint is None and "starting a new run" in plan.notes[0]
+    assert not (tmp_path / "new").exists()             # the check creates nothing
+
+
+def test_config_json_is_never_rewritten_silently(tmp_path):
+    from XrayWorldModel.train.trainer import write_run_config
+    cfg = load_config(str(_config(tmp_path)))
+    write_run_config(tmp_path, cfg)
+    first = (tmp_path / "config.json").read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_run_config(tmp_path, cfg)                  # the same config: no word, no write
+    cfg.optim.steps = 60
+    with pytest.warns(UserWarning, match=r"optim.steps 6 -> 60"):
+        write_run_config(tmp_path, cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["optim"]["steps"] == 60
+    assert first != (tmp_path / "config.json").read_text()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoint_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path, 1, {"a": torch.ones(2)}, {"config": {}}, {"x": torch.ones(1)},
+                        best=True)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert len(modes) == 6 and set(modes.values()) == {0o666 & ~umask}, modes

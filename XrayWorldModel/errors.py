@@ -54,3 +54,14 @@ class NonFiniteDataError(InputError):
 
 class GeometryError(InputError):
     """Projection geometry parameters that cannot describe a real acquisition."""
+
+
+class Interrupted(Exception):
+    """A long run stopped on SIGINT or SIGTERM after saving what it had (for example a
+    training checkpoint at the current step). Not an input error: the command line exits
+    with 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int):
+        self.signum = int(signum)
+        self.exit_status = 128 + self.signum
+        super().__init__(message)

@@ -17,18 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..console import emit_error
-from ..conventions import CT_INPUT_SUFFIXES, MU_WATER
+from ..console import Progress, emit_error, progress_bar
+from ..conventions import CT_INPUT_SUFFIXES, MU_WATER, NIFTI_SUFFIXES
 from ..errors import FileNotFoundInputError, InputError, UnreadableFileError, XrayWorldModelError
-from ..fileutil import sha256_of
+from ..fileutil import check_output_file, check_output_folder, sha256_of
 from ..geometry import ProjectionGeometry
 from ..io import read_ct
 from ..io.drr_stack import sidecar_path, stack_complete, stack_path, write_drr_stack
@@ -197,26 +197,46 @@ class BatchPlan:
         return list(zip(self.sources, self.targets))[self.shard_index::self.num_shards]
 
 
+#: A file-name extension of another format (``.txt``, ``.mha``): letters only, unlike the
+#: dotted parts of plain names (``sweep_1.5mm``, ``drr.v2``), which get ``.nii.gz`` appended.
+_OTHER_FORMAT = re.compile(r"\.[A-Za-z]{1,5}")
+
+
+def single_stack_path(out: Path) -> Path:
+    """The stack file ``--out`` names for one input: a ``.nii``/``.nii.gz`` path as given, a
+    new plain name with ``.nii.gz`` appended; never a file of another kind."""
+    if out.name.lower().endswith(NIFTI_SUFFIXES):
+        return out
+    if out.exists():
+        raise InputError("exists and is neither a folder nor a DRR stack; --out names the "
+                         "stack file (.nii.gz or .nii) or a folder for it", out)
+    if _OTHER_FORMAT.fullmatch(out.suffix):
+        raise InputError(f"--out names the stack file (.nii.gz or .nii) or a folder for it, "
+                         f"not a {out.suffix} file", out)
+    return stack_path(out)
+
+
 def plan_batch(inputs: Sequence[str], out, num_shards: Optional[int] = None,
                shard_index: Optional[int] = None) -> BatchPlan:
-    """Check the inputs exist, name the outputs and create the output folder, so that a bad
-    input or an unwritable output fails now, not after minutes of rendering."""
+    """Check the inputs exist and name the outputs, and that ``out`` is of the right kind (a
+    folder, or for one input a NIfTI stack file) in a place that can be written, so that a
+    bad input or an unwritable output fails now, not after minutes of rendering. Creates
+    nothing: a job that fails leaves no empty folder behind."""
     sources, manifest = expand_inputs(inputs)
     for src in sources:
         src.check_exists()
     many = manifest or len(sources) > 1
     out = Path(out).expanduser()
     names = unique_stems(sources)
-    if many:
-        if out.is_file():
-            raise InputError("exists and is a file; with several inputs --out names a folder", out)
-        targets = [out / f"{name}.nii.gz" for name in names]
-    elif out.is_dir():
-        targets = [out / f"{names[0]}.nii.gz"]
-    else:
-        targets = [stack_path(out)]
     n, i = shard_of(num_shards, shard_index)
-    (out if many else targets[0].parent).mkdir(parents=True, exist_ok=True)
+    if many and out.name.lower().endswith(NIFTI_SUFFIXES) and not out.is_dir():
+        raise InputError("with several inputs --out names a folder (one stack per CT), not a "
+                         "NIfTI file", out)
+    if many or out.is_dir():
+        check_output_folder(out, "--out", "the DRR stacks")
+        targets = [out / f"{name}.nii.gz" for name in (names if many else names[:1])]
+    else:
+        targets = [check_output_file(single_stack_path(out), "--out", what="DRR stack file")]
     return BatchPlan(sources, targets, out, many, n, i)
 
 
@@ -305,13 +325,14 @@ def _todo(plan: BatchPlan, geometry: ProjectionGeometry, settings: RenderSetting
 
 
 def run_batch(plan: BatchPlan, geometry: ProjectionGeometry, settings: RenderSettings,
-              renderer: Renderer, overwrite: bool = False, progress: bool = False) -> BatchResult:
+              renderer: Renderer, overwrite: bool = False, progress: Progress = False) -> BatchResult:
     """Render this shard's stacks that are not complete yet. With one input an error stops
-    the job; with many, a bad CT is reported in one line and counted, and the rest go on."""
+    the job; with many, a bad CT is reported in one line and counted, and the rest go on.
+    ``progress``: a mode of :func:`~XrayWorldModel.console.show_progress` (or a bool)."""
     todo, skipped = _todo(plan, geometry, settings, overwrite)
     result = BatchResult(skipped=skipped)
     shard = (plan.shard_index, plan.num_shards)
-    bar = tqdm(todo, desc="CTs", unit="CT", disable=not (progress and len(todo) > 1))
+    bar = progress_bar(todo, progress if len(todo) > 1 else False, desc="CTs", unit="CT")
     for src, out in bar:
         bar.set_postfix_str(src.stem(), refresh=False)
         try:

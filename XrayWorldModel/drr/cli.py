@@ -21,14 +21,16 @@ def add_drr_parser(subparsers) -> argparse.ArgumentParser:
     d = subparsers.add_parser(
         "drr", help="render DRR stacks from CTs",
         description="Render digitally reconstructed radiographs (line integrals, float32) of "
-        "one or many CTs. One input: --out is the stack file (OUT.nii.gz + OUT.json). Several "
-        "inputs or a manifest: --out is a folder with one stack per CT; finished stacks are "
-        "skipped, so an interrupted job is resumed by running it again.")
+        "one or many CTs. One input: --out is the stack file (OUT.nii.gz + OUT.json) or a "
+        "folder for it. Several inputs or a manifest: --out is a folder with one stack per CT; "
+        "finished stacks are skipped, so an interrupted job is resumed by running it again.")
     d.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="CT file (NIfTI, NRRD, MetaImage) or DICOM folder; several; a .txt/.csv "
                    "manifest (one path per line, relative to the manifest, # comments); or "
                    "phantom:chest, phantom:chest:SEED, phantom:ellipsoid, phantom:N[:FIRST_SEED]")
-    d.add_argument("--out", required=True, help="stack path (one input) or folder (several)")
+    d.add_argument("--out", required=True,
+                   help="one input: the stack file (.nii.gz or .nii; a plain name gets .nii.gz) "
+                   "or a folder for it; several inputs: a folder")
     _geometry_arguments(d)
     d.add_argument("--method", choices=("fast", "exact"), default="fast",
                    help="fast (Joseph, CPU or CUDA; default) or exact (Siddon, CPU reference)")
@@ -46,6 +48,8 @@ def add_drr_parser(subparsers) -> argparse.ArgumentParser:
                    help="this process's shard, 0..N-1: inputs[I::N] (default: $RANK or 0)")
     d.add_argument("--overwrite", action="store_true",
                    help="render again even when a complete stack exists")
+    d.add_argument("--quiet", action="store_true",
+                   help="no progress bars or progress lines (messages and errors only)")
     d.set_defaults(func=cmd_drr)
     return d
 
@@ -85,7 +89,7 @@ class _Renderer:
     """:func:`render_drr` with the settings of the job. The renderers (torch, numba) are
     imported and the device resolved on the first CT that reads well."""
 
-    def __init__(self, settings: batch.RenderSettings, device: str, progress: bool):
+    def __init__(self, settings: batch.RenderSettings, device: str, progress):
         self.settings, self.name, self.progress, self.device = settings, device, progress, None
 
     def _resolve(self):
@@ -116,8 +120,9 @@ def cmd_drr(args) -> int:
         raise InputError(f"--mu-water must be positive, got {args.mu_water}")
     plan = batch.plan_batch(args.inputs, args.out, args.num_shards, args.shard_index)
     settings = batch.RenderSettings(args.method, args.mu_water, args.png, args.dicom)
-    res = batch.run_batch(plan, geometry, settings, _Renderer(settings, args.device, show_progress()),
-                          overwrite=args.overwrite, progress=show_progress())
+    progress = show_progress(args.quiet)
+    res = batch.run_batch(plan, geometry, settings, _Renderer(settings, args.device, progress),
+                          overwrite=args.overwrite, progress=progress)
     where = plan.out if plan.many else (res.written[0] if res.written else plan.targets[0])
     shard_note = (f" (shard {plan.shard_index} of {plan.num_shards}: {len(plan.jobs)} of "
                   f"{len(plan.sources)} inputs)") if plan.num_shards > 1 else ""

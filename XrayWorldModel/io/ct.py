@@ -9,10 +9,13 @@ names the file, instead of an ITK or numpy traceback.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -137,15 +140,60 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: ITK's wording of common failures, and what they mean to a person.
+_ITK_WORDS = (("Unable to determine ImageIO reader", "no image reader recognises its contents"),
+              ("File cannot be read", "its header cannot be parsed"),
+              ("Could not create IO object for writing", "no image writer for this file name"))
+
+
 def itk_reason(exc: BaseException) -> str:
-    """The useful part of an ITK exception (drops source paths and object addresses)."""
+    """Why ITK failed, in words for people: known failures translated, otherwise the root
+    cause without source paths, object addresses and library prefixes."""
     text = str(exc)
-    m = re.search(r"(?:ITK ERROR|sitk::ERROR):\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.*)", text, re.S)
+    for key, words in _ITK_WORDS:
+        if key in text:
+            return words
+    nrrd = [line.split(": ", 1)[1] for line in text.splitlines()
+            if line.startswith("[nrrd]") and ": " in line]
+    if nrrd:   # teem reports a chain of callers; the last line is the cause
+        return " ".join(nrrd[-1].split())[:300]
+    m = re.search(r"(?:ITK ERROR|itk::ERROR|sitk::ERROR):\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.*)",
+                  text, re.S)
     reason = (m.group(1) if m else text).strip()
     # MetaIO reports a short read with a stale errno; that "reason" would only mislead.
     reason = re.sub(r"\s*Reason: No such file or directory", "", reason)
     reason = " ".join(reason.split())
     return reason[:300] if reason else type(exc).__name__
+
+
+@contextmanager
+def native_output_silenced() -> Iterator[None]:
+    """Send what C++ code prints straight to the process's stdout and stderr (MetaIO's parse
+    errors, GDCM's warnings) to the null device while ITK reads a file: failures reach the
+    user as typed errors, never as raw library lines. A no-op where the descriptors cannot
+    be redirected."""
+    saved = []
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(null, fd)
+            except OSError:
+                pass
+        yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
 
 
 def _size_text(size) -> str:
@@ -344,7 +392,8 @@ def _read_itk_file(p: Path, fmt: Optional[str] = None) -> Volume:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
+        with native_output_silenced():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         if fmt is None:
             raise UnreadableFileError(
@@ -365,7 +414,8 @@ def _read_itk_file(p: Path, fmt: Optional[str] = None) -> Volume:
             affine = _affine(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin())
             return _make_volume(array, affine, p, meta, check_finite=was_float)
     try:
-        img = reader.Execute()
+        with native_output_silenced():
+            img = reader.Execute()
     except RuntimeError as exc:
         raise UnreadableFileError(
             f"could not read the voxel data (file truncated or corrupt?): {itk_reason(exc)}",
@@ -417,7 +467,8 @@ def _find_series(folder: Path) -> List[_Series]:
     if not entries:  # checked first: GDCM would print its own warning to stderr
         raise EmptyFolderError("folder is empty; expected a DICOM series", folder)
     try:
-        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        with native_output_silenced():
+            uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
         raise UnreadableFileError(f"could not scan the folder for DICOM: {itk_reason(exc)}",
                                   folder) from exc
@@ -484,12 +535,14 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str],
         if len(series) > 1:
             others = "; ".join(str(s) for s in series if s is not chosen)
             msg = (f"{folder}: holds {len(series)} DICOM series; reading the largest CT series "
-                   f"{chosen}. Others: {others}. Pass series_uid= to choose another.")
+                   f"{chosen}. Others: {others}. To read another, give a folder that holds "
+                   "only that series.")
             log.info(msg)
             warnings.warn(msg, MultipleSeriesWarning, stacklevel=3)
     if len(chosen.files) < 2:
         raise NotAVolumeError(
-            f"DICOM series {chosen.uid} holds a single 2D slice, not a 3D CT volume", where)
+            f"DICOM series {chosen.uid} has a single 2D slice here, not a 3D CT volume: give "
+            "the folder of the whole series (all its slices)", where)
     check_ct_modality(chosen.modality, where)
     check_slice_positions([Path(f) for f in chosen.files], where)
 
@@ -498,7 +551,8 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str],
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
     try:
-        img = reader.Execute()
+        with native_output_silenced():
+            img = reader.Execute()
     except RuntimeError as exc:
         raise UnreadableFileError(
             f"could not read DICOM series {chosen.uid} ({len(chosen.files)} files; a slice may "

@@ -17,9 +17,9 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..errors import NonFiniteDataError, NotARadiographError, PathLike, UnreadableFileError
-from ..radiograph import Radiograph
+from ..radiograph import Radiograph, check_radiograph
 from .ct import (RADIOGRAPH_MODALITIES, _first_line, dicom_failure, format_from_suffix, itk_reason,
-                 looks_like_dicom, require_exists)
+                 looks_like_dicom, native_output_silenced, require_exists)
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,32 @@ class DefaultSpacingWarning(UserWarning):
     """The radiograph had no usable pixel spacing; DEFAULT_CXR_SPACING_MM was assumed."""
 
 
-def read_cxr(path: PathLike) -> Radiograph:
+def read_cxr(path: PathLike, check: bool = False) -> Radiograph:
     """Read one chest radiograph as a display-convention :class:`Radiograph` (values in [0, 1]).
 
     DICOM spacing comes from PixelSpacing, else ImagerPixelSpacing; when neither is usable
     (missing, zero, non-finite) ``DEFAULT_CXR_SPACING_MM`` is assumed with a
     :class:`DefaultSpacingWarning` and ``spacing_is_default=True``. PNG/JPEG carry no spacing,
-    so they always get the default.
+    so they always get the default. ``check``: also refuse what cannot be a radiograph (too
+    small, blank, colour, noise; :func:`~XrayWorldModel.radiograph.check_radiograph`), and
+    then without the warnings the reading gave, which would only distract from the error.
     """
+    if not check:
+        return _read_cxr(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rad = _read_cxr(path)
+        check_radiograph(rad)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return rad
+
+
+def _read_cxr(path: PathLike) -> Radiograph:
     p = require_exists(path)
     if p.is_dir():
-        raise NotARadiographError("is a folder; read_cxr takes one radiograph file "
-                                  "(DICOM, PNG or JPEG)", p)
+        raise NotARadiographError("is a folder; a radiograph is one file (DICOM, PNG or JPEG)",
+                                  p)
     if looks_like_dicom(p):
         rad = _read_dicom(p)
     elif format_from_suffix(p) is not None:
@@ -170,10 +184,13 @@ def _check_dicom_radiograph(ds, p: Path) -> Tuple[str, object, object]:
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     rows, cols = ds.get("Rows"), ds.get("Columns")
     scout = modality == "CT" and "LOCALIZER" in image_type   # a CT scout is a projection
-    if modality not in _ACCEPTED_MODALITIES and not scout:
-        hint = ", a CT slice; read the whole CT series with read_ct" if modality == "CT" else ""
+    if modality == "CT" and not scout:
         raise NotARadiographError(
-            f"DICOM Modality is {modality} ({cols}x{rows} image{hint}), not a projection "
+            f"is a single CT slice ({cols}x{rows}), not a projection radiograph (CR/DX): give "
+            "the folder of the whole series to `xray2xray drr` to render radiographs from it", p)
+    if modality not in _ACCEPTED_MODALITIES and not scout:
+        raise NotARadiographError(
+            f"DICOM Modality is {modality} ({cols}x{rows} image), not a projection "
             "radiograph (CR/DX)", p)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if "Rows" in ds:   # the image module is there, so the pixel data was cut off
@@ -182,7 +199,7 @@ def _check_dicom_radiograph(ds, p: Path) -> Tuple[str, object, object]:
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if n_frames > 1:
         raise NotARadiographError(f"DICOM file holds {n_frames} frames; a radiograph is one "
-                                  "2D image (for a volume use read_ct)", p)
+                                  "2D image (a CT volume is the input of `xray2xray drr`)", p)
     return modality, rows, cols
 
 
@@ -331,7 +348,8 @@ def _read_itk(p: Path) -> Radiograph:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
+        with native_output_silenced():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise UnreadableFileError(f"could not read the image header (corrupt or truncated?): "
                                   f"{itk_reason(exc)}", p) from exc
@@ -339,12 +357,13 @@ def _read_itk(p: Path) -> Radiograph:
     if len(size) > 2 and any(s > 1 for s in size[2:]):
         raise NotARadiographError(
             f"is a 3D volume ({'x'.join(map(str, size))} voxels), not a 2D radiograph; "
-            "for a CT use read_ct", p)
+            "a CT volume is the input of `xray2xray drr`", p)
     if reader.GetNumberOfComponents() > 1:
         raise NotARadiographError(f"has {reader.GetNumberOfComponents()} components per pixel; "
                                   "expected a grayscale radiograph", p)
     try:
-        img = reader.Execute()
+        with native_output_silenced():
+            img = reader.Execute()
     except RuntimeError as exc:
         raise UnreadableFileError(f"could not read the pixel data (truncated or corrupt?): "
                                   f"{itk_reason(exc)}", p) from exc

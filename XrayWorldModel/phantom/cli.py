@@ -11,6 +11,7 @@ import numpy as np
 from ..console import show_progress
 from ..conventions import MU_WATER
 from ..errors import InputError
+from ..fileutil import check_output_file, check_output_folder
 from ..io import VOLUME_EXTENSIONS, write_volume
 from ..io.ct import format_from_suffix
 from ..volume import Volume
@@ -46,6 +47,8 @@ def add_phantom_parser(subparsers) -> argparse.ArgumentParser:
                     help="with --cohort: also write each case's finding mask (uint8 bits)")
     ph.add_argument("--overwrite", action="store_true",
                     help="with --cohort: rebuild cases that are already complete")
+    ph.add_argument("--quiet", action="store_true",
+                    help="with --cohort: no progress bar or progress lines")
     ph.add_argument("--shape", nargs="+", type=int, metavar="N",
                     help="voxels, one value or X Y Z (default: chest 128 128 96, ellipsoid 128)")
     ph.add_argument("--spacing", nargs="+", type=float, metavar="MM",
@@ -60,6 +63,12 @@ def check_volume_suffix(path: Path) -> None:
     if format_from_suffix(path) is None:
         raise InputError("cannot tell the output format from the file name; use one of "
                          + ", ".join(VOLUME_EXTENSIONS), path)
+
+
+def check_volume_out(path: Path) -> None:
+    """Before any work: ``--out`` names a volume file (by its suffix) that can be written."""
+    check_volume_suffix(path)
+    check_output_file(path, "--out", what="volume file")
 
 
 def _triple(values, what: str):
@@ -104,11 +113,14 @@ def _cmd_cohort(args, shape, spacing) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise InputError("with --cohort, --out is a folder for the CTs, not a file", out)
+    check_output_folder(out, "--out", "the cohort's CTs")
+    if args.labels is not None:
+        check_output_file(args.labels, "--labels", (".csv",), "label CSV")
     prevalence = parse_prevalence(args.prevalence)
     cfg = CohortConfig() if prevalence is None else CohortConfig.with_prevalence(prevalence)
     res = write_cohort(args.cohort, out, args.labels, first_seed=args.seed, config=cfg,
                        write_masks=args.masks, overwrite=args.overwrite,
-                       progress=show_progress(), **_grid(shape, spacing))
+                       progress=show_progress(args.quiet), **_grid(shape, spacing))
     note = f"; kept {res['skipped']} already complete" if res["skipped"] else ""
     print(f"wrote {res['written']} cohort CT{'s' if res['written'] != 1 else ''} "
           f"(seeds {args.seed}..{args.seed + args.cohort - 1}) to {out}{note}; "
@@ -127,7 +139,7 @@ def cmd_phantom(args) -> int:
         if given:
             raise InputError(f"{flag} goes with --cohort N")
     out = Path(args.out).expanduser()
-    check_volume_suffix(out)
+    check_volume_out(out)
     if args.kind == "chest":
         vol = procedural_chest(seed=args.seed, **_grid(shape, spacing))
     else:

@@ -8,5 +8,6 @@ from __future__ import annotations
 from ..lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
-    "reconstruct": ("FILTERS", "default_grid", "fdk", "mu_to_hu", "ramp_filter", "refine"),
+    "reconstruct": ("FILTERS", "default_grid", "fdk", "mu_to_hu", "ramp_filter", "refine",
+                    "support_extent", "support_grid"),
 })

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..console import progress_bar
 from ..drr.render import DEFAULT_MU_WATER, project, resolve_device
 from ..errors import GeometryError, InputError
 from ..geometry import ProjectionGeometry
 from ..volume import Volume
 
 FILTERS = ("ram-lak", "shepp-logan", "cosine", "hamming", "hann")
+#: Projection values above this fraction of the largest are the object's shadow (support).
+SUPPORT_THRESHOLD = 0.01
+#: Room left around the support by the default grid (a fraction of its size).
+SUPPORT_MARGIN = 0.02
 
 
 def mu_to_hu(array, mu_water: float = DEFAULT_MU_WATER):
@@ -77,6 +82,68 @@ def default_grid(geometry: ProjectionGeometry, shape: Sequence[int],
     return Volume.from_spacing(np.zeros(shape, np.float32), spacing, origin)
 
 
+def _half_gap(angles_deg: Sequence[float]) -> float:
+    """Half the largest gap (radians, at most 45 deg) between view directions taken modulo
+    180 deg: how far from side-on the view that sees a point most side-on can be."""
+    a = np.sort(np.mod(np.asarray(angles_deg, dtype=np.float64), 180.0))
+    gaps = np.diff(np.concatenate([a, a[:1] + 180.0])) if len(a) else np.array([180.0])
+    return math.radians(min(float(gaps.max()) / 2, 45.0))
+
+
+def support_extent(projections, geometry: ProjectionGeometry,
+                   threshold: float = SUPPORT_THRESHOLD) -> Optional[Tuple[float, float]]:
+    """(radius, half height) in mm, about the isocentre, of the cylinder that holds all the
+    projections show (values above ``threshold`` times the largest); None when they show
+    nothing. A point at radius r is seen side-on (depth 0) by some view of a full orbit,
+    where its shadow lies r times the magnification from the detector centre; the widest
+    shadow over the views therefore bounds r, with a margin for the angular step."""
+    p = np.asarray(projections, dtype=np.float32)
+    peak = float(p.max()) if p.size else 0.0
+    if not peak > 0:
+        return None
+    H, W = geometry.detector_shape
+    dv, du = geometry.pixel_spacing
+    seen = p > threshold * peak                                       # [A, H, W]
+    cols = np.flatnonzero(seen.any(axis=(0, 1)))
+    rows = np.flatnonzero(seen.any(axis=(0, 2)))
+    reach_u = (max(abs(cols[0] - (W - 1) / 2), abs(cols[-1] - (W - 1) / 2)) + 0.5) * du
+    reach_v = (max(abs(rows[0] - (H - 1) / 2), abs(rows[-1] - (H - 1) / 2)) + 0.5) * dv
+    delta = _half_gap(geometry.angles)
+    if geometry.beam != "cone":
+        return reach_u / math.cos(delta), reach_v
+    # side-on up to delta, and possibly on the far (less magnified) side of the isocentre
+    sod, sdd = geometry.sod, geometry.sdd
+    radius = reach_u * sod / (sdd * math.cos(delta) - reach_u * math.sin(delta))
+    return radius, reach_v * (sod + radius * math.sin(delta)) / sdd
+
+
+def support_grid(projections, geometry: ProjectionGeometry, shape: Sequence[int]) -> Volume:
+    """The default grid of :func:`fdk`: centred on the isocentre and just covering what the
+    projections show (:func:`support_extent`, plus a small margin); the field every view
+    sees (:func:`default_grid`) when they show nothing."""
+    extent = support_extent(projections, geometry)
+    shape = tuple(int(n) for n in np.broadcast_to(np.asarray(shape), (3,)))
+    if extent is None:
+        return default_grid(geometry, shape)
+    radius, half_h = (e * (1 + SUPPORT_MARGIN) for e in extent)
+    return default_grid(geometry, shape, (2 * radius / shape[0], 2 * radius / shape[1],
+                                          2 * half_h / shape[2]))
+
+
+def warn_if_cropped(grid: Volume, projections, geometry: ProjectionGeometry) -> None:
+    """Warn when a grid chosen by the user is smaller than what the projections show."""
+    extent = support_extent(projections, geometry)
+    if extent is None:
+        return
+    radius, half_h = extent
+    size = np.asarray(grid.shape) * np.asarray(grid.spacing)
+    if min(size[0], size[1]) < 2 * radius or size[2] < 2 * half_h:
+        warnings.warn(f"the reconstruction grid ({size[0]:.0f} x {size[1]:.0f} x {size[2]:.0f} "
+                      f"mm) crops the object the projections show ({2 * radius:.0f} mm across, "
+                      f"{2 * half_h:.0f} mm tall); the default voxel size covers it",
+                      stacklevel=3)
+
+
 def _check_orbit(geometry: ProjectionGeometry, n_proj: int):
     if geometry.tilt != 0:
         raise GeometryError("FDK needs an untilted circular orbit (tilt = 0)")
@@ -108,7 +175,9 @@ def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 
         progress: bool = False) -> Volume:
     """Reconstruct attenuation (1/mm) from line-integral projections [A, H, W].
 
-    The grid is ``like``'s (shape and affine) when given, otherwise ``default_grid``.
+    The grid is ``like``'s (shape and affine) when given; else ``shape`` voxels of
+    ``spacing`` mm centred on the isocentre, with a warning when that crops the object;
+    else ``shape`` voxels covering what the projections show (:func:`support_grid`).
     """
     p = torch.as_tensor(np.asarray(projections, dtype=np.float32))
     if p.ndim != 3:
@@ -117,7 +186,13 @@ def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 
         raise InputError("projections hold NaN or infinite values")
     _check_orbit(geometry, p.shape[0])
     dev = resolve_device(device)
-    grid = like if like is not None else default_grid(geometry, shape, spacing)
+    if like is not None:
+        grid = like
+    elif spacing is not None:
+        grid = default_grid(geometry, shape, spacing)
+        warn_if_cropped(grid, p.numpy(), geometry)
+    else:
+        grid = support_grid(p.numpy(), geometry, shape)
     A, H, W = p.shape
     dv, du = geometry.pixel_spacing
     m = geometry.magnification
@@ -144,10 +219,7 @@ def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 
     e, u, v = (torch.as_tensor(f, dtype=torch.float32, device=dev) for f in geometry.frames())
     dphi = torch.as_tensor(_angle_weights(np.asarray(geometry.angles)), dtype=torch.float32, device=dev)
     acc = torch.zeros(x.shape[0], dtype=torch.float32, device=dev)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=A, desc="FDK", unit="view")
+    bar = progress_bar(None, progress, total=A, desc="FDK", unit="view") if progress else None
     for lo in range(0, A, angles_per_chunk):
         hi = min(A, lo + angles_per_chunk)
         q = p[lo:hi].to(dev) * pre
@@ -196,10 +268,8 @@ def refine(volume: Volume, projections, geometry: ProjectionGeometry, iterations
     R = torch.where(row > 1e-6, 1.0 / row.clamp(min=1e-6), torch.zeros_like(row))
     col = At(torch.ones_like(p))
     C = torch.where(col > 1e-6, 1.0 / col.clamp(min=1e-6), torch.zeros_like(col))
-    it = range(iterations)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="SIRT", unit="it")
+    it = progress_bar(range(iterations), progress, desc="SIRT", unit="iteration") if progress \
+        else range(iterations)
     for _ in it:
         with torch.no_grad():
             r = (p - A(x)) * R

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..console import emit, show_progress
+from ..console import BAR, LineTicker, emit, show_progress
 from ..errors import InputError
+from ..fileutil import check_output_folder
 
 
 def add_study_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,6 +30,8 @@ def add_study_parser(subparsers) -> argparse.ArgumentParser:
                    help="study seed (cohort, split, training, bootstrap); default: the config's")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. cohort.n_cases=60 budget.encoder_samples=800")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or progress lines (results and errors only)")
     p.set_defaults(func=run_study_command)
     a = subparsers.add_parser(
         "study-analysis", help="why a finished study came out as it did (risk drivers, "
@@ -51,14 +54,33 @@ def run_analysis_command(args) -> int:
     return 0
 
 
+def study_log(mode: str):
+    """Where the study's progress goes: every line on a terminal (beside the bars); in a log
+    or a pipe every line but the training step lines (``  mae: step 40/400 loss ...``),
+    which come at most one every few seconds; nothing with --quiet."""
+    if not mode:
+        return lambda line: None
+    if mode == BAR:
+        return emit
+    ticker = LineTicker()
+
+    def log(line: str) -> None:
+        if ": step " not in line or ticker.due():
+            emit(line)
+    return log
+
+
 def run_study_command(args) -> int:
     from .config import load_study_config     # imports the data pipeline (torch)
     cfg = load_study_config(args.config, args.overrides, args.seed)   # fails fast on bad keys
-    from .run import run_study
     out = args.out if args.out is not None else cfg.run.out_dir
-    emit(f"xray2xray study: config {cfg.name}, seed {cfg.seed}, methods "
-         f"{', '.join(cfg.methods)}; output {out}")
-    res = run_study(cfg, out, progress=show_progress(), log=emit)
+    check_output_folder(out, "--out", "the study's results")
+    from .run import run_study
+    mode = show_progress(args.quiet)
+    log = study_log(mode)
+    log(f"xray2xray study: config {cfg.name}, seed {cfg.seed}, methods "
+        f"{', '.join(cfg.methods)}; output {out}")
+    res = run_study(cfg, out, progress=mode == BAR, log=log)
     for meth in cfg.methods:
         for frac in res["label_fractions"]:
             r = res["results"][meth][frac]

@@ -87,18 +87,25 @@ def resolve_checkpoint(spec) -> Path:
     return p
 
 
-def load_checkpoint(spec, with_state: bool = False):
-    """(tensors, card, state or None) after checking the weights against the card's SHA256."""
+def read_checkpoint_card(spec) -> Tuple[Path, Dict[str, Any]]:
+    """(weights path, card) of a checkpoint file or run folder, reading only the card (a
+    few kB): what a command checks before it loads anything."""
     weights = resolve_checkpoint(spec)
     card_path = weights.with_suffix(".json")
     if not card_path.exists():
         raise CheckpointError(f"the card {card_path.name} is missing beside the weights", weights)
     try:
         card = json.loads(card_path.read_text())
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"card is not valid JSON ({exc})", card_path) from None
-    if card.get("format") != CARD_FORMAT or "sha256" not in card:
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT or "sha256" not in card:
         raise CheckpointError("not an xray2xray checkpoint card", card_path)
+    return weights, card
+
+
+def load_checkpoint(spec, with_state: bool = False):
+    """(tensors, card, state or None) after checking the weights against the card's SHA256."""
+    weights, card = read_checkpoint_card(spec)
     digest = sha256_file(weights)
     if digest != card["sha256"]:
         raise CheckpointError("weights do not match the SHA256 in their card (truncated or "

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..console import emit, show_progress
+from ..console import PROG, emit, show_progress
 from ..conventions import parse_angles
 
 
@@ -23,7 +23,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. optim.steps=500 data.source=phantom:32")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint (default: the latest in run.out_dir)")
+                   help="continue from a checkpoint (default: the latest in run.out_dir) with "
+                   "the run's recorded config; overrides given now change it, and the change "
+                   "is reported")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bar or progress lines (messages and errors only)")
     t.set_defaults(func=cmd_train)
 
     e = subparsers.add_parser(
@@ -44,21 +48,36 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_train(args) -> int:
     from ..config import load_config        # imports the data pipeline (torch)
+    from .preflight import prepare_run
+    overrides, resume = list(args.overrides), args.resume
+    if resume is not None and "=" in resume and not Path(resume).exists():
+        overrides, resume = overrides + [resume], "auto"    # `--resume optim.steps=60`
+    cfg = load_config(args.config, overrides)
+    plan = prepare_run(cfg, overrides, resume)     # before any work
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    for note in plan.notes if rank0 else ():
+        emit(f"{PROG} train: {note}")
+    if plan.done:
+        return 0
     from .trainer import train
-    cfg = load_config(args.config, args.overrides)
-    last = train(cfg, resume=args.resume, progress=show_progress())
-    if int(os.environ.get("RANK", "0")) == 0:
+    cfg = plan.config
+    last = train(cfg, resume=plan.checkpoint, progress=show_progress(args.quiet))
+    if rank0:
         emit(f"trained to step {cfg.optim.steps}; final loss {last.get('total', float('nan')):.4f}; "
              f"checkpoints in {Path(cfg.run.out_dir) / 'checkpoints'}")
     return 0
 
 
 def cmd_eval_views(args) -> int:
+    from ..data import is_stack_source, list_stacks, resolve_source
+    from .checkpoint import read_checkpoint_card
     from .evaluate import evaluate_checkpoint
     data = args.data
     if args.seed is not None and data.startswith("phantom:") and data.count(":") == 1:
         data = f"{data}:{args.seed}"
     angles = None if args.angles is None else [float(a) for a in parse_angles(args.angles)]
+    read_checkpoint_card(args.model)         # bad input fails before the model is loaded
+    (list_stacks if is_stack_source(data) else resolve_source)(data)
     result = evaluate_checkpoint(args.model, data, angles, limit=args.limit, device=args.device)
     print(json.dumps(result, indent=1))
     return 0

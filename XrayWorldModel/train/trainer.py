@@ -10,17 +10,23 @@ slice of that batch, so a run's data do not depend on the number of ranks or on 
 was resumed, which is what makes resume exact and N ranks match one process.
 
 Every record written to ``metrics.jsonl`` is also handed to ``on_log`` (rank 0), so a caller
-follows the run without reading the file.
+follows the run without reading the file. The command line also gets a progress line per
+logging interval (step, loss, samples/s, ETA; at most one every few seconds in a log or a
+pipe). SIGINT or SIGTERM lets the current step finish, writes a checkpoint at that step and
+raises :class:`~XrayWorldModel.errors.Interrupted`, so Ctrl-C loses nothing.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
+import threading
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,9 +35,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
+from ..console import BAR, LINES, PROG, LineTicker, Progress, emit, format_duration, progress_mode
 from ..data import PreprocessedCache, is_stack_source, list_stacks, resolve_source
 from ..drr import resolve_device
-from ..errors import InputError, XrayWorldModelError
+from ..errors import InputError, Interrupted, XrayWorldModelError
+from ..fileutil import atomic_path
 from ..models import EMAEncoder, PixelLoss, WorldModel, world_model_losses
 from ..version import __version__
 from .checkpoint import (CheckpointError, list_checkpoints, load_checkpoint, load_model_tensors,
@@ -76,17 +84,55 @@ def _dist_setup(cfg: TrainConfig):
     return rank, world, device
 
 
+def flat_config(data: Dict[str, Any]) -> Dict[str, Any]:
+    """``{"optim": {"steps": 30}}`` -> ``{"optim.steps": 30}`` (JSON values, tuples as lists)."""
+    return {f"{sec}.{key}": json.loads(json.dumps(value))
+            for sec, table in data.items() if isinstance(table, dict)
+            for key, value in table.items()}
+
+
+def config_changes(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """``["optim.steps 30 -> 60", ...]``: the keys whose values differ between two configs."""
+    a, b = flat_config(old), flat_config(new)
+    return [f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def write_run_config(out: Path, cfg: TrainConfig) -> None:
+    """Write ``config.json``; when the folder's one differs, say what changed (a warning),
+    so the run's record is never rewritten silently."""
+    path = out / "config.json"
+    new = cfg.to_dict()
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict):
+            changes = config_changes(old, new)
+            if not changes:
+                return
+            warnings.warn(f"{path}: the run's config changes ({'; '.join(changes)}); "
+                          "config.json now records the new values", stacklevel=3)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(new, indent=1))
+
+
 class _RunLog:
     """Rank 0's outputs of a run: ``config.json``, ``metrics.jsonl`` (each record also handed
-    to ``on_log``), TensorBoard scalars and the progress bar. Other ranks get a silent one."""
+    to ``on_log``), TensorBoard scalars, the progress bar on a terminal and a progress line
+    per logging interval. Other ranks get a silent one."""
 
     def __init__(self, trainer: "Trainer", active: bool):
         self.active, self.on_log = active, trainer.on_log
         self.file = self.tb = self.bar = None
+        self.mode = progress_mode(trainer.progress)
+        self.ticker = LineTicker()
+        self.start_step, self.printed = trainer.step, False
         if not active:
             return
         trainer.out.mkdir(parents=True, exist_ok=True)
-        (trainer.out / "config.json").write_text(json.dumps(trainer.cfg.to_dict(), indent=1))
+        write_run_config(trainer.out, trainer.cfg)
         self.file = open(trainer.out / "metrics.jsonl", "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -95,7 +141,27 @@ class _RunLog:
             pass
         progress = trainer.progress
         self.bar = tqdm(total=trainer.cfg.optim.steps, initial=trainer.step, desc="train",
-                        unit="step", disable=not progress if progress is not None else None)
+                        unit="step", disable=(self.mode != BAR) if progress is not None else None)
+
+    def line(self, step: int, total: int, loss: float, samples_per_s: Optional[float]) -> None:
+        """``xray2xray train: step 20/2200, loss 0.1234, 51.2 samples/s, ETA 5 min 12 s``:
+        every logging interval on a terminal; in a log or a pipe the first, the last, and
+        at most one every few seconds in between."""
+        if not self.active or self.mode not in (BAR, LINES):
+            return
+        due, last = self.ticker.due(), step >= total
+        if not (due or last or not self.printed or self.mode == BAR):
+            return
+        self.printed = True
+        parts = [f"{PROG} train: step {step}/{total}", f"loss {loss:.4f}"]
+        if samples_per_s:
+            parts.append(f"{samples_per_s:.3g} samples/s")
+        done, elapsed = step - self.start_step, self.ticker.elapsed()
+        if last:
+            parts.append(f"done in {format_duration(elapsed)}")
+        elif done > 0 and elapsed > 0:
+            parts.append(f"ETA {format_duration((total - step) * elapsed / done)}")
+        emit(", ".join(parts))
 
     def record(self, rec: Dict) -> None:
         if not self.active:
@@ -126,7 +192,7 @@ class Trainer:
     to ``metrics.jsonl``: losses every ``run.log_every`` steps, validation metrics, the
     closing ``done`` event of a multi-rank run."""
 
-    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None,
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, progress: Progress = None,
                  on_log: Optional[Callable[[Dict], None]] = None):
         self.cfg = cfg
         self.rank, self.world, self.device = _dist_setup(cfg)
@@ -150,6 +216,7 @@ class Trainer:
         self.opt = adamw(self.model.parameters(), o.lr, o.weight_decay, (o.beta1, o.beta2))
         self.sched = warmup_cosine(self.opt, o.warmup_steps, o.steps)
         self.step = 0
+        self.saved_step = -1                   # the step of the last checkpoint written
         self.best = -math.inf
         if resume:
             self._resume(resume)
@@ -166,19 +233,7 @@ class Trainer:
         be of either kind. Fails now if nothing is readable, or if validation is due and
         stored views lack the validation angles."""
         cfg = self.cfg
-
-        def listing(source):
-            return list_stacks(source) if is_stack_source(source) else resolve_source(source)
-
-        train_stacks = is_stack_source(cfg.data.source)
-        items = listing(cfg.data.source)
-        if cfg.data.val_source:
-            val_stacks = is_stack_source(cfg.data.val_source)
-            val_items = listing(cfg.data.val_source)
-        else:
-            val_stacks = train_stacks
-            n_val = min(cfg.data.val_count, max(0, len(items) - 1))
-            items, val_items = items[: len(items) - n_val], items[len(items) - n_val:]
+        (items, train_stacks), (val_items, val_stacks) = list_sources(cfg)
         cache = prep = None
         if not (train_stacks and val_stacks):
             cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
@@ -209,7 +264,7 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"training state does not fit this run: {exc}", path) from None
-        self.step = int(card["step"])
+        self.step = self.saved_step = int(card["step"])
         self.best = float(state.get("best", -math.inf))
 
     def _save(self, metrics: Dict, best: bool) -> None:
@@ -220,6 +275,7 @@ class Trainer:
                  "torch_rng": torch.get_rng_state(), "best": self.best, "step": self.step}
         save_checkpoint(self.ckpt_dir, self.step, model_tensors(self.model, self.ema), card, state,
                         self.cfg.run.keep_last, best)
+        self.saved_step = self.step
 
     def _mean_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
         """Loss values averaged over ranks: the loss of the whole global batch."""
@@ -301,6 +357,41 @@ class Trainer:
         if self.world > 1 and (val_due or ckpt_due):
             dist.barrier()
 
+    def _stop_requested(self, stop: "StopOnSignal") -> int:
+        """The signal that asks this run to stop (0: none), agreed by every rank."""
+        if self.world == 1:
+            return stop.signum
+        flag = torch.tensor([stop.signum], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _interrupted(self, signum: int, out: _RunLog) -> Interrupted:
+        """Write a checkpoint at the current step (rank 0), then the exception to raise."""
+        name = signal.Signals(signum).name
+        if self.rank == 0 and self.step > 0 and self.saved_step != self.step:
+            self._save({}, False)
+        out.record({"step": self.step, "event": "interrupted", "signal": name})
+        if self.world > 1:
+            dist.barrier()
+        ckpt = self.ckpt_dir / f"step-{self.step:07d}.safetensors"
+        return Interrupted(f"training stopped by {name} at step {self.step} of "
+                           f"{self.cfg.optim.steps}; checkpoint {ckpt} written; run the same "
+                           "command with --resume to continue", signum)
+
+    def _log_step(self, out: _RunLog, last, gnorm, m, t_render, t_total, steps: int) -> bool:
+        """The loss record, scalars and progress line when a logging interval (of ``steps``
+        steps taking ``t_total`` seconds) ends."""
+        cfg = self.cfg
+        if not (self.step % cfg.run.log_every == 0 or self.step == cfg.optim.steps):
+            return False
+        if self.rank == 0:
+            rec = self._loss_record(last, gnorm, m, t_render, t_total)
+            out.record(rec)
+            out.scalars(last, self.step)
+            out.line(self.step, cfg.optim.steps, last["total"],
+                     cfg.optim.batch_size * steps / max(t_total, 1e-9))
+        return True
+
     def fit(self) -> Dict:
         cfg = self.cfg
         out = _RunLog(self, self.rank == 0)
@@ -308,18 +399,22 @@ class Trainer:
                if self.device.type == "cuda" and cfg.run.bf16 else nullcontext())
         last = {}
         t_render = t_total = 0.0
+        since = 0
         try:
-            while self.step < cfg.optim.steps:
-                last, gnorm, m, dt_render, dt_total = self._train_step(amp)
-                t_render += dt_render
-                t_total += dt_total
-                if self.rank == 0 and (self.step % cfg.run.log_every == 0
-                                       or self.step == cfg.optim.steps):
-                    out.record(self._loss_record(last, gnorm, m, t_render, t_total))
-                    out.scalars(last, self.step)
-                    t_render = t_total = 0.0
-                out.progress(last["total"])
-                self._validate_and_save(out)
+            with StopOnSignal() as stop:
+                while self.step < cfg.optim.steps:
+                    last, gnorm, m, dt_render, dt_total = self._train_step(amp)
+                    t_render += dt_render
+                    t_total += dt_total
+                    since += 1
+                    if self._log_step(out, last, gnorm, m, t_render, t_total, since):
+                        t_render = t_total = 0.0
+                        since = 0
+                    out.progress(last["total"])
+                    self._validate_and_save(out)
+                    signum = self._stop_requested(stop)
+                    if signum:
+                        raise self._interrupted(signum, out)
             if self.world > 1:   # proof that every rank stepped, in rank 0's log
                 steps = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
                 dist.all_gather(steps, torch.tensor([self.step]))
@@ -330,13 +425,68 @@ class Trainer:
         return last
 
 
+class StopOnSignal:
+    """``with StopOnSignal() as stop:``: SIGINT and SIGTERM set ``stop.signum`` instead of
+    killing the process, so the loop can finish its step and save; a second signal acts at
+    once (the handler before us). A signal the process ignores stays ignored. Only the main
+    thread can take signals; elsewhere (a Slicer worker thread) this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) == signal.SIG_IGN:   # e.g. SIGINT of a background job
+                    continue
+                try:
+                    self.previous[sig] = signal.signal(sig, self._handle)
+                except (ValueError, OSError):   # pragma: no cover - embedded interpreters
+                    pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self._before(signum))
+
+    def _before(self, sig: int):
+        prev = self.previous.get(sig)
+        return prev if prev is not None else signal.SIG_DFL
+
+    def __exit__(self, *exc) -> bool:
+        for sig in self.previous:
+            signal.signal(sig, self._before(sig))
+        return False
+
+
+def list_sources(cfg: TrainConfig) -> Tuple[Tuple[list, bool], Tuple[list, bool]]:
+    """((training items, are stacks), (validation items, are stacks)) the config names:
+    listed only (no CT is read), so a missing folder or manifest fails at once."""
+    def listing(source):
+        return list_stacks(source) if is_stack_source(source) else resolve_source(source)
+
+    train_stacks = is_stack_source(cfg.data.source)
+    items = listing(cfg.data.source)
+    if cfg.data.val_source:
+        val_stacks = is_stack_source(cfg.data.val_source)
+        val_items = listing(cfg.data.val_source)
+    else:
+        val_stacks = train_stacks
+        n_val = min(cfg.data.val_count, max(0, len(items) - 1))
+        items, val_items = items[: len(items) - n_val], items[len(items) - n_val:]
+    return (items, train_stacks), (val_items, val_stacks)
+
+
 def _score(metrics: Dict) -> Optional[float]:
     """Mean world-model PSNR over the validation angles (higher is better)."""
     vals = [m["world_model_psnr"] for m in metrics.values() if "world_model_psnr" in m]
     return float(np.mean(vals)) if vals else None
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, progress: Optional[bool] = None,
+def train(cfg: TrainConfig, resume: Optional[str] = None, progress: Progress = None,
           on_log: Optional[Callable[[Dict], None]] = None) -> Dict:
     trainer = Trainer(cfg, resume, progress, on_log)
     try:
