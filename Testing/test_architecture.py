@@ -32,9 +32,13 @@ LAYERS: Dict[str, int] = {
     "weights": 5, "infer": 5, "probe": 5,
     # 6: the applications on top
     "study": 6, "cli": 6, "__main__": 6, "": 6,     # "" = the package's own __init__ facade
+    # the launcher of `xray2xray web`: runs the Slicer layer's web front end as a separate
+    # process (python -m Xray2XrayWeb), never imports it (FORBIDDEN below)
+    "web": 6,
 }
 #: Names the package must never import: the Slicer layer, release tooling, GUI toolkits.
-FORBIDDEN = ("slicer", "Xray2XrayLib", "Xray2Xray", "tools", "qt", "ctk", "vtk")
+FORBIDDEN = ("slicer", "Xray2XrayLib", "Xray2XrayWeb", "Xray2Xray", "tools", "qt", "ctk", "vtk",
+             "trame", "trame_slicer")
 MAX_FUNCTION_LINES = 80
 
 

@@ -181,6 +181,24 @@ def test_ui_parameter_bindings_match_the_parameter_node():
 
 
 # ----------------------------------------------------------------------------- CMake
+#: Folders under Xray2Xray/ that are not part of the Slicer extension: the web front end
+#: (``xray2xray web``, README "In a web browser") reuses Xray2XrayLib but ships with the
+#: package's ``[web]`` extra, not with the extension.
+NOT_IN_EXTENSION = ("Xray2XrayWeb",)
+
+#: The current extension template's first line (Slicer main,
+#: Utilities/Templates/Extensions/Default/CMakeLists.txt, since 2026-06 "Raise minimum CMake
+#: version floor to 3.28").
+TEMPLATE_CMAKE_MINIMUM = "cmake_minimum_required(VERSION 3.28.0...3.28.0 FATAL_ERROR)"
+
+#: Extension fields of the current template; the category, tier and build revision moved to
+#: the Extensions Index entry (docs/extensions-index/Xray2Xray.json) in Slicer 5.8's switch
+#: from .s4ext to .json, and must not be set here as well.
+EXTENSION_FIELDS = ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS",
+                    "DEPENDS")
+MOVED_TO_THE_INDEX = ("CATEGORY", "BUILD_SUBDIRECTORY", "ENABLED", "STATUS")
+
+
 def _module_cmake():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     return text.replace("${MODULE_NAME}", "Xray2Xray")
@@ -189,24 +207,31 @@ def _module_cmake():
 def _listed(text: str, variable: str):
     m = re.search(r"set\(%s\s+(.*?)\)" % variable, text, re.S)
     assert m, f"no set({variable} ...)"
-    return {t for t in m.group(1).split() if not t.startswith("#")}
+    return [t for t in m.group(1).split() if not t.startswith("#")]
 
 
-def test_every_module_file_is_listed_in_cmake():
+def _module_files():
+    """Files of the module folder that belong to the extension (the web front end does not)."""
+    return {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*")
+            if p.is_file() and not any(part in CACHE_PARTS for part in p.parts)
+            and p.suffix not in CACHE_SUFFIXES and p.name != "CMakeLists.txt"
+            and p.relative_to(MODULE_DIR).parts[0] not in NOT_IN_EXTENSION}
+
+
+def test_every_module_file_is_listed_in_cmake_once():
     text = _module_cmake()
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
-    listed = _listed(text, "MODULE_PYTHON_SCRIPTS") | _listed(text, "MODULE_PYTHON_RESOURCES")
-    files = {p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*")
-             if p.is_file() and not any(part in CACHE_PARTS for part in p.parts)
-             and p.suffix not in CACHE_SUFFIXES and p.name != "CMakeLists.txt"}
-    assert files == listed, (f"not listed: {sorted(files - listed)}; "
-                             f"listed but missing: {sorted(listed - files)}")
+    listed = _listed(text, "MODULE_PYTHON_SCRIPTS") + _listed(text, "MODULE_PYTHON_RESOURCES")
+    assert len(listed) == len(set(listed)), f"listed twice: {sorted(f for f in listed if listed.count(f) > 1)}"
+    files = _module_files()
+    assert files == set(listed), (f"not listed: {sorted(files - set(listed))}; "
+                                  f"listed but missing: {sorted(set(listed) - files)}")
 
 
 def _package_files():
     """Every file `pip install` ships of XrayWorldModel: all .py plus the package data."""
     pkg = REPO / "XrayWorldModel"
-    patterns = _pyproject().get("tool", {}).get("setuptools", {}).get("package-data", {}).get("XrayWorldModel", [])
+    patterns = _package_data_patterns()
     files = set()
     for p in pkg.rglob("*"):
         if not p.is_file() or any(part in CACHE_PARTS for part in p.parts) or p.suffix in CACHE_SUFFIXES:
@@ -217,67 +242,188 @@ def _package_files():
     return files
 
 
-def _emulate_bundle_globs():
-    """What the module CMake bundles: its GLOB_RECURSE and FILTERs, evaluated in Python."""
+def _package_data_patterns():
+    return _pyproject().get("tool", {}).get("setuptools", {}).get("package-data", {}).get("XrayWorldModel", [])
+
+
+def test_cmake_resource_globs_are_the_package_data_patterns():
+    """The extension ships the data files pip ships: the same patterns, in the same order."""
     text = _module_cmake()
-    glob = re.search(r"file\(GLOB_RECURSE XWM_FILES .*?\$\{XWM_SOURCE_DIR\}/(\S+)\s*\)", text, re.S)
-    assert glob, "the bundled package is not globbed"
-    files = [p.relative_to(REPO).as_posix() for p in REPO.glob(glob.group(1).replace("/*", "/**/*"))
-             if p.is_file()]
-    lists = {"XWM_FILES": files}
-    for line in text.splitlines():
-        m = re.match(r"\s*set\((XWM_\w+) \$\{(XWM_\w+)\}\)", line)
-        if m:
-            lists[m.group(1)] = list(lists[m.group(2)])
-        m = re.match(r'\s*list\(FILTER (XWM_\w+) (INCLUDE|EXCLUDE) REGEX "(.*)"\)', line)
-        if m:
-            rx = re.compile(m.group(3).replace("\\\\", "\\"))
-            keep = m.group(2) == "INCLUDE"
-            lists[m.group(1)] = [f for f in lists[m.group(1)] if bool(rx.search(f)) == keep]
-    return set(lists["XWM_PYTHON_SCRIPTS"]), set(lists["XWM_PYTHON_RESOURCES"])
+    m = re.search(r"file\(GLOB XWM_PYTHON_RESOURCES RELATIVE \$\{XWM_SOURCE_DIR\} CONFIGURE_DEPENDS"
+                  r"(.*?)\)", text, re.S)
+    assert m, "the package's data files are not globbed into XWM_PYTHON_RESOURCES"
+    globs = [g.replace("${XWM_SOURCE_DIR}/", "") for g in m.group(1).split()]
+    assert globs == _package_data_patterns()
 
 
-def test_every_package_file_is_bundled_by_cmake():
-    scripts, resources = _emulate_bundle_globs()
-    wanted = _package_files()
-    py = {f for f in wanted if f.endswith(".py")}
-    assert py and py <= scripts, f"not bundled: {sorted(py - scripts)}"
-    data = wanted - py
-    assert data <= resources, f"package data not bundled: {sorted(data - resources)}"
-    assert not {f for f in scripts | resources if "__pycache__" in f or f.endswith(CACHE_SUFFIXES)}
-    text = _module_cmake()
-    assert 'SCRIPTS "${XWM_PYTHON_SCRIPTS}"' in text and "XWM_PYTHON_RESOURCES}" in text
+def _cmake():
+    exe = shutil.which("cmake")
+    if exe is None:
+        pytest.skip("cmake is not installed (the test extra installs it)")
+    return exe
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
-def test_bundle_globs_agree_with_cmake(tmp_path):
+def _cmake_package_globs(tmp_path):
+    """The package's scripts and resources as cmake evaluates the module's globs."""
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
-    block = text[text.index("set(XWM_SOURCE_DIR"):text.index("ctkMacroCompilePythonScript(")]
-    block = block.replace(" CONFIGURE_DEPENDS", "")      # project-mode only
+    block = text[text.index("set(XWM_NAME"):text.index("ctkMacroCompilePythonScript(")]
+    block = block.replace(" CONFIGURE_DEPENDS", "")      # project mode only
     script = tmp_path / "bundle.cmake"
     script.write_text(f'set(CMAKE_CURRENT_SOURCE_DIR "{MODULE_DIR.as_posix()}")\n{block}\n'
                       'foreach(f ${XWM_PYTHON_SCRIPTS})\n message("S ${f}")\nendforeach()\n'
                       'foreach(f ${XWM_PYTHON_RESOURCES})\n message("R ${f}")\nendforeach()\n')
-    out = subprocess.run(["cmake", "-P", str(script)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([_cmake(), "-P", str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    lines = [l.split(" ", 1) for l in out.stderr.splitlines() if l[:2] in ("S ", "R ")]
-    scripts = {f for k, f in lines if k == "S"}
-    resources = {f for k, f in lines if k == "R"}
-    assert (scripts, resources) == _emulate_bundle_globs()
+    lines = [line.split(" ", 1) for line in out.stderr.splitlines() if line[:2] in ("S ", "R ")]
+    return ({"XrayWorldModel/" + f for k, f in lines if k == "S"},
+            {"XrayWorldModel/" + f for k, f in lines if k == "R"})
 
 
-EXTENSION_FIELDS = ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL",
-                    "SCREENSHOTURLS", "DEPENDS", "BUILD_SUBDIRECTORY", "STATUS", "ENABLED")
+def test_cmake_bundles_exactly_what_pip_ships(tmp_path):
+    scripts, resources = _cmake_package_globs(tmp_path)
+    wanted = _package_files()
+    py = {f for f in wanted if f.endswith(".py")}
+    assert py and scripts == py, (f"not bundled: {sorted(py - scripts)}; "
+                                  f"bundled but not shipped by pip: {sorted(scripts - py)}")
+    assert resources == wanted - py
+    assert not {f for f in scripts | resources if "__pycache__" in f or f.endswith(CACHE_SUFFIXES)}
 
 
-def test_top_level_cmake_has_every_extension_field():
+# A stand-in for a Slicer build tree, just enough to configure, build and install the
+# extension without Slicer: the directory variables SlicerConfig.cmake sets, and the two
+# macros the extension calls, with the copy and install behaviour of Slicer's
+# slicerMacroBuildScriptedModule (CMake/SlicerMacroBuildScriptedModule.cmake: files must exist,
+# copied to <build>/<qt-scripted-modules>, NO_INSTALL_SUBDIR unless WITH_SUBDIR) and CTK's
+# ctkMacroCompilePythonScript (CMake/ctkMacroCompilePythonScript.cmake: SCRIPTS and RESOURCES
+# relative to SOURCE_DIR copied under DESTINATION_DIR, which is installed as a directory into
+# INSTALL_DIR, or its content with NO_INSTALL_SUBDIR). Files are copied at configure time
+# here, at build time in Slicer: the installed result is the same.
+_STUB_CONFIG = r"""
+set(Slicer_FOUND 1)
+set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
+set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/Empty.cmake")
+set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/Empty.cmake")
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-5.13/qt-scripted-modules")
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}")
+"""
+_STUB_USE = r"""
+macro(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR"
+    "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "ctkMacroCompilePythonScript: unknown arguments ${MY_UNPARSED_ARGUMENTS}")
+  endif()
+  foreach(var TARGET_NAME SCRIPTS DESTINATION_DIR INSTALL_DIR)
+    if(NOT DEFINED MY_${var})
+      message(FATAL_ERROR "${var} is mandatory")
+    endif()
+  endforeach()
+  if(NOT DEFINED MY_SOURCE_DIR)
+    set(MY_SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR})
+  endif()
+  foreach(file ${MY_SCRIPTS} ${MY_RESOURCES})
+    if(NOT EXISTS "${MY_SOURCE_DIR}/${file}")
+      message(FATAL_ERROR "${MY_TARGET_NAME}: no such file ${MY_SOURCE_DIR}/${file}")
+    endif()
+    configure_file("${MY_SOURCE_DIR}/${file}" "${MY_DESTINATION_DIR}/${file}" COPYONLY)
+    file(APPEND "${CMAKE_BINARY_DIR}/stub-copies.txt" "${MY_TARGET_NAME}|${MY_DESTINATION_DIR}/${file}\n")
+  endforeach()
+  set(_dir "${MY_DESTINATION_DIR}")
+  if(MY_NO_INSTALL_SUBDIR)
+    set(_dir "${MY_DESTINATION_DIR}/")
+  endif()
+  install(DIRECTORY "${_dir}" DESTINATION "${MY_INSTALL_DIR}" COMPONENT RuntimeLibraries
+    USE_SOURCE_PERMISSIONS)
+  file(APPEND "${CMAKE_BINARY_DIR}/stub-installs.txt" "${MY_TARGET_NAME}|${_dir}|${MY_INSTALL_DIR}\n")
+endmacro()
+
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY_SLICER "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_SLICER_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "Unknown keywords given to slicerMacroBuildScriptedModule(): ${MY_SLICER_UNPARSED_ARGUMENTS}")
+  endif()
+  set(_no_install_subdir NO_INSTALL_SUBDIR)
+  set(_subdir "")
+  if(MY_SLICER_WITH_SUBDIR)
+    get_filename_component(_subdir ${CMAKE_CURRENT_SOURCE_DIR} NAME)
+    set(_subdir "/${_subdir}")
+    set(_no_install_subdir "")
+  endif()
+  ctkMacroCompilePythonScript(
+    TARGET_NAME ${MY_SLICER_NAME}
+    SCRIPTS "${MY_SLICER_SCRIPTS}"
+    RESOURCES "${MY_SLICER_RESOURCES}"
+    DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}${_subdir}
+    INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}
+    ${_no_install_subdir})
+endmacro()
+
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${ARGN})
+  file(APPEND "${CMAKE_BINARY_DIR}/stub-unittests.txt" "${MY_SCRIPT}\n")
+endfunction()
+"""
+
+
+@pytest.fixture(scope="module")
+def installed_extension(tmp_path_factory):
+    """Configure, build and install the extension against the stand-in Slicer; returns
+    (build folder, install prefix)."""
+    cmake = _cmake()
+    root = tmp_path_factory.mktemp("cmake")
+    stub, build, prefix = root / "slicer-stub", root / "build", root / "install"
+    stub.mkdir()
+    (stub / "SlicerConfig.cmake").write_text(_STUB_CONFIG)
+    (stub / "UseSlicer.cmake").write_text(_STUB_USE)
+    (stub / "Empty.cmake").write_text("")
+    run = dict(capture_output=True, text=True, timeout=300)
+    out = subprocess.run([cmake, "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={stub}",
+                          "-DBUILD_TESTING=ON"], **run)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    for step in ([cmake, "--build", str(build)], [cmake, "--install", str(build), "--prefix", str(prefix)]):
+        out = subprocess.run(step, **run)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return build, prefix
+
+
+def test_extension_configures_and_installs_every_file_in_its_place(installed_extension):
+    build, prefix = installed_extension
+    scripted = prefix / "lib" / "Slicer-5.13" / "qt-scripted-modules"
+    installed = {p.relative_to(scripted).as_posix() for p in scripted.rglob("*")
+                 if p.is_file() and not any(part in CACHE_PARTS for part in p.parts)}
+    assert installed == _module_files() | _package_files()
+    assert {p.relative_to(prefix).parts[:3] for p in prefix.rglob("*") if p.is_file()} == \
+        {("lib", "Slicer-5.13", "qt-scripted-modules")}, "files installed outside the scripted modules"
+    # the package: every file copied once, into its own folder, which its one install rule
+    # installs as a folder (not the whole scripted-modules folder)
+    copies = [line.split("|") for line in (build / "stub-copies.txt").read_text().splitlines()]
+    targets = [dest for _, dest in copies]
+    assert len(targets) == len(set(targets)), "a file is copied twice"
+    package_dir = (build / "lib" / "Slicer-5.13" / "qt-scripted-modules" / "XrayWorldModel").as_posix()
+    assert {dest[len(package_dir) + 1:] for name, dest in copies if name == "XrayWorldModel"} == \
+        {f.split("/", 1)[1] for f in _package_files()}
+    rules = [line.split("|") for line in (build / "stub-installs.txt").read_text().splitlines()]
+    assert [r for r in rules if r[0] == "XrayWorldModel"] == \
+        [["XrayWorldModel", package_dir, "lib/Slicer-5.13/qt-scripted-modules"]]
+    assert (build / "stub-unittests.txt").read_text().split() == ["Xray2Xray.py"]
+
+
+def test_top_level_cmake_follows_the_current_template():
     text = (REPO / "CMakeLists.txt").read_text()
-    fields = dict(re.findall(r'set\(EXTENSION_(\w+)\s+"?(.*?)"?\)', text))
+    assert text.splitlines()[0] == TEMPLATE_CMAKE_MINIMUM
+    assert re.search(r"^project\(Xray2Xray\)$", text, re.M)
+    fields = dict(re.findall(r'set\(EXTENSION_(\w+)\s+"([^"]*)"\)', text))
+    assert set(fields) == set(re.findall(r"set\(EXTENSION_(\w+)", text)), "unquoted EXTENSION_ value"
     for f in EXTENSION_FIELDS:
         assert fields.get(f, "").strip(), f"EXTENSION_{f} is missing or empty"
-    assert "PyTorch" in fields["DEPENDS"].split()
+    moved = [f for f in MOVED_TO_THE_INDEX if f in fields]
+    assert not moved, f"set in the index entry instead: {moved}"
+    assert fields["DEPENDS"].split() == ["PyTorch"]
     assert fields["HOMEPAGE"].startswith("https://") and fields["ICONURL"].startswith("https://")
     assert fields["ICONURL"].endswith("/Xray2Xray.png")
+    # contributors: "Name (Organization)", comma separated (the extension description spec)
+    for contributor in re.split(r",\s*(?![^()]*\))", fields["CONTRIBUTORS"]):
+        assert re.fullmatch(r"[^()]+ \([^()]+\)", contributor), contributor
     for url in fields["SCREENSHOTURLS"].split():
         rel = url.split("/main/", 1)[-1]
         assert (REPO / rel).is_file(), f"screenshot {url} is not in the repository"

@@ -12,6 +12,8 @@ family's ``add_*_parser``, runs the chosen one and reports package errors in one
 * ``probe``       logistic / Cox heads on the model's latents (:mod:`.probe.cli`).
 * ``models``      list, fetch, import, remove and locate trained models (:mod:`.weights.cli`).
 * ``study``, ``study-analysis``: the in-silico study (:mod:`.study.cli`).
+* ``web``         the Slicer module's workflow in a web browser: runs the checkout's
+  ``Xray2XrayWeb`` front end in its own process (:mod:`.web`; needs the ``[web]`` extra).
 
 Bad input ends with one line ``xray2xray: error: ...`` on stderr and exit status 2, never a
 traceback (:func:`.console.run_command`); command modules import torch only inside their
@@ -33,11 +35,12 @@ from .study.cli import add_study_parser
 from .train.cli import add_train_parser
 from .version import __version__
 from .weights.cli import add_models_parser
+from .web import add_web_parser
 
 #: The command families, in the order ``xray2xray --help`` lists them.
 PARSERS = (add_drr_parser, add_phantom_parser, add_recon_parser, add_train_parser,
            add_models_parser, add_probe_parser, add_infer_parser, add_demo_parser,
-           add_eval_volume_parser, add_study_parser)
+           add_eval_volume_parser, add_study_parser, add_web_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
