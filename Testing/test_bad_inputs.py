@@ -71,9 +71,23 @@ def _owner(dotted: str):
     raise ImportError(dotted)
 
 
+def _import_every_module() -> None:
+    """Import the whole package first: a module imported for the first time while a stand-in
+    is in place would keep it (``from .pipeline import load_inference_model`` binds the
+    stand-in), and later tests would meet it."""
+    import importlib
+    import pkgutil
+
+    import XrayWorldModel
+    for info in pkgutil.walk_packages(XrayWorldModel.__path__, "XrayWorldModel."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+
+
 @pytest.fixture
 def guarded(monkeypatch):
     """The heavy entry points raise :class:`HeavyWorkReached` for the test's duration."""
+    _import_every_module()
     for where, name in HEAVY:
         def stand_in(*args, _name=f"{where}.{name}", **kwargs):
             raise HeavyWorkReached(f"{_name} was reached: the command did not fail before "
