@@ -4,11 +4,15 @@ Runs the stages of ``xray2xray infer`` one by one on one radiograph (the real PA
 ../shared/data when present, else a procedural chest's DRR), ``--repeats`` times after one
 warm-up, and prints the median of each: load (model file -> model), preprocess (radiograph ->
 DRR domain), encode, sweep (transition steps to every sweep angle), decode, reconstruct
-(FDK + resampling), heads, consistency. It then times the whole command, ``xray2xray infer``,
-in a fresh process (Python start-up and imports included) and reports its peak RSS.
+(FDK + resampling), heads, consistency. It then times ``run_inference`` itself (what
+``infer`` runs in process, model file loaded each time) with the uncertainty maps off, at the
+default number of test-time augmentation passes and at ``--passes`` (default 8), side by side
+and interleaved repeat by repeat, so that a change of load on the machine hits every column
+alike. Last it times the whole command, ``xray2xray infer``, in a fresh process (Python
+start-up and imports included, default passes) and reports its peak RSS.
 
     python Testing/benchmarks/bench_infer.py [--model NAME|FILE] [--volume-size 128]
-        [--threads 2] [--device cpu,cuda] [--repeats 5] [--json out.json]
+        [--threads 2] [--device cpu,cuda] [--repeats 5] [--passes 8] [--json out.json]
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ def stage_times(model_spec, volume_size: int, device: str, repeats: int):
     import numpy as np
     import torch
     from XrayWorldModel.infer.domain import to_model_input
+    from XrayWorldModel.infer.trust import assess_trust
     from XrayWorldModel.infer.pipeline import (apply_card_heads, consistency_score,
                                                reconstruct, wrap_delta)
     from XrayWorldModel.config import TrainConfig
@@ -50,7 +55,7 @@ def stage_times(model_spec, volume_size: int, device: str, repeats: int):
 
     path = resolve_model(model_spec)
     rows = {k: [] for k in ("load", "preprocess", "encode", "sweep", "decode", "reconstruct",
-                            "heads", "consistency", "total")}
+                            "heads", "consistency", "trust", "total")}
     sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
     for rep in range(repeats + 1):
         t = {}
@@ -89,13 +94,54 @@ def stage_times(model_spec, volume_size: int, device: str, repeats: int):
             apply_card_heads(model, card, x)
             t["heads"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        consistency_score(volume, mi, sampling)
+        ncc = consistency_score(volume, mi, sampling)
         t["consistency"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assess_trust(model, card, x, ncc, mi)       # the OOD score on the heads' features
+        t["trust"] = time.perf_counter() - t0
         t["total"] = sum(t.values())
         if rep:           # the first round warms caches and JIT
             for k, v in t.items():
                 rows[k].append(v)
     return {k: statistics.median(v) for k, v in rows.items()}, source, card.get("name")
+
+
+def uncertainty_times(model_spec, volume_size: int, device: str, repeats: int, passes):
+    """Median stage times of ``run_inference`` for each number of uncertainty ``passes``
+    (0 = off), the columns interleaved within every repeat; one warm-up round first."""
+    import torch
+    from XrayWorldModel.config import TrainConfig
+    from XrayWorldModel.infer.pipeline import run_inference
+    from XrayWorldModel.weights import load_world_model
+    from XrayWorldModel.weights.registry import resolve_model
+    path = resolve_model(model_spec)
+    sampling = TrainConfig.from_dict(load_world_model(path, device)[1]["config"]).views
+    rad, _ = _radiograph(sampling)
+    rows = {n: {} for n in passes}
+    for rep in range(repeats + 1):
+        for n in passes:
+            t = run_inference(rad, path, volume_size=volume_size, device=device, uncertainty=n).timings
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if rep:
+                for k, v in t.items():
+                    rows[n].setdefault(k, []).append(v)
+    return {n: {k: statistics.median(v) for k, v in r.items()} for n, r in rows.items()}
+
+
+def print_uncertainty_table(results, default_passes: int) -> None:
+    for device, r in results.items():
+        cols = list(r["uncertainty_s"])
+        names = [("off" if n == 0 else f"N={n}" + (" (default)" if n == default_passes else ""))
+                 for n in cols]
+        print(f"\n`run_inference` with the uncertainty maps, {device} (ms, median)\n")
+        print("| stage | " + " | ".join(names) + " |")
+        print("|---|" + "---:|" * len(cols))
+        for k in r["uncertainty_s"][cols[0]]:
+            print(f"| {k} | " + " | ".join(f"{r['uncertainty_s'][n][k] * 1e3:.1f}" for n in cols) + " |")
+        base = r["uncertainty_s"][cols[0]]["total"]
+        print("| total vs off | " + " | ".join(
+            f"{(r['uncertainty_s'][n]['total'] / base - 1) * 100:+.0f}%" for n in cols) + " |")
 
 
 def cli_wall(model_spec, volume_size: int, device: str):
@@ -123,10 +169,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="comma-separated: cpu,cuda")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--passes", type=int, default=8,
+                    help="uncertainty passes of the third column (beside off and the default)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
+    from XrayWorldModel.conventions import UNCERTAINTY_PASSES
     torch.set_num_threads(args.threads)
     try:
         import numba
@@ -139,9 +188,11 @@ def main(argv=None):
             print("cuda: not available, skipped")
             continue
         stages, source, name = stage_times(args.model, args.volume_size, device, args.repeats)
+        passes = list(dict.fromkeys([0, UNCERTAINTY_PASSES, args.passes]))
+        unc = uncertainty_times(args.model, args.volume_size, device, args.repeats, passes)
         wall, rss = cli_wall(args.model, args.volume_size, device)
-        results[device] = {"stages_s": stages, "cli_wall_s": wall, "cli_peak_rss_mb": rss,
-                           "input": source, "model": name}
+        results[device] = {"stages_s": stages, "uncertainty_s": unc, "cli_wall_s": wall,
+                           "cli_peak_rss_mb": rss, "input": source, "model": name}
     print(f"\ninference latency, volume {args.volume_size}^3, {args.threads} threads, "
           f"median of {args.repeats} (model: {next(iter(results.values()))['model']})\n")
     devs = list(results)
@@ -155,6 +206,7 @@ def main(argv=None):
     print("| `xray2xray infer` peak RSS (MB) | " +
           " | ".join("n/a" if results[d]["cli_peak_rss_mb"] is None else f"{results[d]['cli_peak_rss_mb']:.0f}"
                      for d in devs) + " |")
+    print_uncertainty_table(results, UNCERTAINTY_PASSES)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results

@@ -4,13 +4,16 @@ Each ray steps through the volume one slice at a time along its dominant index a
 samples the slice bilinearly in the other two axes: one bilinear sample per slice instead
 of Siddon's boundary-by-boundary walk. The volume is copied once per dominant axis into a
 layout where that axis is slowest and the other two are zero-padded by one voxel, so a
-bilinear tap never needs a bounds check beyond "is the sample inside at all".
+bilinear tap never needs a bounds check beyond "is the sample inside at all"; a byte per
+voxel line records whether it attenuates at all (:class:`Layouts`).
 
-Two forward kernels give identical sums:
+Two forward kernels give the same sums (to float32 rounding):
 * :func:`joseph_project` walks ray by ray (any geometry, any affine);
 * :func:`joseph_project_columns` exploits the common case (no tilt, axial volume) where the
-  rays of one detector column share their in-plane path: per slice, the in-plane position
-  is computed once and every row reads the same two cache-resident voxel lines.
+  rays of one detector column share their in-plane path: the path is gathered once into a
+  sheet [row, slice] (the two voxel lines of each slice blended, lines that do not attenuate
+  skipped), and each ray is a linear interpolation along that sheet, summed as contiguous,
+  vectorised runs of slices.
 :func:`joseph_backproject` is the exact adjoint (gradients with respect to the volume).
 """
 from __future__ import annotations
@@ -122,113 +125,167 @@ def joseph_project(vol0, vol1, vol2, index, lps, beam, out):
             out[a, i, j] = _dispatch_ray(vol0, vol1, vol2, p0, d, length)
 
 
+# Columns per parallel task of the column kernel: each task allocates its buffers once.
+COLUMNS_PER_TASK = 16
+# Slices blended per block before the block is transposed into the sheet.
+SLICE_BLOCK = 16
+
+
 @numba.njit(cache=True, inline="always", fastmath=True)
-def _edge_rows(acc, line, oc, sc, k, nc, lo, hi):
-    """Rows lo..hi of one slice step, with the bounds check the interior rows skip."""
-    for i in range(lo, hi + 1):
-        pc = oc[i] + k * sc[i]
-        fc = math.floor(pc)
-        ic = int(fc)
-        if ic < 0 or ic > nc:
-            continue
-        acc[i] += line[ic] + (pc - fc) * (line[ic + 1] - line[ic])
+def _run_sum(s0, s1, f0, df):
+    """sum_t s0[t] + f_t (s1[t] - s0[t]) with f_t = f0 + t df: one run of slices whose
+    samples fall between the same two voxel rows (contiguous, so it vectorises)."""
+    acc = np.float32(0.0)
+    for t in range(s0.size):
+        f = f0 + df * np.float32(t)
+        acc += s0[t] + f * (s1[t] - s0[t])
+    return acc
 
 
-@numba.njit(cache=True, inline="always")
-def _row_interval(q0, slope, qmin, qmax, H):
-    """Rows i in [0, H) with qmin <= q0 + slope * i <= qmax (an interval; may be empty)."""
-    if slope == 0.0:
-        return (0, H - 1) if qmin <= q0 <= qmax else (0, -1)
-    t1 = (qmin - q0) / slope
-    t2 = (qmax - q0) / slope
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _sheet_ray(sheet, oc, sc, nk):
+    """Joseph sum over sheet slices 0..nk-1 of the ray at padded row coordinate
+    ``q = oc + k sc`` in ``sheet[q, k]`` (rows 0 and -1 are the zero border). The slices are
+    walked as runs with the same pair of rows, each run one contiguous dot product."""
+    nz = sheet.shape[0]
+    ka = 0
+    kb = nk - 1
+    if sc == 0.0:
+        if oc < 0.0 or oc > nz - 1:
+            return 0.0
+        ic = min(int(oc), nz - 2)
+        return _run_sum(sheet[ic, :nk], sheet[ic + 1, :nk], np.float32(oc - ic), np.float32(0.0))
+    inv = 1.0 / sc
+    t1 = -oc * inv
+    t2 = (nz - 1.0 - oc) * inv
     if t1 > t2:
         t1, t2 = t2, t1
-    lo = max(0, int(math.ceil(t1)))
-    hi = min(H - 1, int(math.floor(t2)))
-    return lo, hi
+    ka = max(ka, int(math.ceil(t1)))          # 0 <= q <= nz - 1: the sample can be non-zero
+    kb = min(kb, int(math.floor(t2)))
+    if kb < ka:
+        return 0.0
+    step = 1 if sc > 0.0 else -1
+    ic = min(max(int(math.floor(oc + ka * sc)), 0), nz - 2)
+    bound = ic + 1 if sc > 0.0 else ic        # the row boundary that ends the current run
+    acc = np.float32(0.0)
+    k = ka
+    while k <= kb:
+        ke = min(kb, max(k, int(math.ceil((bound - oc) * inv)) - 1))
+        acc += _run_sum(sheet[ic, k:ke + 1], sheet[ic + 1, k:ke + 1],
+                        np.float32(oc + k * sc - ic), np.float32(sc))
+        k = ke + 1
+        ic = min(max(ic + step, 0), nz - 2)
+        bound += step
+    return acc
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def joseph_project_columns(vol0, vol1, vol2, index, lps, beam, out):
-    """Same sums as :func:`joseph_project`, for tables whose detector rows run along index
-    axis 2 (see :func:`columns_share_paths`): all rays of a column then cross each slice at
-    the same in-plane position, so the slice loop is outside and the row loop inside."""
-    A, H, W = out.shape
-    for aj in numba.prange(A * W):
-        a = aj // W
-        j = aj % W
-        p0 = np.empty(3)
-        d = np.empty(3)
-        oc = np.empty(H)
-        sc = np.empty(H)
-        w = np.zeros(H)
-        acc = np.zeros(H)
-        generic = np.zeros(H, np.bool_)
-        ray_at(index, lps, beam, a, 0, j, p0, d)
-        ax = 0 if abs(d[0]) >= abs(d[1]) else 1
-        bx = 1 - ax
-        vol = vol0 if ax == 0 else vol1
-        line = np.empty(vol.shape[2], np.float32)   # the two voxel lines of a slice, blended
-        na = vol.shape[0]
-        nb = vol.shape[1] - 2
-        nc = vol.shape[2] - 2
-        inv = 1.0 / d[ax]
-        sb = d[bx] * inv
-        ob = p0[bx] - p0[ax] * sb + 1.0
-        for i in range(H):
-            length = ray_at(index, lps, beam, a, i, j, p0, d)
-            if abs(d[2]) > abs(d[ax]):
-                generic[i] = True
-                oc[i] = -1e30     # never inside: the row loop skips it
-                sc[i] = 0.0
-                out[a, i, j] = _dispatch_ray(vol0, vol1, vol2, p0, d, length)
-            else:
-                sc[i] = d[2] * inv
-                oc[i] = p0[2] - p0[ax] * sc[i] + 1.0
-                w[i] = length * abs(inv)
-        # slice range from the in-plane path only (shared by all rows); rows whose ray
-        # leaves the volume through top or bottom are skipped sample by sample below
-        p0[2] = 0.0
-        d[2] = 0.0
-        k0, k1 = _slice_range(p0, d, na, nb, 1, ax, bx, 2)
-        any_generic = generic.any()
-        for k in range(k0, k1 + 1):
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _fill_sheet(vol, occ, ob, sb, kf, kl, sheet, block):
+    """``sheet[:, k - kf]`` = the column's path through slice k (k = kf..kl): the two voxel
+    lines either side blended bilinearly, transposed so that each padded row is contiguous
+    along the slices. Blocks of slices are blended contiguously, then transposed."""
+    nz = vol.shape[2]
+    nb = vol.shape[1] - 2
+    nblk = block.shape[0]
+    for k0 in range(kf, kl + 1, nblk):
+        nt = min(nblk, kl + 1 - k0)
+        for t in range(nt):
+            k = k0 + t
             pb = ob + k * sb
             fb = math.floor(pb)
             ib = int(fb)
-            if ib < 0 or ib > nb:
+            dst = block[t]
+            if ib < 0 or ib > nb or (occ[k, ib] == 0 and occ[k, ib + 1] == 0):
+                dst[:] = 0.0
                 continue
-            wb = pb - fb
-            line0 = vol[k, ib]
-            line1 = vol[k, ib + 1]
-            # The padded row coordinate q_i = oc[i] + k sc[i] is affine in i, so the rows
-            # whose taps are safely inside form one interval: those run without checks,
-            # the few near the top and bottom edges with checks, the rest are skipped.
-            if any_generic or H == 1:
-                lo_in, hi_in, lo_out, hi_out = 0, -1, 0, H - 1
-            else:
-                q0 = oc[0] + k * sc[0]
-                slope = (oc[H - 1] + k * sc[H - 1] - q0) / (H - 1)
-                lo_in, hi_in = _row_interval(q0, slope, 0.5, nc + 0.5, H)
-                lo_out, hi_out = _row_interval(q0, slope, -0.5, nc + 1.5, H)
-            if hi_out < lo_out:
-                continue
-            # Blend the two voxel lines once (vectorised); each row then needs one lerp.
-            for z in range(nc + 2):
-                line[z] = line0[z] + wb * (line1[z] - line0[z])
-            for i in range(lo_in, hi_in + 1):
-                pc = oc[i] + k * sc[i]
-                fc = math.floor(pc)
-                ic = int(fc)
-                acc[i] += line[ic] + (pc - fc) * (line[ic + 1] - line[ic])
-            if hi_in < lo_in:             # no safe interior: check every row in range
-                lo_in = hi_out + 1
-                hi_in = hi_out
-            _edge_rows(acc, line, oc, sc, k, nc, lo_out, lo_in - 1)
-            _edge_rows(acc, line, oc, sc, k, nc, hi_in + 1, hi_out)
+            wb = np.float32(pb - fb)
+            l0 = vol[k, ib]
+            l1 = vol[k, ib + 1]
+            for z in range(nz):
+                dst[z] = l0[z] + wb * (l1[z] - l0[z])
+        for z in range(nz):
+            row = sheet[z, k0 - kf:k0 - kf + nt]
+            for t in range(nt):
+                row[t] = block[t, z]
+
+
+@numba.njit(cache=True, nogil=True)
+def _occupied_slices(occ, ob, sb, k0, k1, nb):
+    """First and last slice in k0..k1 where the in-plane path meets an attenuating line
+    (last < first when there is none)."""
+    kf = 0
+    kl = -1
+    for k in range(k0, k1 + 1):
+        ib = int(math.floor(ob + k * sb))
+        if 0 <= ib <= nb and (occ[k, ib] != 0 or occ[k, ib + 1] != 0):
+            if kl < kf:
+                kf = k
+            kl = k
+    return kf, kl
+
+
+@numba.njit(cache=True, fastmath=True, nogil=True)
+def _column(vols, occs, index, lps, beam, a, j, out, buf, block, w, p0, d):
+    """Fill ``out[a, :, j]``: one detector column, whose rays share their in-plane path."""
+    H = out.shape[1]
+    ray_at(index, lps, beam, a, 0, j, p0, d)
+    ax = 0 if abs(d[0]) >= abs(d[1]) else 1
+    bx = 1 - ax
+    vol = vols[ax]
+    inv = 1.0 / d[ax]
+    sb = d[bx] * inv
+    ob = p0[bx] - p0[ax] * sb + 1.0                # +1: padded index
+    for i in range(H):
+        length = ray_at(index, lps, beam, a, i, j, p0, d)
+        if abs(d[2]) > abs(d[ax]):                 # steeper than 45 deg in z: ray by ray
+            for r in range(H):
+                length = ray_at(index, lps, beam, a, r, j, p0, d)
+                out[a, r, j] = _dispatch_ray(vols[0], vols[1], vols[2], p0, d, length)
+            return
+        w[i] = length * abs(inv)
+    ray_at(index, lps, beam, a, 0, j, p0, d)
+    p0[2] = 0.0
+    d[2] = 0.0
+    nb = vol.shape[1] - 2
+    k0, k1 = _slice_range(p0, d, vol.shape[0], nb, 1, ax, bx, 2)
+    kf, kl = _occupied_slices(occs[ax], ob, sb, k0, k1, nb)
+    if kl < kf:
         for i in range(H):
-            if not generic[i]:
-                out[a, i, j] = acc[i] * w[i]
+            out[a, i, j] = 0.0
+        return
+    nz = vol.shape[2]
+    nk = kl - kf + 1
+    sheet = buf[:nz * nk].reshape((nz, nk))
+    _fill_sheet(vol, occs[ax], ob, sb, kf, kl, sheet, block)
+    for i in range(H):
+        ray_at(index, lps, beam, a, i, j, p0, d)
+        sc = d[2] * inv
+        oc = p0[2] - p0[ax] * sc + 1.0 + kf * sc   # padded row at sheet slice k - kf
+        out[a, i, j] = _sheet_ray(sheet, oc, sc, nk) * w[i]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+def joseph_project_columns(vol0, vol1, vol2, occ0, occ1, index, lps, beam, out):
+    """Same sums as :func:`joseph_project`, for tables whose detector rows run along index
+    axis 2 (see :func:`columns_share_paths`): all rays of a column cross each slice at the
+    same in-plane position. Per column, the path through the volume is gathered once into
+    a small sheet [row, slice] (bilinear in the in-plane axis, slices with no attenuating
+    voxel skipped using ``occ0/1``); each ray is then a linear interpolation along that
+    sheet's rows, summed as contiguous runs."""
+    A, H, W = out.shape
+    n = A * W
+    nz = max(vol0.shape[2], vol1.shape[2])
+    nmax = max(vol0.shape[0], vol1.shape[0])
+    vols = (vol0, vol1, vol2)
+    occs = (occ0, occ1)
+    for task in numba.prange((n + COLUMNS_PER_TASK - 1) // COLUMNS_PER_TASK):
+        buf = np.empty(nz * nmax, np.float32)
+        block = np.empty((SLICE_BLOCK, nz), np.float32)
+        w = np.empty(H)
+        p0 = np.empty(3)
+        d = np.empty(3)
+        for aj in range(task * COLUMNS_PER_TASK, min(n, (task + 1) * COLUMNS_PER_TASK)):
+            _column(vols, occs, index, lps, beam, aj // W, aj % W, out, buf, block, w, p0, d)
 
 
 def columns_share_paths(table, tol: float = 1e-9) -> bool:
@@ -290,45 +347,84 @@ def joseph_backproject(g0, g1, g2, index, lps, beam, values):
                     _joseph_ray_adjoint(g2, p0, d, length, v, 2, 0, 1)
 
 
+@numba.njit(cache=True, inline="always")
+def _attenuation(v, scale, offset, clip):
+    v = v * scale + offset
+    return max(v, 0.0) if clip else v
+
+
 @numba.njit(parallel=True, cache=True)
-def _layout_from(src, dst, a, scale, offset, clip):
+def _layout_from(src, dst, occ, a, scale, offset, clip):
     """dst[k, 1+b, 1+c] = src * scale + offset (clipped at 0 when ``clip``) in the layout
-    ``AXIS_ORDER[a]``; the one-voxel border of ``dst`` is already zero."""
+    ``AXIS_ORDER[a]``; the one-voxel border of ``dst`` is already zero. ``occ[k, 1+b]`` = 1
+    where the line ``dst[k, 1+b, :]`` has a non-zero value."""
     n0, n1, n2 = src.shape
     if a == 0:
         for x in numba.prange(n0):
             for y in range(n1):
+                nonzero = False
                 for z in range(n2):
-                    v = src[x, y, z] * scale + offset
-                    dst[x, y + 1, z + 1] = max(v, 0.0) if clip else v
+                    v = _attenuation(src[x, y, z], scale, offset, clip)
+                    dst[x, y + 1, z + 1] = v
+                    nonzero |= v != 0.0
+                occ[x, y + 1] = nonzero
     elif a == 1:
         for y in numba.prange(n1):
             for x in range(n0):
+                nonzero = False
                 for z in range(n2):
-                    v = src[x, y, z] * scale + offset
-                    dst[y, x + 1, z + 1] = max(v, 0.0) if clip else v
+                    v = _attenuation(src[x, y, z], scale, offset, clip)
+                    dst[y, x + 1, z + 1] = v
+                    nonzero |= v != 0.0
+                occ[y, x + 1] = nonzero
     else:
         for z in numba.prange(n2):
             for x in range(n0):
+                nonzero = False
                 for y in range(n1):
-                    v = src[x, y, z] * scale + offset
-                    dst[z, x + 1, y + 1] = max(v, 0.0) if clip else v
+                    v = _attenuation(src[x, y, z], scale, offset, clip)
+                    dst[z, x + 1, y + 1] = v
+                    nonzero |= v != 0.0
+                occ[z, x + 1] = nonzero
 
 
-def attenuation_layouts(array: np.ndarray, needed, scale=1.0, offset=0.0, clip=False):
+class Layouts:
+    """The volume prepared for the kernels: ``vols[a]`` is the padded copy for rays dominant
+    along index axis ``a`` (a small dummy where no ray is), ``occ[a][k, b]`` says whether
+    line ``vols[a][k, b, :]`` attenuates at all (the column kernel skips the lines that do
+    not)."""
+
+    def __init__(self, vols, occ):
+        self.vols = tuple(vols)
+        self.occ = tuple(occ)
+
+    def project(self, table, out):
+        """Joseph line integrals of every ray of ``table`` into ``out`` [A, H, W] (float32)."""
+        if columns_share_paths(table):
+            joseph_project_columns(*self.vols, *self.occ[:2], table.index, table.lps, table.beam, out)
+        else:
+            joseph_project(*self.vols, table.index, table.lps, table.beam, out)
+        return out
+
+
+def attenuation_layouts(array: np.ndarray, needed, scale=1.0, offset=0.0, clip=False) -> Layouts:
     """Per-dominant-axis float32 copies of ``array * scale + offset`` (clipped at 0 when
-    ``clip``) with the zero border the kernels expect, each built in one parallel pass;
-    small dummies for axes not ``needed``. ``layout[:, 1:-1, 1:-1]`` is the plain volume."""
+    ``clip``) with the zero border the kernels expect, each built in one parallel pass with
+    its line occupancy; small dummies for axes not ``needed``. ``vols[a][:, 1:-1, 1:-1]`` is
+    the plain volume."""
     src = np.asarray(array)
     if src.dtype not in (np.float32, np.float64, np.int16, np.int32, np.uint8, np.uint16):
         src = src.astype(np.float32)
-    out = []
+    vols, occ = [], []
     for a in range(3):
         if a in needed:
             n = [src.shape[i] for i in AXIS_ORDER[a]]
             dst = np.zeros((n[0], n[1] + 2, n[2] + 2), np.float32)
-            _layout_from(src, dst, a, np.float32(scale), np.float32(offset), clip)
-            out.append(dst)
+            occupied = np.zeros((n[0], n[1] + 2), np.uint8)
+            _layout_from(src, dst, occupied, a, np.float32(scale), np.float32(offset), clip)
+            vols.append(dst)
+            occ.append(occupied)
         else:
-            out.append(np.zeros((1, 3, 3), np.float32))
-    return out
+            vols.append(np.zeros((1, 3, 3), np.float32))
+            occ.append(np.zeros((1, 3), np.uint8))
+    return Layouts(vols, occ)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .rays import COL, DET0, ROW, SRC
+
 
 def joseph_project_torch(mu: torch.Tensor, starts: torch.Tensor, deltas: torch.Tensor,
                          lengths: torch.Tensor, max_samples: int = 2 ** 24) -> torch.Tensor:
@@ -45,3 +47,21 @@ def joseph_project_torch(mu: torch.Tensor, starts: torch.Tensor, deltas: torch.T
         out = out.index_put((torch.arange(lo, lo + s.shape[0], device=mu.device),),
                             samples.sum(dim=1) * w)
     return out
+
+
+def dense_rays_torch(table, device) -> tuple:
+    """``table.dense()`` computed on ``device``: start [N, 3], delta [N, 3] (index space) and
+    length [N] (mm) as float32 tensors, built there from the table's few vectors per angle
+    (in float64), so no ray array crosses from the host."""
+    A, H, W = table.shape
+    f64 = dict(device=device, dtype=torch.float64)
+    jj = torch.arange(W, **f64)[None, None, :, None]
+    ii = torch.arange(H, **f64)[None, :, None, None]
+    out = []
+    for t in (table.index, table.lps):
+        t = torch.as_tensor(t, **f64)[:, None, None]               # [A, 1, 1, 4, 3]
+        p = t[..., DET0, :] + jj * t[..., COL, :] + ii * t[..., ROW, :]
+        s = t[..., SRC, :] + table.beam * p
+        out.append((s.reshape(-1, 3), (p - s).reshape(-1, 3)))
+    (s_idx, d_idx), (_, d_lps) = out
+    return s_idx.float(), d_idx.float(), torch.linalg.vector_norm(d_lps, dim=1).float()

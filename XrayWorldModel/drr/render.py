@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..console import progress_bar
 from ..conventions import MU_WATER
 from ..errors import InputError
 from ..geometry import ProjectionGeometry
 from ..volume import Volume
 from . import joseph, siddon
-from .joseph_torch import joseph_project_torch
+from .joseph_torch import dense_rays_torch, joseph_project_torch
 from .rays import RayTable, dominant_axes
 from .support import support_box
 
@@ -61,18 +62,23 @@ class DRRRenderer:
     layouts) costs about as much as a few DRRs, so training and batch jobs keep one
     renderer per CT. ``units``: ``"hu"`` (converted with ``mu_water``, clipped at 0) or
     ``"mu"`` (attenuation per mm, used as is). The exact renderer is a CPU reference and
-    runs there whatever ``device`` says.
+    runs there whatever ``device`` says. ``engine`` (fast method): ``"auto"`` = numba on
+    the CPU, PyTorch elsewhere; ``"torch"`` = the PyTorch renderer on any device (the CUDA
+    code path, runnable on the CPU; same sums to float rounding).
     """
 
     def __init__(self, volume: Volume, method: str = "fast", device=None,
-                 mu_water: float = DEFAULT_MU_WATER, units: str = "hu"):
+                 mu_water: float = DEFAULT_MU_WATER, units: str = "hu", engine: str = "auto"):
         if method not in METHODS:
             raise InputError(f"unknown DRR method {method!r}; choose one of {', '.join(METHODS)}")
+        if engine not in ("auto", "torch"):
+            raise InputError(f"engine must be 'auto' or 'torch', got {engine!r}")
         # only the grid (shape + affine) is kept, not the Volume object, so caches may
         # hold renderers without keeping their volumes alive
         self.volume = Volume(np.broadcast_to(np.float32(0), volume.shape), volume.affine)
         self.method = method
         self.device = resolve_device(device) if method == "fast" else torch.device("cpu")
+        self._numba = method == "fast" and self.device.type == "cpu" and engine == "auto"
         self._conv = _conversion(units, mu_water)
         box = support_box(volume.array, *self._conv)
         self._empty = box is None
@@ -80,24 +86,25 @@ class DRRRenderer:
         self._layouts = {}
         self._mu_t = None
 
-    def _cpu_layouts(self, axes):
+    def _cpu_layouts(self, axes) -> joseph.Layouts:
         missing = set(axes) - set(self._layouts)
         if missing:
             made = joseph.attenuation_layouts(self._array, missing, *self._conv)
-            self._layouts.update({a: made[a] for a in missing})
-        dummy = np.zeros((1, 3, 3), np.float32)
-        return [self._layouts.get(a, dummy) for a in range(3)]
+            self._layouts.update({a: (made.vols[a], made.occ[a]) for a in missing})
+        dummy = (np.zeros((1, 3, 3), np.float32), np.zeros((1, 3), np.uint8))
+        parts = [self._layouts.get(a, dummy) for a in range(3)]
+        return joseph.Layouts([p[0] for p in parts], [p[1] for p in parts])
 
     def _exact_array(self):
         """Attenuation in plain (x, y, z) layout for Siddon; no copy when it already is."""
         if self._conv == (1.0, 0.0, False) and self._array.dtype == np.float32:
             return self._array
-        return self._cpu_layouts({0})[0][:, 1:-1, 1:-1]
+        return self._cpu_layouts({0}).vols[0][:, 1:-1, 1:-1]
 
     def render_tensor(self, geometry: ProjectionGeometry, angles_per_chunk: int = 8) -> torch.Tensor:
         """Like :meth:`render` but a float32 tensor on the renderer's device (no copy to
         the host on CUDA): for rendering training batches on the training device."""
-        on_device = self.method == "fast" and self.device.type != "cpu"
+        on_device = self.method == "fast" and not self._numba
         out = self.render(geometry, angles_per_chunk, _on_device=on_device)
         return out if isinstance(out, torch.Tensor) else torch.from_numpy(out).to(self.device)
 
@@ -114,17 +121,14 @@ class DRRRenderer:
         table = RayTable(self._affine, geometry)
         if self.method == "exact":
             mu = self._exact_array()
-        elif self.device.type == "cpu":
+        elif self._numba:
             layouts = self._cpu_layouts(dominant_axes(table))
-            kernel = _cpu_kernel(table)
         elif self._mu_t is None:
             scale, offset, clip = self._conv
             mu_t = torch.as_tensor(np.asarray(self._array, np.float32), device=self.device)
             self._mu_t = (mu_t * scale + offset).clamp(min=0) if clip else mu_t * scale + offset
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=A, desc=f"DRR ({self.method})", unit="view")
+        bar = progress_bar(None, progress, total=A, desc=f"DRR ({self.method})",
+                           unit="view") if progress else None
         chunks = []
         for lo in range(0, A, angles_per_chunk):
             hi = min(A, lo + angles_per_chunk)
@@ -133,8 +137,8 @@ class DRRRenderer:
                 res = np.empty((hi - lo, H, W), np.float64)
                 siddon.siddon_project(mu, index, lps, table.beam, res)
                 out[lo:hi] = res
-            elif self.device.type == "cpu":
-                kernel(*layouts, index, lps, table.beam, out[lo:hi])
+            elif self._numba:
+                layouts.project(table.subset(lo, hi), out[lo:hi])
             else:
                 with torch.no_grad():
                     res = _project_dense_torch(self._mu_t, table.subset(lo, hi))
@@ -160,12 +164,6 @@ def render_drr(volume: Volume, geometry: ProjectionGeometry, method: str = "fast
     return renderer.render(geometry, angles_per_chunk, progress)
 
 
-def _cpu_kernel(table: RayTable):
-    """The column kernel where detector columns share their path (axial CT, no tilt),
-    else the per-ray kernel; both give the same sums."""
-    return joseph.joseph_project_columns if joseph.columns_share_paths(table) else joseph.joseph_project
-
-
 def _crop(volume: Volume, box):
     """The sub-array in ``box`` (index slices) and the affine that keeps it in place."""
     start = np.array([b.start for b in box], dtype=np.float64)
@@ -175,7 +173,7 @@ def _crop(volume: Volume, box):
 
 
 def _project_dense_torch(mu: torch.Tensor, table: RayTable) -> torch.Tensor:
-    start, delta, length = (torch.from_numpy(x).to(mu.device, torch.float32) for x in table.dense())
+    start, delta, length = dense_rays_torch(table, mu.device)
     return joseph_project_torch(mu, start, delta, length).reshape(table.shape)
 
 
@@ -186,9 +184,8 @@ class _JosephCPU(torch.autograd.Function):
     def forward(ctx, mu, table):
         vol = mu.detach().cpu().numpy()
         axes = dominant_axes(table)
-        layouts = joseph.attenuation_layouts(vol, axes)
         out = np.empty(table.shape, dtype=np.float32)
-        _cpu_kernel(table)(*layouts, table.index, table.lps, table.beam, out)
+        joseph.attenuation_layouts(vol, axes).project(table, out)
         ctx.table, ctx.axes, ctx.vol_shape = table, axes, vol.shape
         return torch.from_numpy(out).to(mu.dtype)
 

@@ -12,6 +12,19 @@ import numpy as np
 from .rays import ray_at
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _axis_start(p, d, a, n):
+    """Voxel index (clamped), step, parameter of the next boundary and its increment along
+    one axis, for the ray ``p + t d`` entering at parameter ``a``."""
+    i = int(np.floor(p + a * d + 0.5))
+    i = min(max(i, 0), n - 1)
+    if d > 1e-12:
+        return i, 1, (i + 0.5 - p) / d, 1.0 / d
+    if d < -1e-12:
+        return i, -1, (i - 0.5 - p) / d, -1.0 / d
+    return i, 0, np.inf, np.inf
+
+
 @numba.njit(cache=True, nogil=True)
 def _siddon_ray(vol, p0, d, length):
     n0, n1, n2 = vol.shape
@@ -32,50 +45,42 @@ def _siddon_ray(vol, p0, d, length):
             return 0.0
     if amin >= amax:
         return 0.0
-    idx = np.empty(3, np.int64)
-    step = np.empty(3, np.int64)
-    anext = np.empty(3, np.float64)
-    ainc = np.empty(3, np.float64)
     # voxel containing the midpoint of the first (small) stretch inside the box
     amid = amin + min(1e-9, 0.5 * (amax - amin))
-    for ax in range(3):
-        x = p0[ax] + amid * d[ax]
-        i = int(np.floor(x + 0.5))
-        if i < 0:
-            i = 0
-        elif i > shape[ax] - 1:
-            i = shape[ax] - 1
-        idx[ax] = i
-        if d[ax] > 1e-12:
-            step[ax] = 1
-            anext[ax] = (i + 0.5 - p0[ax]) / d[ax]
-            ainc[ax] = 1.0 / d[ax]
-        elif d[ax] < -1e-12:
-            step[ax] = -1
-            anext[ax] = (i - 0.5 - p0[ax]) / d[ax]
-            ainc[ax] = -1.0 / d[ax]
-        else:
-            step[ax] = 0
-            anext[ax] = np.inf
-            ainc[ax] = np.inf
+    i0, s0, t0, u0 = _axis_start(p0[0], d[0], amid, n0)
+    i1, s1, t1, u1 = _axis_start(p0[1], d[1], amid, n1)
+    i2, s2, t2, u2 = _axis_start(p0[2], d[2], amid, n2)
     acc = 0.0
     a = amin
     while a < amax:
-        ax = 0
-        if anext[1] < anext[ax]:
-            ax = 1
-        if anext[2] < anext[ax]:
-            ax = 2
-        an = anext[ax]
-        if an > amax:
-            an = amax
-        if an > a:
-            acc += vol[idx[0], idx[1], idx[2]] * (an - a)
-            a = an
-        idx[ax] += step[ax]
-        anext[ax] += ainc[ax]
-        if idx[ax] < 0 or idx[ax] >= shape[ax]:
-            break
+        v = vol[i0, i1, i2]
+        if t0 <= t1 and t0 <= t2:           # the x boundary comes first
+            an = min(t0, amax)
+            if an > a:
+                acc += v * (an - a)
+                a = an
+            i0 += s0
+            t0 += u0
+            if i0 < 0 or i0 >= n0:
+                break
+        elif t1 <= t2:
+            an = min(t1, amax)
+            if an > a:
+                acc += v * (an - a)
+                a = an
+            i1 += s1
+            t1 += u1
+            if i1 < 0 or i1 >= n1:
+                break
+        else:
+            an = min(t2, amax)
+            if an > a:
+                acc += v * (an - a)
+                a = an
+            i2 += s2
+            t2 += u2
+            if i2 < 0 or i2 >= n2:
+                break
     return acc * length
 
 
