@@ -55,6 +55,16 @@ def model_file(tmp_path_factory, tiny_config, phantom_frontals):
     return save_model_file(path, tensors, card)
 
 
+def _smooth_png(path, size: int = 64):
+    """A smooth, radiograph-like 8-bit image (not noise, which the radiograph screen refuses
+    before anything else is looked at)."""
+    from PIL import Image
+    y, x = np.mgrid[0:size, 0:size] / size - 0.5
+    img = np.exp(-(x ** 2 + y ** 2) / 0.08) + 0.3 * np.cos(6 * x) ** 2
+    Image.fromarray((img / img.max() * 255).astype(np.uint8)).save(path)
+    return path
+
+
 def test_wrap_delta():
     assert wrap_delta([0, 90, 180, 270, 360, -90]).tolist() == [0, 90, -180, -90, 0, -90]
 
@@ -135,9 +145,32 @@ def test_infer_real_radiograph_outputs(tmp_path, shared_data, model_file):
     detector_y = -(s.sdd - s.sod)          # PA: the detector is anterior (-y in LPS)
     assert corners[:, 1].min() > detector_y
     assert -1 <= data["consistency"]["ncc"] <= 1
-    assert sorted(data["scores"]["pathologies"]) == sorted(PATHOLOGIES)
-    assert 0 <= data["scores"]["risk"] <= 1 and "hazard_ratio" in data["scores"]["risk_details"]
     assert data["timings_s"]["total"] > 0
+    # trust: this model file has no OOD reference, so the verdict is the consistency alone
+    trust, scores = data["trust"], data["scores"]
+    assert trust["reference"] is False and trust["ood_score"] is None
+    assert any("no out-of-distribution reference" in r for r in trust["reasons"])
+    assert trust["consistency"] == data["consistency"]["ncc"]
+    assert trust["in_distribution"] == (trust["consistency"] >= trust["min_consistency"])
+    if trust["in_distribution"]:
+        assert scores["withheld"] is None and sorted(scores["pathologies"]) == sorted(PATHOLOGIES)
+    else:
+        assert scores["pathologies"] is None and scores["risk"] is None
+        assert "consistency" in scores["withheld"]
+    # forced: the scores come back, marked, clipped, each with its logit
+    forced = tmp_path / "forced"
+    assert main(["infer", str(cr), "--out", str(forced), "--model", str(model_file),
+                 "--volume-size", "24", "--uncertainty", "0", "--force-scores"]) == 0
+    f = json.loads((forced / "results.json").read_text())
+    jsonschema.validate(f, load_schema())
+    s = f["scores"]
+    assert s["withheld"] is None and s["forced"] == (not f["trust"]["in_distribution"])
+    assert sorted(s["pathologies"]) == sorted(PATHOLOGIES)
+    for name, p in s["pathologies"].items():
+        assert 1e-3 <= p <= 1 - 1e-3
+        unclipped = 1 / (1 + np.exp(-s["pathology_logits"][name]))
+        assert p == pytest.approx(min(max(unclipped, 1e-3), 1 - 1e-3), abs=1e-9)
+    assert 1e-3 <= s["risk"] <= 1 - 1e-3 and "hazard_ratio" in s["risk_details"]
 
 
 def test_infer_rejects_ct_dicom(tmp_path, capsys, model_file):
@@ -185,7 +218,7 @@ def test_infer_rejects_bad_model_files(tmp_path, capsys, model_file, damage):
     bad.write_bytes(bytes(raw))
     img = tmp_path / "cxr.png"
     from PIL import Image
-    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(img)
+    _smooth_png(img)
     assert main(["infer", str(img), "--out", str(tmp_path / "o"), "--model", str(bad)]) == 2
     err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
     assert len(err) == 1 and "bad.safetensors" in err[-1]
@@ -247,7 +280,7 @@ def test_bad_sweep_step_is_refused_in_one_line(tmp_path, capsys, model_file):
     """A sweep step that does not divide the circle: one line, exit 2, nothing written."""
     img = tmp_path / "cxr.png"
     from PIL import Image
-    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(img)
+    _smooth_png(img)
     out = tmp_path / "o"
     assert main(["infer", str(img), "--out", str(out), "--model", str(model_file),
                  "--sweep-step", "7"]) == 2

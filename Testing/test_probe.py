@@ -387,3 +387,76 @@ def test_cli_risk_missing_time_column(setup, capsys):
     code, out, err = _run(["probe", "--model", str(setup["model"]), "--data", f"phantom:{N_CT}",
                            "--labels", str(bad), "--task", "risk"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "lacks column 'time'" in err
+
+
+def test_probe_writes_calibration_ood_reference_and_diagrams(setup, capsys):
+    """Issue 13: probe calibrates each logistic head on its out-of-fold logits (ECE before
+    and after reported), fits the OOD reference on the same features and sets its threshold
+    to the 99th percentile of the --heldout CTs' scores, and writes reliability diagrams."""
+    from XrayWorldModel.data import resolve_source
+    from XrayWorldModel.probe.acquisition import render_acquired_views
+    from XrayWorldModel.probe.features import extract_features
+    from XrayWorldModel.probe.ood import scores
+    from XrayWorldModel.weights import load_world_model, read_card
+    root = setup["root"] / "trust"
+    saved = root / "calibrated.safetensors"
+    code, out, err = _run(["probe", "--model", str(setup["model"]), "--data", f"phantom:{N_CT}",
+                           "--labels", str(setup["labels"]), "--task", "pathology",
+                           "--folds", "3", "--bootstrap", "20", "--C", "1", "--views", "2",
+                           "--heldout", "phantom:12:100", "--save-into", str(saved)], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["metrics"]["n"] == N_CT and res["metrics"]["n_views"] == 2 * N_CT
+    assert set(res["calibration"]["labels"]) == set(PATHOLOGIES)
+    for v in res["calibration"]["labels"].values():
+        assert 0 <= v["ece_after"] <= 1 and 0 <= v["ece_before"] <= 1
+    assert Path(res["diagrams"]["cv"]).is_file() and Path(res["diagrams"]["cv"]).stat().st_size > 1000
+    card = read_card(saved)
+    head = card["heads"]["pathology"]["heads"][0]
+    assert head["calibration"]["method"] == "platt" and len(head["calibration"]["a"]) == 5
+    ood = card["ood"]
+    assert ood["n"] == 2 * N_CT and ood["fitted_on"]["n"] == N_CT      # views, CTs
+    assert ood["features"]["n_features"] == 32 and len(ood["components"]) <= 32
+    # the threshold: recompute the held-out views the way probe makes them (seed + 1)
+    model, _ = load_world_model(saved)
+    images, ids, groups = render_acquired_views(resolve_source("phantom:12:100"), card, 2, seed=1)
+    s = scores(ood, extract_features(model, images, 0.0, [90.0]))
+    assert len(ids) == 12 and ood["threshold"] == pytest.approx(np.quantile(s, 0.99), rel=1e-6)
+    assert res["heldout"]["n"] == 12 and res["ood"]["threshold"] == ood["threshold"]
+
+
+def test_acquisitions_are_seeded_and_go_through_the_inference_preprocessing(setup):
+    """Each CT is seen through N different acquisitions (shift, tilt, detector, display),
+    the same ones for the same seed; views of one CT share its group."""
+    from XrayWorldModel.data import resolve_source
+    from XrayWorldModel.probe.acquisition import render_acquired_views
+    from XrayWorldModel.weights import read_card
+    card = read_card(setup["model"])
+    items = resolve_source("phantom:2")
+    a, ids, groups = render_acquired_views(items, card, 3, seed=7)
+    b, _, _ = render_acquired_views(items, card, 3, seed=7)
+    c, _, _ = render_acquired_views(items, card, 3, seed=8)
+    assert a.shape == (6, 1, 32, 32) and ids == ["phantom-00000", "phantom-00001"]
+    assert groups.tolist() == [0, 0, 0, 1, 1, 1]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert not np.allclose(a[0], a[1])              # two acquisitions of one CT differ
+    assert np.isfinite(a).all() and a.min() >= -0.5 and a.max() > 1.0
+
+
+def test_averaged_head_is_the_mean_of_its_fold_heads_logits():
+    """The stored head of a label is one linear map whose logit equals the mean of the K
+    fold heads' logits on any features (each fold head standardised on its own folds)."""
+    from XrayWorldModel.probe.evaluate import cv_logistic
+    from XrayWorldModel.probe.heads import average_logistic, linear_predictor
+    X, Y, _ = _logistic_data(200, seed=4)
+    labels = [f"y{j}" for j in range(Y.shape[1])]
+    folds = {}
+    cv_logistic(X, Y, labels, folds=4, C=1.0, fold_heads=folds)
+    head = average_logistic(folds, labels, X)
+    new = np.random.default_rng(9).normal(size=(13, X.shape[1])) * 3
+    for j, name in enumerate(labels):
+        assert len(folds[name]) == 4
+        expected = np.mean([linear_predictor(h, new)[:, 0] for h in folds[name]], axis=0)
+        np.testing.assert_allclose(linear_predictor(head, new)[:, j], expected, rtol=1e-9, atol=1e-9)
+    assert head["cross_fitted"] == 4

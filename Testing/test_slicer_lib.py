@@ -490,7 +490,7 @@ def _table_values(tableNode) -> dict:
 
 def test_inference_returns_the_three_outputs(cxr_inference):
     out = cxr_inference["outputs"]
-    assert set(out) == {"volume", "views", "table", "results", "result"}
+    assert set(out) == {"volume", "views", "table", "volumeStd", "viewsStd", "results", "result"}
     assert out["volume"].IsA("vtkMRMLScalarVolumeNode") and out["volume"].GetScene() is cxr_inference["scene"]
     assert out["views"].IsA("vtkMRMLSequenceNode") and out["table"].IsA("vtkMRMLTableNode")
     assert out["table"].GetScene() is cxr_inference["scene"]
@@ -525,22 +525,141 @@ def test_predicted_view_lies_on_its_detector_plane(cxr_inference):
     assert browser is not None and browser.GetProxyNode(seq) is not None
 
 
+def _table_notes(tableNode) -> dict:
+    table = tableNode.GetTable()
+    return {table.GetValue(r, 0).ToString(): table.GetValue(r, 2).ToString()
+            for r in range(table.GetNumberOfRows())}
+
+
+def _assert_scores_in_table(values: dict, notes: dict, results: dict):
+    """The table shows the verdict; "withheld" with the reason where the verdict withholds
+    the scores, else each probability with honest precision (never 1.000 / 0.000)."""
+    from XrayWorldModel.conventions import format_probability
+    trust, scores = results["trust"], results["scores"]
+    assert values["Trust verdict"] == ("in distribution" if trust["in_distribution"]
+                                       else "OUT OF DISTRIBUTION")
+    assert all(r in notes["Trust verdict"] for r in trust["reasons"])
+    rows = ["Cardiovascular risk"] + [f"Pathology: {p.replace('_', ' ')}" for p in PATHOLOGIES]
+    if scores["withheld"]:
+        assert all(values[r] == "withheld" and notes[r] == scores["withheld"] for r in rows)
+        return
+    assert values["Cardiovascular risk"] == format_probability(scores["risk"])
+    for name, p in scores["pathologies"].items():
+        assert values[f"Pathology: {name.replace('_', ' ')}"] == format_probability(p)
+    assert not any(re.fullmatch(r"[01]\.0+", values[r]) for r in rows)
+    if scores["forced"]:
+        assert all("OUT OF DISTRIBUTION" in notes[r] for r in rows)
+
+
 def test_inference_table_holds_the_models_values(cxr_inference, tiny_models):
     result = cxr_inference["result"]
-    values = _table_values(cxr_inference["outputs"]["table"])
-    scores = result.scores
-    assert float(values["Cardiovascular risk"]) == pytest.approx(scores["risk"], abs=5e-5)
-    assert set(scores["pathologies"]) == set(PATHOLOGIES)
-    for name, p in scores["pathologies"].items():
-        assert float(values[f"Pathology: {name.replace('_', ' ')}"]) == pytest.approx(p, abs=5e-5)
-    for name, v in scores["risk_details"].items():
-        assert float(values[f"Risk: {name.replace('_', ' ')}"]) == pytest.approx(v, abs=5e-5)
+    table = cxr_inference["outputs"]["table"]
+    values, notes = _table_values(table), _table_notes(table)
+    results = cxr_inference["outputs"]["results"]
+    assert set(result.scores["pathologies"]) == set(PATHOLOGIES)
+    # no OOD reference in this (old-style) card: the verdict is the consistency's alone
+    assert results["trust"]["reference"] is False
+    assert results["trust"]["in_distribution"] == (result.consistency >= 0.7)
+    _assert_scores_in_table(values, notes, results)
     assert float(values["Consistency (NCC)"]) == pytest.approx(result.consistency, abs=5e-5)
     assert values["Model name"] == "tiny-test" and values["Model version"] == "1"
     assert values["Model SHA256"] == hashlib.sha256(tiny_models["heads"].read_bytes()).hexdigest()
     # the full-precision results ride on the table node
     stored = Xray2XrayCoreLogic.tableResults(cxr_inference["outputs"]["table"])
-    assert stored["scores"]["risk"] == scores["risk"] and stored["consistency"]["ncc"] == result.consistency
+    assert stored == results and stored["consistency"]["ncc"] == result.consistency
+
+
+def test_forced_scores_show_in_the_table_marked(scene, shared_data, tiny_models):
+    """forceScores=True: the table holds the probabilities even out of distribution, each
+    marked so; without it the same radiograph's rows agree with its verdict."""
+    logic = Xray2XrayCoreLogic(scene)
+    cxr = _load_real_radiograph(logic, shared_data)
+    out = logic.runInference(cxr, model=tiny_models["heads"], views=(), volumeSize=16,
+                             uncertainty=0, forceScores=True)
+    results = out["results"]
+    assert results["scores"]["withheld"] is None and results["scores"]["pathologies"]
+    assert results["scores"]["forced"] == (not results["trust"]["in_distribution"])
+    _assert_scores_in_table(_table_values(out["table"]), _table_notes(out["table"]), results)
+
+
+@pytest.mark.parametrize("case", ["withheld", "forced", "in distribution", "no trust field"])
+def test_table_rows_from_results(case):
+    """The table's rows from results.json dicts the package writes (trust.output_scores)."""
+    from Xray2XrayLib.core import inferenceTableRows
+    from XrayWorldModel.infer.trust import output_scores, verdict
+    raw = {"risk": 0.9996, "risk_logit": 7.8, "risk_details": {"hazard_ratio": 2.5},
+           "pathologies": {p: 0.0001 if i else 0.5 for i, p in enumerate(PATHOLOGIES)},
+           "pathology_logits": {p: 0.0 for p in PATHOLOGIES}, "calibrated": True}
+    ood = {"withheld": (40.0, 0.95), "forced": (40.0, 0.95), "in distribution": (3.0, 0.95),
+           "no trust field": (3.0, 0.95)}[case]
+    trust = verdict({"score": ood[0], "threshold": 9.0}, ood[1])
+    results = {"trust": trust, "scores": output_scores(raw, trust, force=case == "forced",
+                                                       note="demonstration model"),
+               "consistency": {"ncc": 0.95, "reading": "consistent"}, "model": {"name": "m"}}
+    if case == "no trust field":          # a results.json written before the verdict existed
+        results.pop("trust")
+    rows = {r[0]: (r[1], r[2]) for r in inferenceTableRows(results)}
+    if case == "no trust field":
+        assert rows["Trust verdict"][0] == "n/a"
+    else:
+        values = {k: v[0] for k, v in rows.items()}
+        _assert_scores_in_table(values, {k: v[1] for k, v in rows.items()}, results)
+    if case == "withheld":
+        assert "OOD score 40.0 > threshold 9.0" in rows["Cardiovascular risk"][1]
+        assert "Risk: hazard ratio" not in rows
+    else:
+        assert rows["Cardiovascular risk"][0] == "> 0.99"
+        assert rows["Pathology: cardiomegaly"][0] == "< 0.01"
+        assert rows["Pathology: atelectasis"][0] == "0.50"
+        assert rows["Scores"][1] == "demonstration model"
+
+
+def _assert_std_nodes_match(outputs, volume, views, geometry):
+    """The std maps are volume nodes with the geometry of the outputs they belong to."""
+    vstd, vnode = outputs["volumeStd"], outputs["volume"]
+    assert vstd.IsA("vtkMRMLScalarVolumeNode") and vstd.GetAttribute("Xray2Xray.Kind") == "InferenceVolumeStd"
+    assert vstd.GetImageData().GetDimensions() == vnode.GetImageData().GetDimensions()
+    np.testing.assert_allclose(conv.ijkToRas(vstd), conv.ijkToRas(vnode), atol=1e-9)
+    np.testing.assert_array_equal(conv.volumeNodeToVolume(vstd).array, volume)
+    assert vstd.GetNodeReference("Xray2XrayStdOf") is vnode
+    seq, seqStd = outputs["views"], outputs["viewsStd"]
+    assert seqStd.IsA("vtkMRMLSequenceNode") and seqStd.GetNodeReference("Xray2XrayStdOf") is seq
+    assert seqStd.GetNumberOfDataNodes() == seq.GetNumberOfDataNodes() == len(geometry.angles)
+    for a, angle in enumerate(geometry.angles):
+        node, std = seq.GetDataNodeAtValue(f"{angle:g}"), seqStd.GetDataNodeAtValue(f"{angle:g}")
+        assert std.IsA("vtkMRMLScalarVolumeNode") and std.GetAttribute("Xray2Xray.Kind") == "PredictedViewStd"
+        np.testing.assert_allclose(conv.ijkToRas(std), conv.ijkToRas(node), atol=1e-9)
+        np.testing.assert_allclose(conv.ijkToRas(std), conv.LPS_TO_RAS @ geometry.detector_affine(a),
+                                   atol=1e-9)
+        np.testing.assert_array_equal(conv.volumeNodeToRadiograph(std).image, views[a])
+
+
+def test_inference_std_maps_lie_on_the_geometry_of_their_outputs(cxr_inference):
+    out, result = cxr_inference["outputs"], cxr_inference["result"]
+    assert result.uncertainty is not None and result.uncertainty.passes >= 2
+    _assert_std_nodes_match(out, result.uncertainty.volume_std.array, result.uncertainty.views_std,
+                            result.view_geometry)
+    sh, study = cxr_inference["sh"], cxr_inference["study"]
+    item = sh.GetItemByDataNode(out["volumeStd"])
+    assert item and sh.GetItemParent(item) == study
+    assert out["results"]["uncertainty"]["passes"] == result.uncertainty.passes
+
+
+def test_inference_without_uncertainty_adds_no_std_nodes(scene, tiny_models):
+    logic = Xray2XrayCoreLogic(scene)
+    drr = _phantom_drr_node(logic, scene)
+    n = _node_count(scene)
+    out = logic.runInference(drr, model=tiny_models["plain"], views=(90,), volumeSize=16, uncertainty=0)
+    assert out["volumeStd"] is None and out["viewsStd"] is None and out["results"]["uncertainty"] is None
+    logic.removeInferenceOutputs(out)
+    with_std = logic.runInference(drr, model=tiny_models["plain"], views=(90,), volumeSize=16,
+                                  uncertainty=2)
+    assert with_std["volumeStd"] is not None and with_std["viewsStd"] is not None
+    logic.removeInferenceOutputs(with_std)
+    assert _node_count(scene) == n
+    with pytest.raises(InputError, match="uncertainty"):
+        logic.runInference(drr, model=tiny_models["plain"], views=(90,), volumeSize=16, uncertainty=1)
+    assert _node_count(scene) == n
 
 
 def test_inference_outputs_are_placed_under_the_radiographs_study(cxr_inference):
@@ -589,8 +708,9 @@ def test_bad_radiograph_gives_a_clear_error_and_leaves_the_scene(scene, tiny_mod
         kwargs["views"] = [90, float("nan")]
     elif case == "bad volume size":
         kwargs["volumeSize"] = 8
-    elif case == "missing model":
+    elif case == "missing model":      # a radiograph the screen passes, so the model is looked up
         kwargs["model"] = tmp_path / "nope.safetensors"
+        node = _phantom_drr_node(logic, scene)
     n = _node_count(scene)
     with pytest.raises(InputError) as info:
         logic.runInference(node, **kwargs)
@@ -642,7 +762,7 @@ def test_load_inference_outputs_written_by_the_cli(scene, tmp_path, shared_data,
         pytest.skip(f"the real radiograph {cr} is absent")
     out = tmp_path / "out"
     rc = main(["infer", str(cr), "--out", str(out), "--model", str(tiny_models["heads"]),
-               "--views", "90,270", "--volume-size", "32", "--device", "cpu"])
+               "--views", "90,270", "--volume-size", "32", "--device", "cpu", "--force-scores"])
     assert rc == 0
     logic = Xray2XrayCoreLogic(scene)
     n = _node_count(scene)
@@ -668,11 +788,13 @@ def test_load_inference_outputs_written_by_the_cli(scene, tmp_path, shared_data,
     assert lat[0] < -100 and conv.nodeCenterRas(seq.GetDataNodeAtValue("270"))[0] > 100
     # the table: results.json's values
     values = _table_values(loaded["table"])
-    assert float(values["Cardiovascular risk"]) == pytest.approx(data["scores"]["risk"], abs=5e-5)
-    for name, p in data["scores"]["pathologies"].items():
-        assert float(values[f"Pathology: {name.replace('_', ' ')}"]) == pytest.approx(p, abs=5e-5)
+    assert data["scores"]["pathologies"] and data["scores"]["withheld"] is None    # forced
+    _assert_scores_in_table(values, _table_notes(loaded["table"]), data)
     assert float(values["Consistency (NCC)"]) == pytest.approx(data["consistency"]["ncc"], abs=5e-5)
     assert values["Model SHA256"] == data["model"]["sha256"]
+    # the std maps the CLI wrote: nodes on the geometry of their outputs
+    _assert_std_nodes_match(loaded, read_ct(out / "volume_std.nii.gz").array,
+                            read_drr_stack(out / "views_std.nii.gz")[0], geometry)
 
     # broken output folders: a clear error, the scene unchanged
     n = _node_count(scene)
@@ -719,6 +841,13 @@ def test_infer_job_runs_the_cli_on_a_written_radiograph(scene, tmp_path, tiny_mo
     loaded = logic.loadInferenceOutputs(job.outputs, sourceNode=drr)
     assert _node_count(scene) > n and loaded["views"].GetNumberOfDataNodes() == 1
     assert loaded["volume"].GetImageData().GetDimensions() == (16, 16, 16)
+    # the background job's std maps load beside their outputs, on the same grid
+    assert loaded["volumeStd"].GetImageData().GetDimensions() == (16, 16, 16)
+    np.testing.assert_allclose(conv.ijkToRas(loaded["volumeStd"]), conv.ijkToRas(loaded["volume"]),
+                               atol=1e-9)
+    assert loaded["viewsStd"].GetNumberOfDataNodes() == 1
+    off = jobs.inferJob(path, out, model=tiny_models["heads"], device="cpu", uncertainty=0)
+    assert off.arguments[off.arguments.index("--uncertainty") + 1] == "0"
     assert loaded["volume"].GetName().startswith(drr.GetName())
     assert loaded["results"]["model"]["name"] == "tiny-test"
 
@@ -736,6 +865,8 @@ def test_infer_job_bad_input(tmp_path):
         jobs.inferJob(cxr, tmp_path / "out", views=[float("inf")])
     with pytest.raises(InputError, match="distinct"):
         jobs.inferJob(cxr, tmp_path / "out", views="90,90")
+    with pytest.raises(InputError, match="uncertainty"):
+        jobs.inferJob(cxr, tmp_path / "out", uncertainty=1)
     # text as the widget's field holds it, the same command as a list
     args = jobs.inferJob(cxr, tmp_path / "out", views=" 90, 270", device="cpu").arguments
     assert args == jobs.inferJob(cxr, tmp_path / "out", views=[90, 270], device="cpu").arguments
@@ -1000,8 +1131,13 @@ def test_readme_infer_folder_snippet_runs(tmp_path, shared_data, tiny_models, ca
         with open(out, newline="") as f:
             rows = list(csv.DictReader(f))
         assert [r["file"] for r in rows] == ["a.dcm", "b.dcm"]
-        assert rows[0]["risk"] == rows[1]["risk"] and 0 <= float(rows[0]["risk"]) <= 1
-        assert {"cardiomegaly", "consistency", "model"} <= set(rows[0])
+        assert rows[0]["risk"] == rows[1]["risk"]
+        assert {"in_distribution", "withheld", "consistency", "model"} <= set(rows[0])
+        if rows[0]["in_distribution"] == "True":
+            assert 0 < float(rows[0]["risk"]) < 1 and rows[0]["withheld"] == ""
+            assert 0 < float(rows[0]["cardiomegaly"]) < 1
+        else:            # out of distribution: the scores are withheld, the reason is given
+            assert rows[0]["risk"] == "" and rows[0]["withheld"].startswith("out of distribution")
         assert rows[0]["model"] == "tiny-test"
         # the snippet removes each radiograph's nodes once its row is written
         assert scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 0
@@ -1058,7 +1194,12 @@ def test_readme_infer_dicom_database_snippet_runs(tmp_path, shared_data, tiny_mo
             exec(compile(code, "README.md:infer-dicom-database", "exec"), {"__name__": "__main__"})
         tables = scene.GetNodesByClass("vtkMRMLTableNode")
         assert tables.GetNumberOfItems() == 1                 # the CR only, not the CT
-        assert scene.GetNodesByClass("vtkMRMLSequenceNode").GetNumberOfItems() == 1
+        sequences = scene.GetNodesByClass("vtkMRMLSequenceNode")
+        from Xray2XrayLib import core as lib_core
+        kinds = sorted(sequences.GetItemAsObject(i).GetAttribute(lib_core.ATTR_KIND)
+                       for i in range(sequences.GetNumberOfItems()))
+        assert kinds == sorted([lib_core.KIND_PREDICTED_VIEWS,      # the CR's views and their
+                                lib_core.KIND_PREDICTED_VIEWS_STD])  # std map, not the CT's
         printed = capsys.readouterr().out
         assert "cr.dcm" in printed and "ct.dcm" not in printed
     finally:

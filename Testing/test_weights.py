@@ -370,7 +370,16 @@ def test_shipped_demo_model_resolves_offline_and_bad_registry_files(tmp_path, mo
     assert path.stat().st_size == entry["size"] <= 20 * 2 ** 20 and sha256(path) == entry["sha256"]
     card = read_card(path)
     assert "not for clinical use" in card["intended_use"].lower()
+    assert "synthetic" in card["disclaimer"] and "not for clinical use" in card["disclaimer"]
     assert set(card["heads"]) == {"pathology", "risk"} and "domain" in card
+    # issue 13: calibrated heads and an OOD reference with its measured threshold
+    from XrayWorldModel.probe.ood import check_reference
+    ood = check_reference(card.get("ood"))
+    assert ood is not None and ood["threshold"] > 0 and ood["heldout"]["n"] >= 200
+    assert ood["features"]["imagined"] == card["heads"]["pathology"]["features"]["imagined"]
+    for task in ("pathology", "risk"):
+        logistic = [h for h in card["heads"][task]["heads"] if h["kind"] == "logistic"]
+        assert logistic and all(h["calibration"]["method"] == "platt" for h in logistic)
     monkeypatch.setenv("XRAY2XRAY_REGISTRY", str(tmp_path / "absent.json"))
     with pytest.raises(FileNotFoundInputError, match="absent.json"):
         list_models()
@@ -436,6 +445,7 @@ def test_build_demo_tool_runs_as_a_script_outside_the_package():
                           capture_output=True, text=True, cwd=TOOLS.parent.parent)
     assert done.returncode == 0, done.stderr
     assert "--from-model" in done.stdout and "--cohort" in done.stdout
+    assert "--refit" in done.stdout and "--heldout" in done.stdout
     assert not (Path(__file__).resolve().parents[1] / "XrayWorldModel" / "weights"
                 / "build_demo.py").exists()
 
@@ -469,3 +479,33 @@ def test_build_demo_tool_adds_the_prior_and_installs(tmp_path, monkeypatch, tiny
              if m["name"] == tool.NAME]
     assert len(entry) == 1 and entry[0]["sha256"] == sha256(installed)
     assert entry[0]["url"] == f"package://XrayWorldModel/weights/builtin/{installed.name}"
+
+
+def test_old_model_file_without_trust_fields_still_loads_and_says_so(tmp_path):
+    """A model file from before issue 13 (no OOD reference, uncalibrated heads): it loads and
+    runs; the verdict says no OOD reference exists and rests on the consistency score."""
+    import numpy as np
+    from XrayWorldModel.infer import run_inference
+    from XrayWorldModel.infer.demo import demo_phantom
+    from XrayWorldModel.infer.outputs import results_dict
+    from XrayWorldModel.infer.trust import NO_REFERENCE
+    tensors, card = load_model_file(resolve_model())
+    old = {k: v for k, v in card.items() if k not in ("ood", "disclaimer")}
+    old["heads"] = {task: dict(entry, heads=[{k: v for k, v in h.items() if k != "calibration"}
+                                             for h in entry["heads"]])
+                    for task, entry in card["heads"].items()}
+    old_path = save_model_file(tmp_path / "old.safetensors", tensors, dict(old, version="old"))
+    from XrayWorldModel.config import TrainConfig
+    rad = demo_phantom(TrainConfig.from_dict(card["config"]).views)[0]
+    new = results_dict(run_inference(rad, None, views=(), volume_size=24, uncertainty=0))
+    res = results_dict(run_inference(rad, str(old_path), views=(), volume_size=24, uncertainty=0))
+    t = res["trust"]
+    assert t["reference"] is False and t["ood_score"] is None and NO_REFERENCE in t["reasons"]
+    assert t["in_distribution"] == (t["consistency"] >= t["min_consistency"])
+    assert new["trust"]["reference"] is True and new["scores"]["calibrated"] is True
+    assert res["scores"]["calibrated"] is False
+    # the same heads without their Platt maps give other (uncalibrated) probabilities
+    if t["in_distribution"] and new["trust"]["in_distribution"]:
+        p_old = np.array(list(res["scores"]["pathologies"].values()))
+        p_new = np.array(list(new["scores"]["pathologies"].values()))
+        assert not np.allclose(p_old, p_new, atol=1e-3)

@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -45,6 +46,30 @@ METHOD_CHOICES = ["fast", "exact"]
 CONFIG_CHOICES = ["cpu-small", "paper"]
 
 
+def sourceCheckoutRoot(moduleFile=__file__):
+    """Run from a source checkout, make its XrayWorldModel package importable.
+
+    An installed (or built) extension has the package beside this file, in the same
+    scripted-modules folder, which Slicer puts on ``sys.path``. In a source checkout added to
+    Slicer's module paths (README, "From source") the package sits one level up, beside this
+    module's folder and ``pyproject.toml``: that folder goes first on ``sys.path``, so the
+    checkout's package is used (over any other copy installed in Slicer's Python), here and in
+    the background processes (their PYTHONPATH names the folder the package was found in).
+    Only paths are checked; nothing is imported. Returns the checkout folder, or None."""
+    moduleDir = Path(moduleFile).resolve().parent
+    root = moduleDir.parent
+    if (moduleDir / "XrayWorldModel").is_dir():
+        return None                                  # installed layout
+    if not ((root / "XrayWorldModel" / "__init__.py").is_file() and (root / "pyproject.toml").is_file()):
+        return None                                  # not a checkout
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+SOURCE_CHECKOUT = sourceCheckoutRoot()
+
+
 #
 # Xray2Xray
 #
@@ -52,17 +77,20 @@ class Xray2Xray(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Xray2Xray")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Imaging")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = ["Sequences"]
-        self.parent.contributors = ["Xray2Xray developers"]
+        self.parent.contributors = ["Xray2Xray developers (SlicerXray2Xray project)"]
         self.parent.helpText = _("""
 Chest X-ray world model. <b>DRRs</b>: pick a chest CT and the gantry angles (0 deg PA,
 90 deg left lateral, 180 deg AP, 270 deg right lateral) to get digitally reconstructed
 radiographs as volume nodes placed on the physical detector plane, browsable as a sequence.
 <b>Inference</b>: pick a chest radiograph to get predicted views at other angles, a
-reconstructed volume and risk/pathology scores. Training on a folder of CTs and DRRs for a
+reconstructed volume and risk/pathology scores. The results table starts with the trust
+verdict: scores are shown only when the radiograph is in the model's domain (its features
+near the model's reference cohort, a consistent imagined volume, input checks passed);
+otherwise they read "withheld" with the reason. Training on a folder of CTs and DRRs for a
 folder run in the background with progress and Cancel.
-See the <a href="https://github.com/xray2xray/Xray2Xray#in-3d-slicer">documentation</a>.
+See the <a href="https://github.com/xray2xray/SlicerXray2Xray#in-3d-slicer">documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
 Implements the Xray2Xray world model (a model that learns 3D structure from 2D chest X-rays
@@ -70,6 +98,34 @@ by predicting how projections change as the viewing angle rotates). DRR renderin
 radiograph I/O and reconstruction come from the bundled XrayWorldModel package. Uses PyTorch
 (through the PyTorch extension) and MONAI. Not for clinical use.
 """)
+        # "synthetic chest (Xray2Xray)" in the Sample Data module, once Slicer has started
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register "synthetic chest (Xray2Xray)" with the Sample Data module. It is made on this
+    machine by the package's phantom when its button is pressed (``Xray2XrayLib.samples``);
+    nothing is downloaded. From the console: ``Xray2XrayLib.samples.addSyntheticChest(
+    slicer.mrmlScene)``."""
+    import SampleData
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="Xray2Xray",
+        sampleName="synthetic chest (Xray2Xray)",
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons",
+                                       "SyntheticChest.png"),
+        uris=[], fileNames=[], nodeNames=[],      # nothing to download (lists: SampleDataSource
+        customDownloader=loadSyntheticChest)      # checks that they have equal lengths)
+
+
+def loadSyntheticChest(source=None):
+    """The Sample Data button: the synthetic chest as a volume node, shown in the slice views
+    (installs the module's dependencies first, as every action of the module does)."""
+    with slicer.util.tryWithErrorDisplay(_("Failed to make the synthetic chest."), waitCursor=True):
+        Xray2XrayLogic().ensureDependencies()
+        from Xray2XrayLib import samples
+        node = samples.addSyntheticChest(slicer.mrmlScene)
+        slicer.util.setSliceViewerLayers(background=node, fit=True)
+        return node
 
 
 #
@@ -404,10 +460,15 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             appLogic.GetSelectionNode().SetActiveTableID(table.GetID())
             appLogic.PropagateTableSelection()
         ncc = outputs["results"].get("consistency", {}).get("ncc")
+        trust = outputs["results"].get("trust") or {}
+        withheld = (outputs["results"].get("scores") or {}).get("withheld")
+        verdict = (_("scores withheld: {reason}").format(reason=withheld) if withheld else
+                   _("in distribution") if trust.get("in_distribution") else
+                   _("out of distribution") if trust else _("no verdict"))
         self.ui.statusLabel.text = _("Inference done: '{volume}', {n} predicted view(s), table "
-                                     "'{table}' (consistency {ncc})").format(
+                                     "'{table}' (consistency {ncc}; {verdict})").format(
             volume=volume.GetName(), n=views.GetNumberOfDataNodes() if views is not None else 0,
-            table=table.GetName(), ncc="n/a" if ncc is None else f"{ncc:.3f}")
+            table=table.GetName(), ncc="n/a" if ncc is None else f"{ncc:.3f}", verdict=verdict)
 
     # ------------------------------------------------------------------ background jobs
     def _startJob(self, makeJob) -> None:
@@ -824,6 +885,10 @@ class Xray2XrayTest(ScriptedLoadableModuleTest):
                 values = tableValues(outputs["table"])
                 self.assertEqual(values["Model name"], "tiny-selftest")
                 self.assertEqual(values["Cardiovascular risk"], "n/a")   # no probe heads
+                # no OOD reference in this card: the verdict is the consistency score's
+                ncc = outputs["results"]["consistency"]["ncc"]
+                self.assertEqual(values["Trust verdict"],
+                                 "in distribution" if ncc >= 0.7 else "OUT OF DISTRIBUTION")
                 self.assertAlmostEqual(float(values["Consistency (NCC)"]),
                                        outputs["results"]["consistency"]["ncc"], places=4)
 

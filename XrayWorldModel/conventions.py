@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Tuple
 
-from .errors import GeometryError
+from .errors import GeometryError, InputError
 
 #: Linear attenuation of water (1/mm) at a typical chest effective energy: HU -> mu.
 MU_WATER = 0.02
@@ -42,6 +42,15 @@ VIEW_POSITION_TOLERANCE_DEG = 1e-3
 #: View positions of lateral radiographs, which the frontal-view model refuses.
 LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "RLO", "LLO"})
 
+#: Test-time augmentation passes of ``infer``'s uncertainty maps by default (0 turns them
+#: off), and the most it takes (``XrayWorldModel/infer/uncertainty.py``).
+UNCERTAINTY_PASSES, MAX_UNCERTAINTY_PASSES = 4, 1024
+
+#: Probabilities are stored clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR] (the raw
+#: logit beside them) and shown with two decimals, "> 0.99" / "< 0.01" at the ends: never as
+#: 0 or 1 (:func:`format_probability`).
+PROBABILITY_FLOOR = 1e-3
+
 #: Environment variables that move the caches and extend the model registry.
 CACHE_ENV = "XRAY2XRAY_CACHE"
 MODELS_ENV = "XRAY2XRAY_MODELS"
@@ -71,6 +80,37 @@ def parse_angles(text: str, allow_empty: bool = False) -> Tuple[float, ...]:
     if not values and not allow_empty:
         raise GeometryError("no angles given")
     return values
+
+
+def uncertainty_passes(value) -> int:
+    """``--uncertainty`` / ``uncertainty=``: 0 (off) or a whole number of passes from 2 (a
+    standard deviation needs two) to :data:`MAX_UNCERTAINTY_PASSES`, as an int."""
+    try:
+        n = int(value)
+        whole = not isinstance(value, bool) and n == float(value)
+    except (TypeError, ValueError):
+        n, whole = -1, False
+    if not whole or n < 0 or n == 1 or n > MAX_UNCERTAINTY_PASSES:
+        raise InputError(f"the uncertainty passes (--uncertainty) must be 0 (off) or a whole "
+                         f"number from 2 to {MAX_UNCERTAINTY_PASSES}, got {value!r}")
+    return n
+
+
+def clip_probability(p):
+    """``p`` clipped to [PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR]; None stays None."""
+    return None if p is None else min(max(float(p), PROBABILITY_FLOOR), 1.0 - PROBABILITY_FLOOR)
+
+
+def format_probability(p) -> str:
+    """A probability as text with honest precision: "0.37", "> 0.99", "< 0.01", "n/a"."""
+    if p is None:
+        return "n/a"
+    p = float(p)
+    if p > 0.99:
+        return "> 0.99"
+    if p < 0.01:
+        return "< 0.01"
+    return f"{p:.2f}"
 
 
 def strip_ct_suffix(name: str) -> str:

@@ -1,17 +1,20 @@
 """Build the built-in demonstration model from a ``cpu-small`` training run on phantoms.
 
-    python tools/build_demo.py RUN_DIR [--cohort N] [--work DIR] [--version V]
-    python tools/build_demo.py --from-model FILE --version V
+    python tools/build_demo.py RUN_DIR [--cohort N] [--heldout N] [--work DIR] [--version V]
+    python tools/build_demo.py --from-model FILE --version V [--refit] [--cohort N] [--heldout N]
 
 Steps, all reproducible from the run and a seed: export the run's best checkpoint as a model
 file; add the domain statistics inference needs (quantiles of the training frontal DRRs);
-write a labelled synthetic cohort and fit the pathology and risk probe heads on it (what
-``xray2xray probe --save-into`` does); add the volume prior (the mean of the first 64
-training CTs, :mod:`XrayWorldModel.infer.prior`); copy the result into
-``XrayWorldModel/weights/builtin/`` and record its size and SHA256 in the shipped registry.
-``--from-model`` redoes only the last two steps on an existing model file (a new version with
-the current prior). The card says plainly what the model is: a demonstration trained on
-synthetic chests, not for clinical use.
+write a labelled synthetic cohort (seeds 50000..) and a held-out one (seeds 51000..) and fit
+the risk, then the pathology probe heads on the first (what ``xray2xray probe --save-into``
+does: each CT seen through 4 random acquisitions, Platt calibration on out-of-fold logits,
+the out-of-distribution reference of the same features, its threshold the 99th percentile
+on the held-out cohort); add the volume prior (the mean of the first 64 training CTs,
+:mod:`XrayWorldModel.infer.prior`); copy the result into ``XrayWorldModel/weights/builtin/``
+and record its size and SHA256 in the shipped registry. ``--from-model`` redoes the prior and
+the install on an existing model file (a new version); with ``--refit`` it also refits the
+heads, their calibration and the OOD reference (how 1.2 was made from 1.1). The card says
+plainly what the model is: a demonstration trained on synthetic chests, not for clinical use.
 
 A release script, not part of the installed package: it writes into this checkout's
 ``XrayWorldModel/weights``, and nothing in ``XrayWorldModel`` imports it.
@@ -49,6 +52,15 @@ REGISTRY = WEIGHTS / "registry.json"
 INTENDED_USE = ("Demonstration only. Trained on synthetic procedural chest phantoms (no patient "
                 "data); its scores are fitted on synthetic labels. Not for clinical use, not a "
                 "medical device.")
+#: Said beside every score (``results.json`` scores.disclaimer, the CLI, report, Slicer).
+DISCLAIMER = ("demonstration model trained on synthetic chest phantoms only (no patient data); "
+              "scores fitted and calibrated on a synthetic cohort; not for clinical use")
+DESCRIPTION = ("Xray2Xray world model (cpu-small: ViT 64 px, 1.7 M parameters) trained on "
+               "procedural chest phantoms, with calibrated probe heads for cardiovascular risk "
+               "and five pathologies and an out-of-distribution reference, fitted on a "
+               "synthetic cohort.")
+#: First seeds of the cohort the heads are fitted on and of the held-out one (threshold).
+COHORT_SEED, HELDOUT_SEED = 50_000, 51_000
 
 
 def training_volumes(cfg: TrainConfig, n: int = 64):
@@ -64,9 +76,10 @@ def frontals(cfg: TrainConfig, n: int = 64):
     return render_views(training_volumes(cfg, n), cfg.views, [0.0])[:, 0]
 
 
-def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int = 64) -> Path:
+def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int = 64,
+                     card_updates: dict = None) -> Path:
     """A copy of ``model_file`` carrying the volume prior built from its own training data
-    (and ``version``, when given)."""
+    (and ``version`` and ``card_updates``, when given)."""
     tensors, card = load_model_file(model_file)
     cfg = TrainConfig.from_dict(card["config"])
     vols = training_volumes(cfg, n_volumes)
@@ -75,26 +88,41 @@ def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int =
                                      source=f"mean of the first {len(vols)} training CTs "
                                             f"({cfg.data.source})")
     tensors = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
-    card = dict(card, **{PRIOR_CARD_KEY: prior.card_entry()})
+    card = dict(card, **{PRIOR_CARD_KEY: prior.card_entry()}, **(card_updates or {}))
     if version:
         card["version"] = version
     return save_model_file(out_path, {**tensors, **prior.tensors()}, card)
 
 
-def fit_heads(model: Path, csv: str, task: str, out: Path, work: Path) -> Path:
-    """``xray2xray probe --model MODEL --data CSV --labels CSV --task TASK --save-into OUT``:
-    the task's heads fitted on the cohort and merged into a copy of the model file."""
+def fit_heads(model: Path, csv: str, task: str, out: Path, work: Path,
+              heldout: str = None) -> Path:
+    """``xray2xray probe --model MODEL --data CSV --labels CSV --task TASK --save-into OUT
+    [--heldout HELDOUT]``: the task's heads (calibrated) and the OOD reference fitted on the
+    cohort and written into a copy of the model file, the threshold from ``heldout``."""
     progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     try:
         summary = probe_task(csv, task, model=str(model), labels=csv, out=work / f"{task}.json",
-                             save_into=out, device="cpu", progress=progress)
+                             save_into=out, device="cpu", progress=progress, heldout=heldout,
+                             diagrams=work)
     except XrayWorldModelError as exc:
         raise SystemExit(f"probe ({task}) failed: {exc}") from None
     print(json.dumps(summary, indent=1))
     return out
 
 
-def build(run_dir, version: str, work, n_cohort: int = 160, cohort_seed: int = 50_000) -> Path:
+def refit_heads(model: Path, work: Path, name: str, n_cohort: int = 160,
+                n_heldout: int = 200) -> Path:
+    """Risk heads, then pathology heads with the OOD reference and its held-out threshold
+    (the reference is the same features either way; the last task's, with the threshold,
+    is what the card keeps)."""
+    cohort = write_cohort(n_cohort, work / "cohort", first_seed=COHORT_SEED, progress=True)
+    held = write_cohort(n_heldout, work / "heldout", first_seed=HELDOUT_SEED, progress=True)
+    csv = str(cohort["csv"])
+    with_risk = fit_heads(model, csv, "risk", work / "with-risk.safetensors", work)
+    return fit_heads(with_risk, csv, "pathology", work / name, work, heldout=str(held["csv"]))
+
+
+def build(run_dir, version: str, work, n_cohort: int = 160, n_heldout: int = 200) -> Path:
     """The demo model file from training run ``run_dir``, built under ``work``."""
     run_dir, work = Path(run_dir), Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -103,19 +131,13 @@ def build(run_dir, version: str, work, n_cohort: int = 160, cohort_seed: int = 5
     _, ck, _ = load_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(ck["config"])
     card = {"name": NAME, "version": version, "license": "Apache-2.0",
-            "description": "Xray2Xray world model (cpu-small: ViT 64 px, 1.7 M parameters) "
-                           "trained on procedural chest phantoms, with probe heads for "
-                           "cardiovascular risk and five pathologies fitted on a synthetic cohort.",
-            "intended_use": INTENDED_USE,
+            "description": DESCRIPTION, "intended_use": INTENDED_USE, "disclaimer": DISCLAIMER,
             "domain": domain_reference(frontals(cfg)),
             "training": {"run": str(run_dir), "checkpoint_step": ck["step"],
                          "validation": ck.get("metrics"), "data": cfg.data.source}}
     base = export_checkpoint(ckpt, work / "base.safetensors", card)
 
-    cohort = write_cohort(n_cohort, work / "cohort", first_seed=cohort_seed, progress=True)
-    csv = str(cohort["csv"])
-    with_path = fit_heads(base, csv, "pathology", work / "with-pathology.safetensors", work)
-    final = fit_heads(with_path, csv, "risk", work / f"{NAME}-{version}.safetensors", work)
+    final = refit_heads(base, work, f"{NAME}-{version}.safetensors", n_cohort, n_heldout)
     return add_volume_prior(final, final)
 
 
@@ -131,7 +153,8 @@ def install(model_file: Path) -> dict:
              "url": f"package://XrayWorldModel/weights/builtin/{dest.name}",
              "sha256": sha256_file(dest), "size": dest.stat().st_size,
              "card": {"description": card["description"], "license": card["license"],
-                      "intended_use": card["intended_use"]}}
+                      "intended_use": card["intended_use"],
+                      **({"disclaimer": card["disclaimer"]} if card.get("disclaimer") else {})}}
     registry = json.loads(REGISTRY.read_text())
     registry["models"] = [m for m in registry["models"] if m.get("name") != NAME] + [entry]
     with atomic_path(REGISTRY) as tmp:
@@ -148,16 +171,23 @@ def main(argv=None) -> int:
     ap.add_argument("--version", default="1.0")
     ap.add_argument("--work", default="demo-model-build")
     ap.add_argument("--cohort", type=int, default=160, help="synthetic cohort size for the heads")
+    ap.add_argument("--heldout", type=int, default=200,
+                    help="held-out cohort size for the OOD threshold (default 200)")
+    ap.add_argument("--refit", action="store_true",
+                    help="with --from-model: also refit the heads, calibration and OOD reference")
     args = ap.parse_args(argv)
     if (args.run_dir is None) == (args.from_model is None):
         ap.error("give either RUN_DIR or --from-model FILE")
     if args.from_model:
-        Path(args.work).mkdir(parents=True, exist_ok=True)
-        final = add_volume_prior(args.from_model,
-                                 Path(args.work) / f"{NAME}-{args.version}.safetensors",
-                                 args.version)
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        source = refit_heads(Path(args.from_model), work, "refit.safetensors", args.cohort,
+                             args.heldout) if args.refit else args.from_model
+        updates = {"description": DESCRIPTION, "disclaimer": DISCLAIMER} if args.refit else None
+        final = add_volume_prior(source, work / f"{NAME}-{args.version}.safetensors",
+                                 args.version, card_updates=updates)
     else:
-        final = build(args.run_dir, args.version, args.work, args.cohort)
+        final = build(args.run_dir, args.version, args.work, args.cohort, args.heldout)
     entry = install(final)
     print(json.dumps(entry, indent=1))
     return 0

@@ -30,6 +30,8 @@ from catalogue import MUTATIONS, Mutation  # noqa: E402
 
 #: pytest's exit status when tests ran and at least one failed.
 TESTS_FAILED = 1
+#: The last pytest output of each test set (shown when the unmutated tests fail).
+LAST_OUTPUT: Dict[tuple, str] = {}
 
 
 def tracked_files(repo: Path) -> List[str]:
@@ -59,10 +61,14 @@ def run_tests(scratch: Path, tests: List[str], timeout: float) -> int:
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--run-slow",
            *tests]
     try:
-        return subprocess.run(cmd, cwd=scratch, env=env, capture_output=True,
-                              timeout=timeout).returncode
+        done = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True,
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1
+    if done.returncode not in (0, TESTS_FAILED) or os.environ.get("MUTATION_VERBOSE"):
+        print(done.stdout[-3000:], file=sys.stderr)
+    LAST_OUTPUT[tuple(tests)] = done.stdout
+    return done.returncode
 
 
 def check(m: Mutation, scratch: Path, timeout: float, baseline: Dict[tuple, int]) -> str:
@@ -80,6 +86,7 @@ def check(m: Mutation, scratch: Path, timeout: float, baseline: Dict[tuple, int]
     if m.tests not in baseline:
         baseline[m.tests] = run_tests(scratch, list(m.tests), timeout)
     if baseline[m.tests] != 0:
+        print(LAST_OUTPUT.get(m.tests, "")[-3000:], file=sys.stderr)
         return f"tests fail without the mutation (pytest exit {baseline[m.tests]})"
     path.write_text(original.replace(m.anchor, m.replacement), encoding="utf-8")
     try:

@@ -14,8 +14,9 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from XrayWorldModel.conventions import (DEFAULT_DETECTOR, DEFAULT_PIXEL_SPACING_MM,
-                                        LATERAL_VIEW_POSITIONS, RESULTS_FORMAT, strip_ct_suffix,
-                                        view_position)
+                                        LATERAL_VIEW_POSITIONS, RESULTS_FORMAT,
+                                        format_probability, strip_ct_suffix,
+                                        uncertainty_passes as uncertaintyPasses, view_position)
 from XrayWorldModel.errors import InputError, XrayWorldModelError
 from XrayWorldModel.geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
 from XrayWorldModel.radiograph import Radiograph
@@ -37,6 +38,12 @@ KIND_PREDICTED_VIEWS = "PredictedViews"
 KIND_PREDICTED_VIEW = "PredictedView"
 KIND_VOLUME = "InferenceVolume"
 KIND_RESULTS = "InferenceResults"
+#: The uncertainty maps: per-voxel std of the volume, per-pixel std of the predicted views;
+#: each std node references the output it belongs to (``REF_STD_OF``).
+KIND_VOLUME_STD = "InferenceVolumeStd"
+KIND_PREDICTED_VIEWS_STD = "PredictedViewsStd"
+KIND_PREDICTED_VIEW_STD = "PredictedViewStd"
+REF_STD_OF = "Xray2XrayStdOf"
 
 DEFAULT_PIXEL_SPACING = DEFAULT_PIXEL_SPACING_MM
 
@@ -51,26 +58,70 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{float(value):.4f}"
 
 
-def inferenceTableRows(results: dict):
-    """Rows (output, value, note) of the results table, from a ``results.json`` dict: the
-    risk (and its Cox details), each pathology probability ("n/a" for a model without
-    heads), the consistency score and the model's name, version and SHA256."""
+#: The table's value for a score the trust verdict withholds.
+WITHHELD = "withheld"
+
+
+def _verdictRow(results: dict) -> Tuple[str, str, str]:
+    """("Trust verdict", "in distribution" / "OUT OF DISTRIBUTION", the reasons)."""
+    trust = results.get("trust") or {}
+    if not trust:
+        return ("Trust verdict", "n/a", "results written before the trust verdict existed")
+    value = "in distribution" if trust.get("in_distribution") else "OUT OF DISTRIBUTION"
+    score = trust.get("ood_score")
+    basis = (f"OOD score {score:.1f} (threshold {trust.get('ood_threshold'):.1f}); "
+             if score is not None else "")
+    return ("Trust verdict", value, basis + "; ".join(trust.get("reasons") or []))
+
+
+def _scoreNote(what: str, scores: dict) -> str:
+    if scores.get("forced"):
+        return f"{what}; OUT OF DISTRIBUTION, shown only because forced"
+    return what
+
+
+def _scoreRows(scores: dict):
+    """Risk and pathology rows: probabilities with honest precision ("> 0.99", never 1.000),
+    "withheld" with the reason when the verdict withholds them, "n/a" without heads."""
     from XrayWorldModel.probe import PATHOLOGIES   # a constant; no torch
-    scores = results.get("scores") or {}
+    withheld = scores.get("withheld")
     rows = []
     risk = scores.get("risk")
-    rows.append(("Cardiovascular risk", _fmt(risk),
-                 "event probability (risk head)" if risk is not None else "the model has no risk head"))
-    for key, value in (scores.get("risk_details") or {}).items():
-        rows.append((f"Risk: {key.replace('_', ' ')}", _fmt(value), "Cox head"))
-    pathologies = scores.get("pathologies")
-    if pathologies:
-        for key, value in pathologies.items():
-            rows.append((f"Pathology: {key.replace('_', ' ')}", _fmt(value), "probability"))
+    if withheld:
+        rows.append(("Cardiovascular risk", WITHHELD, withheld))
     else:
-        for key in PATHOLOGIES:
-            rows.append((f"Pathology: {key.replace('_', ' ')}", "n/a",
-                         "the model has no pathology heads"))
+        rows.append(("Cardiovascular risk", format_probability(risk),
+                     _scoreNote("event probability (risk head)", scores) if risk is not None
+                     else "the model has no risk head"))
+    for key, value in (scores.get("risk_details") or {}).items():
+        shown = format_probability(value) if key.endswith("probability_at_horizon") else \
+            f"{float(value):.3g}"
+        rows.append((f"Risk: {key.replace('_', ' ')}", shown, _scoreNote("Cox head", scores)))
+    pathologies = scores.get("pathologies")
+    for key in (pathologies or PATHOLOGIES):
+        label = f"Pathology: {key.replace('_', ' ')}"
+        if withheld:
+            rows.append((label, WITHHELD, withheld))
+        elif pathologies:
+            rows.append((label, format_probability(pathologies[key]),
+                         _scoreNote("probability (calibrated)" if scores.get("calibrated")
+                                    else "probability", scores)))
+        else:
+            rows.append((label, "n/a", "the model has no pathology heads"))
+    if scores.get("disclaimer") and (risk is not None or pathologies or withheld):
+        rows.append(("Scores", "demonstration" if "demonstration" in scores["disclaimer"]
+                     else "research only", scores["disclaimer"]))
+    return rows
+
+
+def inferenceTableRows(results: dict):
+    """Rows (output, value, note) of the results table, from a ``results.json`` dict: the
+    trust verdict with its reasons, the risk (and its Cox details) and each pathology
+    probability ("withheld" with the reason when the verdict is out of distribution, "n/a"
+    for a model without heads, "> 0.99" / "< 0.01" at the ends), what the scores are, the
+    consistency score and the model's name, version and SHA256."""
+    scores = results.get("scores") or {}
+    rows = [_verdictRow(results)] + _scoreRows(scores)
     consistency = results.get("consistency") or {}
     rows.append(("Consistency (NCC)", _fmt(consistency.get("ncc")), consistency.get("reading") or ""))
     model = results.get("model") or {}
@@ -411,18 +462,26 @@ class Xray2XrayCoreLogic:
     def runInference(self, cxrNode, model=None, views: Sequence[float] = (90,),
                      volumeSize: int = 128, device: str = "cpu",
                      progressCallback: Optional[ProgressCallback] = None,
-                     name: Optional[str] = None) -> Dict[str, object]:
+                     name: Optional[str] = None, uncertainty: Optional[int] = None,
+                     forceScores: bool = False) -> Dict[str, object]:
         """Run the world model on a frontal radiograph node, in this process.
 
         ``model``: a registry name, a model file, a training checkpoint, None for the default
         model, or a loaded ``(WorldModel, card)``. ``views``: angles (degrees; 90 = left
         lateral) of the views to predict, may be empty. ``device``: "cpu", "cuda", "auto".
+        ``uncertainty``: test-time augmentation passes of the std maps (0: none; None: the
+        package's default, as ``xray2xray infer``). ``forceScores``: put the scores in the
+        table even when the trust verdict says the input is out of distribution (they are
+        then marked so); by default they are "withheld" with the reason.
 
         Returns ``{"volume": scalar volume node of the reconstructed volume (HU, true
         geometry), "views": sequence node of the predicted views, each on its detector plane
         (None when ``views`` is empty), "table": table node (risk, pathology probabilities,
-        consistency, model), "results": the results.json dict, "result": the
-        InferenceResult}``. The nodes go under the radiograph's subject-hierarchy study.
+        consistency, model), "volumeStd": the volume's per-voxel standard deviation (HU, the
+        volume's grid), "viewsStd": sequence of the views' per-pixel standard deviation (the
+        views' detector planes) (both None without uncertainty), "results": the results.json
+        dict, "result": the InferenceResult}``. The nodes go under the radiograph's
+        subject-hierarchy study.
 
         Bad input raises :class:`InputError` (a ``ValueError``) before anything runs; any
         failure (or a cancel through ``progressCallback`` returning False, which raises
@@ -431,11 +490,13 @@ class Xray2XrayCoreLogic:
         radiograph = self.radiographForInference(cxrNode)
         viewAngles = angleList(views, "views", allowEmpty=True)
         volumeSize = checkVolumeSize(volumeSize)
+        passes = {} if uncertainty is None else {"uncertainty": uncertaintyPasses(uncertainty)}
         if progressCallback is not None and progressCallback(0.0, "loading the model") is False:
             raise CancelledError("cancelled")
         from XrayWorldModel.infer import run_inference          # torch: only now
         from XrayWorldModel.infer.outputs import results_dict
-        result = run_inference(radiograph, model, viewAngles, volumeSize, self.resolveDevice(device))
+        result = run_inference(radiograph, model, viewAngles, volumeSize, self.resolveDevice(device),
+                               force_scores=bool(forceScores), **passes)
         if progressCallback is not None and \
                 progressCallback(0.9, "adding the outputs to the scene") is False:
             raise CancelledError("cancelled after the model ran; nothing was added")
@@ -444,9 +505,12 @@ class Xray2XrayCoreLogic:
                      "spacing_mm": [float(s) for s in radiograph.spacing],
                      "spacing_is_default": bool(radiograph.spacing_is_default)}
         results = json.loads(json.dumps(results_dict(result, inputInfo), default=_jsonDefault))
+        std = result.uncertainty
         outputs = self._addInferenceNodes(result.volume, result.views if viewAngles else None,
                                           result.view_geometry, results, cxrNode,
-                                          name or cxrNode.GetName())
+                                          name or cxrNode.GetName(),
+                                          volumeStd=std.volume_std if std is not None else None,
+                                          viewsStd=std.views_std if std is not None else None)
         outputs["result"] = result
         if progressCallback is not None:
             progressCallback(1.0, "done")
@@ -454,9 +518,10 @@ class Xray2XrayCoreLogic:
 
     def loadInferenceOutputs(self, outDir, sourceNode=None, name: Optional[str] = None) -> Dict[str, object]:
         """Load what ``xray2xray infer CXR --out DIR`` wrote (``volume.nii.gz``,
-        ``views.nii.gz`` + sidecar, ``results.json``) as the same nodes :meth:`runInference`
-        makes; returns ``{"volume", "views", "table", "results"}``. Everything is read before
-        the scene changes, so a missing or broken file leaves the scene unchanged."""
+        ``views.nii.gz`` + sidecar, ``results.json``, and the std maps it names) as the same
+        nodes :meth:`runInference` makes; returns ``{"volume", "views", "table", "volumeStd",
+        "viewsStd", "results"}``. Everything is read before the scene changes, so a missing or
+        broken file leaves the scene unchanged."""
         from XrayWorldModel.io.drr_stack import read_drr_stack
         from XrayWorldModel.io import read_ct
         out = Path(outDir).expanduser()
@@ -477,14 +542,37 @@ class Xray2XrayCoreLogic:
         viewsFile = (results.get("views") or {}).get("file")
         if viewsFile:
             views, geometry, _ = read_drr_stack(out / viewsFile)
+        volumeStd, viewsStd = self._readStdFiles(out, results, volume, views)
         if name is None:
             name = sourceNode.GetName() if sourceNode is not None else \
                 Path(str((results.get("input") or {}).get("path") or out.name)).name.split(".")[0]
-        outputs = self._addInferenceNodes(volume, views, geometry, results, sourceNode, name)
+        outputs = self._addInferenceNodes(volume, views, geometry, results, sourceNode, name,
+                                          volumeStd=volumeStd, viewsStd=viewsStd)
         return outputs
 
-    def _addInferenceNodes(self, volume, views, geometry, results: dict, sourceNode, name: str):
-        """The three output nodes, all added or (on any error) none."""
+    @staticmethod
+    def _readStdFiles(out: Path, results: dict, volume, views):
+        """(volume std, views std) that ``results.json`` names (``std_file``), or None; a std
+        map whose grid differs from its output's is refused."""
+        from XrayWorldModel.io.drr_stack import read_drr_stack
+        from XrayWorldModel.io import read_ct
+        volumeStd = viewsStd = None
+        name = (results.get("volume") or {}).get("std_file")
+        if name:
+            volumeStd = read_ct(out / name)
+            if volumeStd.shape != volume.shape or not np.allclose(volumeStd.affine, volume.affine,
+                                                                  atol=1e-4):
+                raise InputError("does not lie on the grid of the volume it belongs to", out / name)
+        name = (results.get("views") or {}).get("std_file")
+        if name and views is not None:
+            viewsStd = read_drr_stack(out / name)[0]
+            if viewsStd.shape != views.shape:
+                raise InputError(f"holds {viewsStd.shape} pixels for views of {views.shape}", out / name)
+        return volumeStd, viewsStd
+
+    def _addInferenceNodes(self, volume, views, geometry, results: dict, sourceNode, name: str,
+                           volumeStd=None, viewsStd=None):
+        """The three output nodes and the std maps given, all added or (on any error) none."""
         added = []
         try:
             volumeNode = conv.volumeToVolumeNode(volume, self.scene, f"{name} reconstructed volume")
@@ -498,10 +586,13 @@ class Xray2XrayCoreLogic:
                 added.append(seq)
             table = self._addResultsTable(results, f"{name} results")
             added.append(table)
+            volumeStdNode, seqStd = self._addStdNodes(volumeNode, volumeStd, seq, viewsStd, geometry,
+                                                      sourceNode, name, added)
             if sourceNode is not None and sourceNode.GetScene() is self.scene:
-                for node in (volumeNode, table):
-                    node.SetNodeReferenceID(REF_SOURCE_CXR, sourceNode.GetID())
-            self._placeInHierarchy(sourceNode, [volumeNode, table])
+                for node in (volumeNode, table, volumeStdNode):
+                    if node is not None:
+                        node.SetNodeReferenceID(REF_SOURCE_CXR, sourceNode.GetID())
+            self._placeInHierarchy(sourceNode, [n for n in (volumeNode, volumeStdNode, table) if n])
         except Exception:
             for node in reversed(added):
                 if node.IsA("vtkMRMLSequenceNode"):
@@ -509,7 +600,30 @@ class Xray2XrayCoreLogic:
                 else:
                     self._removeWithDisplay(node)
             raise
-        return {"volume": volumeNode, "views": seq, "table": table, "results": results}
+        return {"volume": volumeNode, "views": seq, "table": table, "results": results,
+                "volumeStd": volumeStdNode, "viewsStd": seqStd}
+
+    def _addStdNodes(self, volumeNode, volumeStd, viewsNode, viewsStd, geometry, sourceNode,
+                     name: str, added: list):
+        """The uncertainty maps as nodes beside their outputs, on the same geometry: the
+        volume's std as a scalar volume (HU) on the volume's grid, the views' std as a sequence
+        on the views' detector planes; each references its output (``REF_STD_OF``)."""
+        volumeStdNode = seqStd = None
+        if volumeStd is not None:
+            volumeStdNode = conv.volumeToVolumeNode(volumeStd, self.scene,
+                                                    f"{name} reconstructed volume std (HU)")
+            added.append(volumeStdNode)
+            volumeStdNode.SetAttribute(ATTR_KIND, KIND_VOLUME_STD)
+            volumeStdNode.SetNodeReferenceID(REF_STD_OF, volumeNode.GetID())
+        if viewsStd is not None and viewsNode is not None and len(viewsStd):
+            seqStd = self.addDRRSequence(viewsStd, geometry, sourceNode=sourceNode,
+                                         method="world model, test-time augmentation std",
+                                         name=f"{name} predicted views std",
+                                         kind=KIND_PREDICTED_VIEWS_STD, itemKind=KIND_PREDICTED_VIEW_STD,
+                                         sourceReference=REF_SOURCE_CXR)
+            added.append(seqStd)
+            seqStd.SetNodeReferenceID(REF_STD_OF, viewsNode.GetID())
+        return volumeStdNode, seqStd
 
     def _addResultsTable(self, results: dict, name: str):
         import vtk
@@ -545,9 +659,10 @@ class Xray2XrayCoreLogic:
 
     def removeInferenceOutputs(self, outputs: Dict[str, object]) -> None:
         """Remove the nodes :meth:`runInference` / :meth:`loadInferenceOutputs` added."""
-        if outputs.get("views") is not None:
-            self.removeDRRSequence(outputs["views"])
-        for key in ("volume", "table"):
+        for key in ("views", "viewsStd"):
+            if outputs.get(key) is not None:
+                self.removeDRRSequence(outputs[key])
+        for key in ("volume", "volumeStd", "table"):
             if outputs.get(key) is not None:
                 self._removeWithDisplay(outputs[key])
 
@@ -566,17 +681,18 @@ class Xray2XrayCoreLogic:
 
     def runInferenceForFolder(self, folder, model=None, views: Sequence[float] = (90,),
                               volumeSize: int = 128, device: str = "cpu", pattern: str = "*",
-                              keepInScene: bool = True) -> Dict[str, dict]:
+                              keepInScene: bool = True, forceScores: bool = False) -> Dict[str, dict]:
         """:meth:`runInference` for every radiograph file in ``folder`` (DICOM, PNG, JPEG, 2D
         NRRD/NIfTI) matching ``pattern``: returns {file name: outputs of runInference}. With
         ``keepInScene=False`` the radiograph and output nodes are removed again and each
-        outputs dict keeps only "results" (the results.json dict) and "result"."""
+        outputs dict keeps only "results" (the results.json dict) and "result".
+        ``forceScores``: as :meth:`runInference`."""
         found = {}
         for path in _filesMatching(folder, pattern):
             cxr = self.loadRadiograph(path)
             try:
                 outputs = self.runInference(cxr, model=model, views=views, volumeSize=volumeSize,
-                                            device=device)
+                                            device=device, forceScores=forceScores)
                 if not keepInScene:
                     self.removeInferenceOutputs(outputs)
                     outputs = {"results": outputs["results"], "result": outputs["result"]}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from XrayWorldModel.conventions import CT_VOLUME_SUFFIXES
+from XrayWorldModel.conventions import CT_VOLUME_SUFFIXES, uncertainty_passes
 from XrayWorldModel.errors import InputError
 
 from .parameters import angleList, volumeSize as checkVolumeSize
@@ -256,11 +256,13 @@ def resolveAutoDevice() -> str:
 
 
 def inferJob(cxrPath, outDir, model=None, views=(90,), volumeSize: int = 128,
-             device: str = "cpu") -> Job:
-    """``xray2xray infer CXR --out DIR``: predicted views, reconstructed volume and
-    ``results.json`` for one radiograph file (DICOM, PNG, JPEG, 2D NRRD/NIfTI/MHA), loaded
-    afterwards with ``Xray2XrayCoreLogic.loadInferenceOutputs(outDir)``. ``views``: angles
-    (degrees, a list or text "90,270") checked like ``Xray2XrayCoreLogic.runInference`` does.
+             device: str = "cpu", uncertainty: Optional[int] = None) -> Job:
+    """``xray2xray infer CXR --out DIR``: predicted views, reconstructed volume, their std
+    maps and ``results.json`` for one radiograph file (DICOM, PNG, JPEG, 2D
+    NRRD/NIfTI/MHA), loaded afterwards with ``Xray2XrayCoreLogic.loadInferenceOutputs(outDir)``.
+    ``views``: angles (degrees, a list or text "90,270") checked like
+    ``Xray2XrayCoreLogic.runInference`` does; ``uncertainty``: ``--uncertainty N`` (0: no std
+    maps; None: the CLI's default).
 
     Progress: the CLI prints nothing while the model runs, so the fraction is unknown (None)
     until the output files appear; ``results.json`` is written last and means done (a
@@ -278,6 +280,8 @@ def inferJob(cxrPath, outDir, model=None, views=(90,), volumeSize: int = 128,
     args = cliArguments("infer", str(cxr), "--out", str(out),
                         "--views", ",".join(f"{a:g}" for a in angles),
                         "--volume-size", str(volumeSize), "--device", device)
+    if uncertainty is not None:
+        args += ["--uncertainty", str(uncertainty_passes(uncertainty))]
     if model:
         args += ["--model", str(model)]
 

@@ -6,13 +6,19 @@ fast; each command imports the inference code when it runs.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
-from ..conventions import parse_angles
+from ..console import progress_bar, show_progress
+from ..conventions import UNCERTAINTY_PASSES, parse_angles, uncertainty_passes
 from ..errors import GeometryError, InputError
+from ..fileutil import check_output_folder
 from ..io import read_cxr
+
+#: What ``infer`` and ``demo`` write into their --out folder.
+OUTPUTS = "the views, volume and results.json"
 
 
 def parse_views(text: str):
@@ -26,19 +32,21 @@ def parse_views(text: str):
 def run_infer(args) -> int:
     from .outputs import input_info, write_outputs
     from .pipeline import run_inference
+    from .trust import score_lines
     t0 = time.perf_counter()
+    check_output_folder(args.out, "--out", OUTPUTS)     # before any work
     path = Path(args.cxr).expanduser()
-    rad = read_cxr(path)
-    result = run_inference(rad, args.model, parse_views(args.views), args.volume_size, args.device,
-                           args.sweep_step, args.refine)
+    rad = read_cxr(path, check=True)      # not a radiograph at all: refused before the model
+    with UncertaintyProgress(args.uncertainty) as progress:
+        result = run_inference(rad, args.model, parse_views(args.views), args.volume_size,
+                               args.device, args.sweep_step, args.refine,
+                               uncertainty=args.uncertainty, progress=progress,
+                               force_scores=args.force_scores)
     data = write_outputs(result, args.out, input_info(path, rad))
-    s = data["scores"]
     print(f"model {data['model']['name']}: consistency NCC {result.consistency:.3f} "
           f"({data['consistency']['reading']})")
-    if s["risk"] is not None:
-        print(f"cardiovascular risk {s['risk']:.3f}")
-    if s["pathologies"]:
-        print("pathologies: " + ", ".join(f"{k} {v:.3f}" for k, v in s["pathologies"].items()))
+    for line in score_lines(data):      # the trust verdict, then the scores or why not
+        print(line)
     for note in data["preprocessing"]["notes"]:
         print(f"note: {note}")
     print(f"wrote views, volume and results.json to {args.out} "
@@ -52,7 +60,8 @@ def add_infer_parser(sub) -> None:
     p = sub.add_parser("infer", help="predict views, a volume and scores from one frontal CXR",
                        description="From one frontal chest radiograph (DICOM, PNG, JPEG): "
                        "predicted views, a reconstructed volume, risk and pathology scores, "
-                       "and a consistency score.")
+                       "and a consistency score. The scores are shown only when the trust "
+                       "verdict finds the input in the model's domain (results.json: trust).")
     p.add_argument("cxr", help="the radiograph file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None,
@@ -63,14 +72,59 @@ def add_infer_parser(sub) -> None:
                    help="angular step of the sweep reconstructed by FDK (degrees, default 15)")
     p.add_argument("--refine", type=int, default=0, metavar="N",
                    help="N SIRT steps after FDK (sharper volume, ~0.4 s each; default 0)")
+    add_uncertainty_argument(p)
+    p.add_argument("--force-scores", action="store_true",
+                   help="print and store the scores even when the trust verdict says the input "
+                   "is out of distribution (they are then marked so); default: withheld")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", action="store_true", help="also print results.json")
     p.set_defaults(func=run_infer)
 
 
+def _passes(text: str) -> int:
+    try:
+        return uncertainty_passes(text)
+    except InputError as exc:      # argparse shows the words of this type only
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_uncertainty_argument(p) -> None:
+    p.add_argument("--uncertainty", type=_passes, default=UNCERTAINTY_PASSES,
+                   metavar="N", help="test-time augmentation passes for the standard-deviation "
+                   f"maps views_std.nii.gz and volume_std.nii.gz (0: off; default "
+                   f"{UNCERTAINTY_PASSES})")
+
+
+class UncertaintyProgress:
+    """A ``progress(done, total)`` for the uncertainty maps (the passes, then the
+    reconstructions of the volume's std): a bar on a terminal, plain lines in a log or pipe
+    (:func:`~XrayWorldModel.console.show_progress`), started at the first report so that its
+    rate and ETA count only this work."""
+
+    def __init__(self, passes: int):
+        self.passes, self.bar = passes, None
+
+    def __enter__(self):
+        return self if self.passes else None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(None, show_progress(), total=total, desc="uncertainty",
+                                    unit="steps")
+        self.bar.total = total        # the passes, then the volume's reconstructions
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
 def run_demo_command(args) -> int:
+    check_output_folder(args.out, "--out", "the report, " + OUTPUTS)     # before any work
     from .demo import run_demo
-    data = run_demo(args.out, args.cxr, args.model, args.volume_size, args.device)
+    data = run_demo(args.out, args.cxr, args.model, args.volume_size, args.device,
+                    uncertainty=args.uncertainty)
     out = Path(args.out)
     print(f"report: {out / data['report']}")
     print(f"results: {out / 'results.json'} (consistency NCC {data['consistency']['ncc']:.3f})")
@@ -87,6 +141,7 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--cxr", default=None, help="a frontal chest radiograph instead of the phantom")
     p.add_argument("--model", default=None, help="model name or file (default: the built-in demo model)")
     p.add_argument("--volume-size", type=int, default=128, help="reconstructed volume, voxels per side")
+    add_uncertainty_argument(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=run_demo_command)
 
@@ -98,6 +153,7 @@ def run_eval_volume(args) -> int:
     from .evaluate import evaluate_volumes
     from .pipeline import load_inference_model
     from .prior import VolumePrior
+    resolve_source(args.data)           # a bad --data fails before the model is loaded
     model, card, path = load_inference_model(args.model, args.device)
     cfg = TrainConfig.from_dict(card["config"])
     cache = PreprocessedCache(Path(args.cache_dir) if args.cache_dir else None)

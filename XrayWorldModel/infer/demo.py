@@ -21,8 +21,10 @@ from ..io import read_cxr
 from ..phantom import procedural_chest
 from ..radiograph import Radiograph
 from .domain import LINE_INTEGRAL
-from .outputs import input_info, write_outputs
+from .outputs import input_info, results_dict, write_outputs
 from .pipeline import load_inference_model, run_inference
+from .trust import score_lines
+from .uncertainty import DEFAULT_PASSES
 
 #: The demo phantom's seed: far from the seeds the demo model was trained on.
 DEMO_SEED = 90210
@@ -58,6 +60,23 @@ def _slices(volume) -> List[Tuple[str, np.ndarray]]:
     return [("axial", axial), ("coronal", coronal), ("sagittal", sagittal)]
 
 
+def report_lines(result) -> List[str]:
+    """The report's text: model, consistency, the trust verdict and the scores as
+    ``results.json`` has them (withheld with the reason, or marked out of distribution
+    when forced), timings and the preprocessing notes."""
+    results = results_dict(result)
+    lines = [f"model: {result.model.get('name')} {result.model.get('version') or ''}  "
+             f"({result.model.get('intended_use') or 'see the model card'})",
+             f"consistency (re-projected volume vs input, NCC): {result.consistency:.3f}"]
+    lines += score_lines(results)
+    s = results["scores"]
+    if not s.get("withheld") and s.get("risk") is None:
+        lines.append("cardiovascular risk: n/a (no risk head)")
+    lines.append("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+    lines += [f"note: {note}" for note in result.model_input.notes]
+    return lines
+
+
 def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[Dict[float, np.ndarray]],
                   title: str) -> Path:
     """A one-page PNG: input and predicted views (true ones below for phantoms), volume
@@ -73,9 +92,11 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
                      for a, _ in views])
     rows.append([(f"volume {n}", _tile(s, -1000.0, 600.0)) for n, s in _slices(result.volume)])
     cols = max(len(r) for r in rows)
-    pad, label_h, text_h = 8, 18, 190
+    pad, label_h = 8, 18
     W = cols * (TILE + pad) + pad
-    H = len(rows) * (TILE + label_h + pad) + text_h + 40
+    wrapped = [part for line in report_lines(result)
+               for part in textwrap.wrap(line, max(40, W // 6 - 4))]
+    H = len(rows) * (TILE + label_h + pad) + 16 * len(wrapped) + 60
     page = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(page)
     font = ImageFont.load_default()
@@ -88,18 +109,6 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
                 draw.text((x, y), name, fill="black", font=font)
                 page.paste(tile.convert("RGB"), (x, y + label_h))
         y += TILE + label_h + pad
-    s = result.scores
-    lines = [f"model: {result.model.get('name')} {result.model.get('version') or ''}  "
-             f"({result.model.get('intended_use') or 'see the model card'})",
-             f"consistency (re-projected volume vs input, NCC): {result.consistency:.3f}",
-             "cardiovascular risk: " + ("n/a (no risk head)" if s.get("risk") is None
-                                        else f"{s['risk']:.3f}")]
-    if s.get("pathologies"):
-        lines.append("pathologies: " + ", ".join(f"{k} {v:.2f}" for k, v in s["pathologies"].items()))
-    lines.append("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-    for note in result.model_input.notes:
-        lines.append(f"note: {note}")
-    wrapped = [part for line in lines for part in textwrap.wrap(line, max(40, W // 6 - 4))]
     for i, line in enumerate(wrapped):
         draw.text((pad, y + 4 + 16 * i), line, fill="black", font=font)
     with atomic_path(path) as tmp:
@@ -108,10 +117,13 @@ def render_report(path: Path, result, model_image: np.ndarray, truth: Optional[D
 
 
 def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 128,
-             device="cpu") -> Dict:
-    """Run the demo; returns the results dict (``results.json``) with the report's name."""
+             device="cpu", uncertainty: int = DEFAULT_PASSES) -> Dict:
+    """Run the demo; returns the results dict (``results.json``) with the report's name.
+    ``uncertainty``: test-time augmentation passes of the std maps (0: none)."""
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser()
+    if cxr is not None:       # a bad radiograph fails before the model is loaded
+        rad = read_cxr(cxr, check=True)
     loaded = load_inference_model(model, device)
     sampling = TrainConfig.from_dict(loaded[1]["config"]).views
     truth, info = None, None
@@ -122,10 +134,10 @@ def run_demo(out_dir, cxr: Optional[str] = None, model=None, volume_size: int = 
                 "spacing_is_default": False}
         title = f"Xray2Xray demo: procedural chest (seed {DEMO_SEED}), truth shown below"
     else:
-        rad = read_cxr(cxr)
         info = input_info(Path(cxr), rad)
         title = f"Xray2Xray demo: {Path(cxr).name}"
-    result = run_inference(rad, loaded, (90.0, 180.0, 270.0), volume_size)
+    result = run_inference(rad, loaded, (90.0, 180.0, 270.0), volume_size,
+                           uncertainty=uncertainty)
     data = write_outputs(result, out, info)
     render_report(out / "report.png", result, result.model_input.image, truth, title)
     data["report"] = "report.png"

@@ -8,13 +8,15 @@ in all of these, so :func:`to_model_input` does three things, in order:
    display convention looks like a PA one apart from magnification, so it is accepted with a
    note; a lateral view is refused. When the model carries a reference frontal view, an image
    that matches the reference better mirrored than as is gets a warning (a flipped export).
-2. **Geometry**: the image is resampled from its own pixel spacing (mm at the detector) to the
-   model's detector pitch and centred in the model's field of view, padded with air. The
+2. **Geometry**: the image is resampled from its own pixel spacing at the detector (DICOM
+   ImagerPixelSpacing when present, since PixelSpacing may be calibrated at the patient) to
+   the model's detector pitch and centred in the model's field of view, padded with air. The
    physical scale is thus kept, so a wrong spacing (a broken header) shows as a wrong size.
 3. **Intensity**: display values are not line integrals (a DRR given as a Radiograph with
-   ``metadata["units"] == "line_integral"`` keeps its values). Inside the body, the radiograph's
+   ``metadata["units"] == "line_integral"`` keeps its values). Inside the body (above 5 % of
+   the image's range, the rule the training DRRs' statistics used), the radiograph's
    quantiles are mapped onto the quantiles of the training DRRs (histogram matching, stored in
-   the model card as ``domain``); outside it values ramp linearly to air (0).
+   the model card as ``domain``); below it values ramp linearly to air (0).
 
 What remains of the domain gap: scatter, the detector's own processing (unsharp masking,
 look-up tables), breast and soft-tissue shadows absent from the phantoms, and inspiration
@@ -24,11 +26,10 @@ and positioning that differ from the training set. The consistency score in
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
-from skimage.filters import threshold_otsu
 from skimage.measure import block_reduce
 from skimage.transform import resize
 
@@ -43,6 +44,9 @@ N_QUANTILES = 101
 #: ``Radiograph.metadata["units"]`` of an image that is already a DRR (line integrals),
 #: which skips the intensity mapping.
 LINE_INTEGRAL = "line_integral"
+#: Fraction of the image's range above its air level where the body starts: the rule
+#: :func:`domain_reference` applies to the training DRRs (5 % of their maximum).
+BODY_FRACTION = 0.05
 
 
 class FlippedImageWarning(UserWarning):
@@ -57,10 +61,13 @@ class ModelInput:
     covered: np.ndarray          # [H, W] bool: pixels that came from the radiograph (not padding)
     scale: float                 # model pixels per radiograph pixel (columns)
     notes: list
+    #: what puts the input outside the model's domain (also in ``notes``): the trust
+    #: verdict withholds the scores for any of them (:mod:`.trust`)
+    problems: list = field(default_factory=list)
 
     def to_dict(self) -> Dict:
         return {"scale": self.scale, "covered_fraction": float(self.covered.mean()),
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "problems": list(self.problems)}
 
 
 def domain_reference(frontal_drrs: np.ndarray) -> Dict:
@@ -70,7 +77,7 @@ def domain_reference(frontal_drrs: np.ndarray) -> Dict:
     d = np.asarray(frontal_drrs, dtype=np.float64)
     if d.ndim != 3 or d.shape[0] < 1:
         raise InputError(f"frontal DRRs must be [N, H, W], got shape {d.shape}")
-    threshold = 0.05 * float(d.max())
+    threshold = BODY_FRACTION * float(d.max())
     body = d[d > threshold]
     q = np.quantile(body, np.linspace(0.0, 1.0, N_QUANTILES))
     return {"quantiles": [float(v) for v in q], "body_threshold": threshold,
@@ -88,12 +95,27 @@ def _check_orientation(rad: Radiograph, notes: list) -> None:
         notes.append("no view position in the header: assumed PA")
 
 
+def detector_spacing(rad: Radiograph):
+    """(row, column) pixel spacing at the detector, the plane the model's pitch is measured
+    in: DICOM ImagerPixelSpacing when the header has it (PixelSpacing may be calibrated at
+    the patient, smaller by the magnification), else the radiograph's own spacing."""
+    imager = rad.metadata.get("imager_pixel_spacing")
+    try:
+        pair = tuple(float(v) for v in imager) if imager is not None else ()
+    except (TypeError, ValueError):
+        pair = ()
+    if len(pair) == 2 and all(np.isfinite(v) and v > 0 for v in pair):
+        return pair
+    return rad.spacing
+
+
 def _resample(rad: Radiograph, sampling: ViewSampling):
     """The radiograph at the model's detector pitch, centred on an image_size canvas."""
     n = sampling.image_size
     pitch = sampling.pixel_spacing
-    rows = max(1, int(round(rad.image.shape[0] * rad.spacing[0] / pitch)))
-    cols = max(1, int(round(rad.image.shape[1] * rad.spacing[1] / pitch)))
+    spacing = detector_spacing(rad)
+    rows = max(1, int(round(rad.image.shape[0] * spacing[0] / pitch)))
+    cols = max(1, int(round(rad.image.shape[1] * spacing[1] / pitch)))
     img = rad.image.astype(np.float64)
     # most of a large reduction as block means (fast, and itself an anti-aliasing filter),
     # the remaining fraction by an anti-aliased resize
@@ -113,6 +135,15 @@ def _resample(rad: Radiograph, sampling: ViewSampling):
     return canvas, covered, cols / rad.image.shape[1]
 
 
+def _body_threshold(vals: np.ndarray) -> float:
+    """Where the body starts in a radiograph's covered pixels, by the rule the reference
+    used on the training DRRs: ``BODY_FRACTION`` of the range above the air level (robust
+    ends: the 0.5th and 99.5th percentiles). Not Otsu: on a chest, Otsu splits the lungs
+    from the mediastinum, and the lungs (body, in the reference) would be mapped as air."""
+    lo, hi = np.percentile(vals, [0.5, 99.5])
+    return float(lo + BODY_FRACTION * (hi - lo))
+
+
 def _match_intensity(canvas: np.ndarray, covered: np.ndarray, reference: Optional[Dict]) -> np.ndarray:
     vals = canvas[covered]
     if vals.size < 4 or float(vals.max() - vals.min()) <= 0:
@@ -123,10 +154,7 @@ def _match_intensity(canvas: np.ndarray, covered: np.ndarray, reference: Optiona
     else:
         q_ref = np.asarray(reference["quantiles"], dtype=np.float64)
         thr_ref = float(reference["body_threshold"])
-    try:
-        thr = threshold_otsu(vals)
-    except ValueError:
-        thr = float(np.median(vals))
+    thr = _body_threshold(vals)
     body = vals[vals > thr]
     if body.size < 2:
         body = vals
@@ -141,7 +169,8 @@ def _match_intensity(canvas: np.ndarray, covered: np.ndarray, reference: Optiona
     return out.astype(np.float32)
 
 
-def _laterality(image: np.ndarray, reference: Optional[Dict], notes: list) -> None:
+def _laterality(image: np.ndarray, reference: Optional[Dict], notes: list,
+                problems: list) -> None:
     if not reference or "mean_frontal" not in reference:
         return
     ref = np.asarray(reference["mean_frontal"], dtype=np.float64)
@@ -159,6 +188,7 @@ def _laterality(image: np.ndarray, reference: Optional[Dict], notes: list) -> No
                f"reference when flipped vs {as_is:.2f} as is): is the patient's right on the "
                f"image's left?")
         notes.append(msg)
+        problems.append(msg)
         warnings.warn(msg, FlippedImageWarning, stacklevel=3)
 
 
@@ -179,5 +209,6 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
         image = _match_intensity(canvas, covered, reference)
         if reference is None:
             notes.append("the model card has no domain statistics: plain range mapping used")
-    _laterality(image, reference, notes)
-    return ModelInput(image, covered, scale, notes)
+    problems: list = []
+    _laterality(image, reference, notes, problems)
+    return ModelInput(image, covered, scale, notes, problems)

@@ -15,6 +15,7 @@ from ..io.drr_stack import write_drr_stack
 from ..radiograph import Radiograph
 from ..version import __version__
 from .pipeline import InferenceResult
+from .trust import disclaimer, output_scores, verdict
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
 
@@ -36,6 +37,14 @@ def input_info(path: Path, rad: Radiograph) -> Dict:
             "spacing_is_default": bool(rad.spacing_is_default)}
 
 
+def trust_of(result: InferenceResult) -> Dict:
+    """The result's trust verdict (:mod:`.trust`); a result made without one (by hand)
+    gets the verdict of its consistency score alone."""
+    if result.trust is not None:
+        return result.trust
+    return verdict(None, result.consistency, result.model_input.problems)
+
+
 def results_dict(result: InferenceResult, input_info: Optional[Dict] = None,
                  files: Optional[Dict] = None) -> Dict:
     vol = result.volume
@@ -49,13 +58,33 @@ def results_dict(result: InferenceResult, input_info: Optional[Dict] = None,
         "volume": {"shape": list(vol.shape), "spacing_mm": [float(s) for s in vol.spacing],
                    "affine_lps": vol.affine.tolist(), "units": "HU",
                    **(files or {}).get("volume", {})},
-        "scores": {"risk": result.scores.get("risk"),
-                   "risk_details": result.scores.get("risk_details"),
-                   "pathologies": result.scores.get("pathologies")},
+        "trust": trust_of(result),
+        "scores": output_scores(result.scores, trust_of(result), result.force_scores,
+                                disclaimer(result.model)),
         "consistency": {"ncc": result.consistency,
                         "reading": consistency_reading(result.consistency)},
+        "uncertainty": result.uncertainty.to_dict() if result.uncertainty is not None else None,
         "timings_s": {k: round(float(v), 4) for k, v in result.timings.items()},
     }
+
+
+def write_uncertainty(result: InferenceResult, out: Path, files: Dict) -> None:
+    """``views_std.nii.gz`` (a DRR stack with the views' geometry) and ``volume_std.nii.gz``
+    (the volume's grid), named in ``files`` as ``std_file``; without uncertainty, the std
+    files an earlier run left in ``out`` are removed, so none is taken for this run's."""
+    unc = result.uncertainty
+    if unc is None:
+        for name in ("views_std.nii.gz", "views_std.json", "volume_std.nii.gz"):
+            (out / name).unlink(missing_ok=True)
+        return
+    if len(result.view_angles):
+        meta = {"kind": "predicted views standard deviation", "model": result.model.get("name"),
+                "passes": unc.passes}
+        stack = write_drr_stack(unc.views_std, result.view_geometry, out / "views_std.nii.gz",
+                                meta=meta)
+        files["views"]["std_file"] = stack.name
+    if unc.volume_std is not None:
+        files["volume"]["std_file"] = write_volume(unc.volume_std, out / "volume_std.nii.gz").name
 
 
 def write_outputs(result: InferenceResult, out_dir, input_info: Optional[Dict] = None) -> Dict:
@@ -73,6 +102,7 @@ def write_outputs(result: InferenceResult, out_dir, input_info: Optional[Dict] =
                           "pngs": pngs}
     vol_path = write_volume(result.volume, out / "volume.nii.gz")
     files["volume"] = {"file": vol_path.name}
+    write_uncertainty(result, out, files)
     data = results_dict(result, input_info, files)
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(data, indent=1))

@@ -28,14 +28,18 @@ from ..drr import DRRRenderer, resolve_device
 from ..errors import InputError
 from ..fileutil import sha256_file
 from ..geometry import ProjectionGeometry
-from ..probe.features import predict_heads
-from ..radiograph import Radiograph
+from ..probe.features import extract_for_heads
+from ..probe.heads import apply_heads, logistic_logits
+from ..radiograph import Radiograph, check_radiograph
 from ..recon import fdk, mu_to_hu, refine
 from ..volume import Volume
 from ..weights.loading import load_world_model
 from ..weights.registry import resolve_model
 from .domain import ModelInput, to_model_input
 from .prior import VolumePrior, fov_extent, fov_grid
+from .trust import assess_trust
+from .uncertainty import (DEFAULT_PASSES, Progress, Uncertainty, check_passes,
+                          estimate_uncertainty, imagine_batch)
 
 
 @dataclass
@@ -51,6 +55,9 @@ class InferenceResult:
     scores: Dict                         # {"risk": float|None, "pathologies": {name: p}}
     model: Dict                          # name, version, sha256 of the weights file
     timings: Dict[str, float] = field(default_factory=dict)
+    uncertainty: Optional[Uncertainty] = None   # std maps of views and volume (:mod:`.uncertainty`)
+    trust: Optional[Dict] = None         # the verdict (:mod:`.trust`); gates the scores' output
+    force_scores: bool = False           # show the scores even when out of distribution
 
 
 def wrap_delta(target, source=0.0):
@@ -70,18 +77,8 @@ def imagine_views(model, state: torch.Tensor, angles: Sequence[float]) -> np.nda
     """Decoded views [A, H, W] at ``angles`` (degrees) from the state of the 0-deg view.
 
     Rotations within +-90 deg are model steps; beyond, the mirrored view from the opposite
-    side is used (see the module docstring)."""
-    angles = np.asarray(angles, dtype=np.float64)
-    deltas = wrap_delta(angles)
-    far = np.abs(deltas) > 90.0
-    near_deltas = np.where(far, wrap_delta(deltas + 180.0), deltas)
-    b = len(angles)
-    z = state.expand(b, *state.shape[1:])
-    d = torch.as_tensor(near_deltas, dtype=torch.float32, device=state.device)
-    a0 = torch.zeros(b, device=state.device)
-    views = model.decode(model.step(z, d, a0)).float().cpu().numpy()[:, 0]
-    views[far] = views[far][:, :, ::-1]
-    return np.clip(views, 0.0, None)
+    side is used (see the module docstring); each distinct step is decoded once."""
+    return imagine_batch(model, state, angles)[0]
 
 
 def isocentric_geometry(sampling: ViewSampling, angles) -> ProjectionGeometry:
@@ -153,33 +150,48 @@ def apply_card_heads(model, card: Dict, image: torch.Tensor) -> Dict:
     """Risk and pathology scores from the probe heads in the card (None when absent).
 
     ``risk`` is the risk head's event probability; the Cox outputs (log hazard ratio,
-    hazard ratio) go to ``risk_details``."""
+    hazard ratio) go to ``risk_details``. Probabilities are calibrated when the heads carry
+    a calibration (``calibrated``), unclipped; ``risk_logit`` and ``pathology_logits`` are
+    their log-odds (what :func:`.trust.output_scores` keeps beside the clipped values)."""
     heads = card.get("heads") or {}
-    out = {"risk": None, "pathologies": None, "risk_details": None}
+    out = {"risk": None, "pathologies": None, "risk_details": None, "risk_logit": None,
+           "pathology_logits": None, "calibrated": False}
     if not heads:
         return out
-    pred = predict_heads(model, image, heads)
+    feats = extract_for_heads(model, image, heads)
+    pred, logits = apply_heads(heads, feats), logistic_logits(heads, feats)
     first = lambda v: float(np.asarray(v).reshape(-1)[0])
     if "pathology" in pred:
         out["pathologies"] = {k: first(v) for k, v in pred["pathology"].items()}
+        out["pathology_logits"] = logits.get("pathology")
     if "risk" in pred:
         risk = {k: first(v) for k, v in pred["risk"].items()}
         out["risk"] = risk.pop("event", None)
+        out["risk_logit"] = logits.get("risk", {}).get("event")
         out["risk_details"] = risk or None
+    out["calibrated"] = all("calibration" in h for e in heads.values() if isinstance(e, dict)
+                            for h in e.get("heads", []) if h.get("kind") == "logistic")
     return out
 
 
 def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (90.0, 180.0, 270.0),
                   volume_size: int = 128, device="cpu", sweep_step: float = 15.0,
                   refine_iterations: int = 0,
-                  prior: Optional[VolumePrior] = None) -> InferenceResult:
+                  prior: Optional[VolumePrior] = None, uncertainty: int = DEFAULT_PASSES,
+                  progress: Optional[Progress] = None,
+                  force_scores: bool = False) -> InferenceResult:
     """Predicted ``views`` (degrees), the reconstructed volume, the card's scores and the
     consistency score for one frontal radiograph. ``model``: anything
     :func:`load_inference_model` takes; ``prior``: the volume prior to reconstruct on
-    (default: the model file's own, if it has one)."""
+    (default: the model file's own, if it has one); ``uncertainty``: passes of the
+    standard-deviation maps (0: none), ``progress(done, total)`` after each chunk of them;
+    ``force_scores``: output the scores even when the trust verdict (:mod:`.trust`) says the
+    input is out of distribution (they are then marked so)."""
     if volume_size < 16 or volume_size > 512:
         raise InputError(f"volume size must be between 16 and 512, got {volume_size}")
     check_sweep_step(sweep_step)        # bad arguments fail before any work
+    uncertainty = check_passes(uncertainty)
+    check_radiograph(radiograph)        # noise, blank, tiny: refused before the model loads
     t = {}
     t0 = time.perf_counter()
     model, card, path = load_inference_model(model, device)
@@ -217,13 +229,23 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
     t0 = time.perf_counter()
     consistency = consistency_score(volume, mi, sampling)
     t["consistency"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trust = assess_trust(model, card, x, consistency, mi)
+    t["trust"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    std = estimate_uncertainty(model, x, sampling, view_angles, volume, prior, uncertainty,
+                               progress=progress) if uncertainty else None
+    t["uncertainty"] = time.perf_counter() - t0
     t["total"] = sum(t.values())
     info = {"name": card.get("name", "unnamed"), "version": card.get("version"),
             "path": str(path) if path else None, "sha256": card.get("file_sha256"),
-            "intended_use": (card.get("card") or {}).get("intended_use") or card.get("intended_use")}
+            "intended_use": (card.get("card") or {}).get("intended_use") or card.get("intended_use"),
+            "disclaimer": card.get("disclaimer")}
     geometry = isocentric_geometry(sampling, view_angles) if view_angles else None
     return InferenceResult(predicted.astype(np.float32), view_angles, geometry, volume, mi,
-                           consistency, scores, info, t)
+                           consistency, scores, info, t, uncertainty=std, trust=trust,
+                           force_scores=bool(force_scores))
 
 
 def load_inference_model(spec, device="cpu"):

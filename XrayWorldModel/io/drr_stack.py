@@ -283,6 +283,9 @@ def _dicom_pixels(ds, image: np.ndarray, series: Dict[str, Any]) -> None:
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = series["intercept"], series["slope"], "US"
     ds.WindowCenter = _ds((win_lo + win_hi) / 2)
     ds.WindowWidth = _ds(max(win_hi - win_lo, 1e-6))
+    # the window is in line-integral units (0..~6): DICOM's LINEAR function would move it by
+    # its integer offsets (c - 0.5, w - 1), whitening everything above 80 % of the intended top
+    ds.VOILUTFunction = "LINEAR_EXACT"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(image.shape[0]), int(image.shape[1])

@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..console import progress_bar
 from ..errors import InputError
 from ..volume import Volume
 from .chest import CHEST_LABELS, _as_volumes, _build_chest, chest_parameters
@@ -247,16 +248,15 @@ def write_cohort(n: int, out_dir, labels_csv=None, first_seed: int = 0,
         raise InputError(f"cohort shape must be at least 2 and spacing positive, got "
                          f"{shape} and {spacing}")
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = Path(labels_csv).expanduser() if labels_csv is not None else out / "labels.csv"
     if csv_path.suffix.lower() != ".csv":
         raise InputError("the label file must end in .csv", csv_path)
+    out.mkdir(parents=True, exist_ok=True)
 
     seeds = range(first_seed, first_seed + int(n))
     written = skipped = 0
     rows = []
-    from tqdm.auto import tqdm
-    for seed in tqdm(seeds, desc="cohort", unit="CT", disable=not progress):
+    for seed in progress_bar(seeds, progress, desc="cohort", unit="CT"):
         cid = case_id(seed)
         ct, sidecar = out / f"{cid}.nii.gz", out / f"{cid}.json"
         mask = out / f"{cid}_mask.nii.gz" if write_masks else None

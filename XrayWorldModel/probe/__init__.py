@@ -7,6 +7,11 @@
 * :mod:`.metrics`  - AUROC and Harrell's C-index, their bootstrap CIs, the paired
   bootstrap comparison of two models, and :class:`ProbeError`.
 * :mod:`.evaluate` - stratified K-fold cross-validation: out-of-fold predictions.
+* :mod:`.acquisition` - CTs seen as inference receives radiographs (random acquisitions),
+  what heads, calibration and the OOD reference are fitted on.
+* :mod:`.calibration` - Platt scaling on out-of-fold logits, ECE, reliability diagrams.
+* :mod:`.ood`      - the out-of-distribution reference (Mahalanobis, Ledoit-Wolf) and score.
+* :mod:`.heldout`  - the OOD threshold and held-out ECE / AUROC on CTs never used to fit.
 * :mod:`.run`      - labels CSV, fitting a task end to end (:func:`probe_task`, what
   ``xray2xray probe`` runs), saving heads into a model card.
 
@@ -31,6 +36,9 @@ _EXPORTS = {
     "metrics": ["ProbeError", "auroc", "auroc_ci", "bootstrap_ci", "c_index", "c_index_ci",
                 "multilabel_auroc_ci", "paired_bootstrap", "paired_bootstrap_test"],
     "evaluate": ["cv_cox", "cv_logistic", "FoldWarning"],
+    "acquisition": ["Acquisition", "acquired_view", "render_acquired_views"],
+    "calibration": ["calibrate_labels", "ece", "fit_platt", "reliability", "reliability_diagram"],
+    "ood": ["fit_reference", "set_threshold", "check_reference"],
     "run": ["LabelsError", "LabelTable", "build_targets", "fit_task", "match_ids",
             "probe_task", "read_labels_csv", "save_heads_into"],
 }

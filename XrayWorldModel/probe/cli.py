@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
+from ..console import show_progress
 from ..conventions import parse_angles
 from ..errors import InputError
+from ..fileutil import check_output_file
 from . import PATHOLOGIES, RISK_LABELS
 
 
@@ -23,7 +23,11 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
         "take the pooled latent of that view and of views imagined at --imagined angles, and "
         "fit linear heads: logistic per binary label (AUROC) and, for --task risk, a Cox head "
         "on time-to-event (C-index). Prints stratified K-fold cross-validated metrics with "
-        "bootstrap 95%% CIs as JSON; the final heads are fitted on all CTs.")
+        "bootstrap 95%% CIs as JSON; the final heads are fitted on all CTs. Each CT is seen "
+        "through --views random acquisitions; logistic heads are Platt-calibrated on their "
+        "out-of-fold logits (ECE before/after reported, reliability diagrams written) and the "
+        "card gets an out-of-distribution reference (Mahalanobis distance, Ledoit-Wolf "
+        "covariance) whose threshold comes from --heldout.")
     p.add_argument("--model", default=None,
                    help="model file, training checkpoint / run folder or registered name "
                    "(default: the default model)")
@@ -59,7 +63,20 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--save-into", default=None, metavar="MODEL_OUT",
                    help="write a new model file whose card carries these heads (merged with "
                    "the model's existing heads), for `infer` to report")
+    p.add_argument("--views", type=int, default=4, metavar="N",
+                   help="random acquisitions per CT (the model's training augmentation, a "
+                   "random detector and display look-up, through the inference "
+                   "preprocessing); 0: one clean centred view (default: 4)")
+    p.add_argument("--heldout", default=None, metavar="DATA",
+                   help="held-out in-domain CTs (never used for fitting): their OOD scores set "
+                   "the threshold (99th percentile) stored with the reference; labelled ones "
+                   "(a manifest with the label columns) also get held-out AUROC and ECE")
+    p.add_argument("--diagrams", default=None, metavar="DIR",
+                   help="folder for the reliability diagrams (default: beside --out or "
+                   "--save-into)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or progress lines (results and errors only)")
     p.set_defaults(func=run_probe)
     return p
 
@@ -77,11 +94,13 @@ def _number_or_auto(value: str, what: str):
 
 
 def run_probe(args) -> int:
-    progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    progress = show_progress(args.quiet)
     if args.folds < 2:
         raise InputError(f"--folds must be at least 2, got {args.folds}")
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.views < 0:
+        raise InputError(f"--views must be >= 0, got {args.views}")
     C = _number_or_auto(args.C, "--C")
     alpha = _number_or_auto(args.cox_alpha, "--cox-alpha")
     imagined = [] if args.imagined.strip().lower() in ("none", "") else \
@@ -90,14 +109,15 @@ def run_probe(args) -> int:
     risk = args.task == "risk"
     columns = parse_columns(args.labels_columns, RISK_LABELS if risk else PATHOLOGIES)
     time_col = args.time_column if risk and args.time_column.lower() != "none" else None
-    for out in (args.out, args.save_into):
-        if out is not None and Path(out).expanduser().is_dir():
-            raise InputError("is a folder; give a file name", out)
+    for out, option in ((args.out, "--out"), (args.save_into, "--save-into")):
+        if out is not None:
+            check_output_file(out, option, what="file name")
     summary = probe_task(args.data, args.task, model=args.model, labels=args.labels,
                          columns=columns, id_column=args.id_column, time_column=time_col,
                          event_column=args.event_column, folds=args.folds, imagined=imagined,
                          angle=args.angle, C=C, alpha=alpha, n_boot=args.bootstrap,
                          seed=args.seed, out=args.out, save_into=args.save_into,
-                         device=args.device, progress=progress)
+                         device=args.device, progress=progress, views=args.views,
+                         heldout=args.heldout, diagrams=args.diagrams)
     print(json.dumps(summary, indent=1))
     return 0

@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig
+from ..console import progress_bar
 from ..data import PreprocessedCache
 from ..data.views import render_views
 from ..errors import InputError, XrayWorldModelError
@@ -71,8 +71,8 @@ def extract_features(model, images, angle=0.0, imagined: Sequence[float] = DEFAU
     try:
         with torch.no_grad():
             starts = range(0, n, max(1, int(batch_size)))
-            for s in tqdm(starts, desc="features", unit="batch",
-                          disable=not (progress and len(starts) > 1)):
+            for s in progress_bar(starts, progress if len(starts) > 1 else False,
+                                  desc="features", unit="batch"):
                 img = x[s:s + batch_size].to(dev)
                 a = angles[s:s + batch_size].to(dev)
                 out.append(pooled_features(model, model.encode(img, a), imagined, a))
@@ -130,6 +130,24 @@ def _views_config(card_or_config):
     return TrainConfig.from_dict(data)
 
 
+def preprocessed_volumes(items, cfg: TrainConfig, cache_dir=None, progress: bool = False):
+    """``(index, item, volume)`` of each CT in ``items`` preprocessed as in training (the
+    config's preprocessing, cached on disk: ``cache_dir``, else the config's); a CT that
+    cannot be read is skipped with a :class:`CTSkippedWarning`."""
+    root = cache_dir if cache_dir is not None else cfg.data.cache_dir
+    cache = PreprocessedCache(Path(root) if root else None)
+    prep = cfg.data.preprocessing()
+    for i, item in enumerate(progress_bar(items, progress if len(items) > 1 else False,
+                                          desc="CTs", unit="CT")):
+        try:
+            vol = cache.get(item, prep)
+        except XrayWorldModelError as exc:
+            warnings.warn(f"skipping CT {item.id} ({item.spec}): {exc}", CTSkippedWarning,
+                          stacklevel=3)
+            continue
+        yield i, item, vol
+
+
 def render_frontal_views(items, card_or_config, angle: float = 0.0, cache_dir=None,
                          device=None, progress: bool = False
                          ) -> Tuple[np.ndarray, List[str]]:
@@ -138,17 +156,8 @@ def render_frontal_views(items, card_or_config, angle: float = 0.0, cache_dir=No
     settings without augmentation. Returns (images, ids of the CTs rendered); a CT that
     cannot be read is skipped with a :class:`CTSkippedWarning`."""
     cfg = _views_config(card_or_config)
-    root = cache_dir if cache_dir is not None else cfg.data.cache_dir
-    cache = PreprocessedCache(Path(root) if root else None)
-    prep = cfg.data.preprocessing()
     images, ids = [], []
-    for item in tqdm(items, desc="CTs", unit="CT", disable=not (progress and len(items) > 1)):
-        try:
-            vol = cache.get(item, prep)
-        except XrayWorldModelError as exc:
-            warnings.warn(f"skipping CT {item.id} ({item.spec}): {exc}", CTSkippedWarning,
-                          stacklevel=2)
-            continue
+    for _, item, vol in preprocessed_volumes(items, cfg, cache_dir, progress):
         images.append(render_views([vol], cfg.views, [float(angle)], device)[0])
         ids.append(item.id)
     size = cfg.views.image_size

@@ -7,7 +7,8 @@ Fitting uses scikit-learn (logistic) and numpy (Cox); **applying** a head needs 
 A head is a JSON object::
 
     {"kind": "logistic", "labels": [L names], "mean": [F], "scale": [F],
-     "coef": [[F] x L], "intercept": [L], "C": [L]}
+     "coef": [[F] x L], "intercept": [L], "C": [L],
+     "calibration": {"method": "platt", "a": [L], "b": [L], ...}}     (optional)
     {"kind": "cox", "name": "time_to_event", "mean": [F], "scale": [F], "coef": [F],
      "alpha": a, "horizon": t, "baseline_cumhaz": H0(t)}
 
@@ -19,7 +20,8 @@ Features are standardised with ``mean``/``scale`` before the linear map. A *task
      "heads": [head, ...], "metrics": {...}, "trained_on": {...}}
 
 Outputs of :func:`apply_heads`: a logistic head gives each label's probability under the
-label's name; a Cox head gives ``risk_score`` (log hazard ratio against the average
+label's name (calibrated: ``sigmoid(a * logit + b)`` when the head carries a Platt
+``calibration``, :mod:`.calibration`); a Cox head gives ``risk_score`` (log hazard ratio against the average
 training subject), ``hazard_ratio`` and ``event_probability_at_horizon``
 (``1 - exp(-H0(horizon) * hazard_ratio)``, Breslow baseline, horizon = the median follow-up
 of the training data).
@@ -101,22 +103,47 @@ def check_binary(y: np.ndarray, name: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def grouped_folds(y: np.ndarray, k: int, seed: int, groups: Optional[np.ndarray] = None):
+    """Stratified, shuffled, seeded K-fold (train, test) index pairs over rows with labels
+    ``y``; with ``groups`` (one id per row: the CT of each view), whole groups go to one
+    fold, stratified by each group's label, so views of one CT never straddle folds."""
+    from sklearn.model_selection import StratifiedKFold
+    y = np.asarray(y)
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    if groups is None:
+        return list(cv.split(np.zeros(len(y)), y))
+    groups = np.asarray(groups)
+    uniq, first = np.unique(groups, return_index=True)
+    pairs = []
+    for tr_g, te_g in cv.split(np.zeros(len(uniq)), y[first]):
+        te = np.isin(groups, uniq[te_g])
+        pairs.append((np.flatnonzero(~te), np.flatnonzero(te)))
+    return pairs
+
+
+def class_counts(y: np.ndarray, groups: Optional[np.ndarray]) -> np.ndarray:
+    """Cases per class: rows, or groups (CTs) when views are grouped."""
+    if groups is None:
+        return np.bincount(y, minlength=2)
+    _, first = np.unique(np.asarray(groups), return_index=True)
+    return np.bincount(y[first], minlength=2)
+
+
 def _logistic(C: float, warm_start: bool = False):
     from sklearn.linear_model import LogisticRegression
     return LogisticRegression(C=C, max_iter=5000, tol=1e-6, warm_start=warm_start)
 
 
-def _choose_C(Z: np.ndarray, y: np.ndarray, seed: int) -> float:
+def _choose_C(Z: np.ndarray, y: np.ndarray, seed: int, groups=None) -> float:
     """C with the best mean inner-CV AUROC (ties: the stronger penalty); 1 when there are
     too few of a class for inner folds. Each inner fold walks the grid from the strongest
-    penalty up, warm-starting from the previous solution."""
-    from sklearn.model_selection import StratifiedKFold
-    k = min(INNER_FOLDS, int(np.bincount(y, minlength=2).min()))
+    penalty up, warm-starting from the previous solution. ``groups``: whole CTs per fold."""
+    k = min(INNER_FOLDS, int(class_counts(y, groups).min()))
     if k < 2:
         return 1.0
     grid = sorted(C_GRID)
     scores = np.zeros((k, len(grid)))
-    for f, (tr, te) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(Z, y)):
+    for f, (tr, te) in enumerate(grouped_folds(y, k, seed, groups)):
         model = _logistic(grid[0], warm_start=True)
         for g, C in enumerate(grid):
             model.set_params(C=C).fit(Z[tr], y[tr])
@@ -127,12 +154,13 @@ def _choose_C(Z: np.ndarray, y: np.ndarray, seed: int) -> float:
 
 
 def fit_logistic(X, Y, labels: Sequence[str], C: Union[float, str] = "auto",
-                 seed: int = 0) -> Dict[str, Any]:
+                 seed: int = 0, groups=None) -> Dict[str, Any]:
     """One L2-regularised logistic regression per column of ``Y`` ([N, L] of 0/1; NaN =
     missing, those rows are left out for that label) on standardised ``X`` [N, F].
 
     ``C`` is scikit-learn's inverse regularisation strength, or ``"auto"``: chosen per
-    label from :data:`C_GRID` by inner stratified cross-validation on AUROC."""
+    label from :data:`C_GRID` by inner stratified cross-validation on AUROC (``groups``:
+    the CT of each row, so the views of one CT stay in one inner fold)."""
     X = _as_matrix(X)
     Y = np.asarray(Y, dtype=np.float64).reshape(X.shape[0], -1)
     labels = [str(n) for n in labels]
@@ -145,12 +173,39 @@ def fit_logistic(X, Y, labels: Sequence[str], C: Union[float, str] = "auto",
         keep = ~np.isnan(Y[:, j])
         y = check_binary(Y[keep, j], name)
         with single_thread():
-            c = _choose_C(Z[keep], y, seed) if C == "auto" else float(C)
+            g = None if groups is None else np.asarray(groups)[keep]
+            c = _choose_C(Z[keep], y, seed, g) if C == "auto" else float(C)
             model = _logistic(c).fit(Z[keep], y)
         coefs.append(model.coef_[0].tolist())
         intercepts.append(float(model.intercept_[0]))
         Cs.append(c)
     head.update(coef=coefs, intercept=intercepts, C=Cs)
+    return head
+
+
+def average_logistic(fold_heads: Mapping[str, Sequence[Mapping[str, Any]]],
+                     labels: Sequence[str], X) -> Dict[str, Any]:
+    """One logistic head whose logit for each label is the mean of that label's fold heads'
+    logits (each a one-label head from cross-validation), standardised on ``X``: a linear
+    map still, so it is stored and applied like any fitted head. This is the head whose
+    out-of-fold logits a calibration was fitted on (:mod:`.calibration`), so the Platt map
+    meets the same logit scale on new cases as in fitting, which a refit on all cases
+    (sharper, in-sample) would not."""
+    head = {"kind": "logistic", "labels": [str(n) for n in labels], **standardiser(X)}
+    mean, scale = np.asarray(head["mean"]), np.asarray(head["scale"])
+    coefs, intercepts, Cs = [], [], []
+    for name in head["labels"]:
+        w, b = [], []
+        for h in fold_heads[name]:
+            wk = np.asarray(h["coef"][0], dtype=np.float64) / np.asarray(h["scale"])
+            w.append(wk)
+            b.append(float(h["intercept"][0]) - float(wk @ np.asarray(h["mean"])))
+        W = np.mean(w, axis=0)                    # logit = W . x + mean(b), in raw features
+        coefs.append((W * scale).tolist())
+        intercepts.append(float(np.mean(b) + W @ mean))
+        Cs.append(float(np.median([h["C"][0] for h in fold_heads[name]])))
+    head.update(coef=coefs, intercept=intercepts, C=Cs,
+                cross_fitted=int(min(len(fold_heads[n]) for n in head["labels"])))
     return head
 
 
@@ -239,16 +294,21 @@ def cox_newton(Z: np.ndarray, time: np.ndarray, event: np.ndarray, alpha: float,
     return beta
 
 
-def _choose_alpha(Z, time, event, seed: int) -> float:
-    """Ridge penalty with the best mean inner-CV C-index (ties: the larger penalty)."""
+def _choose_alpha(Z, time, event, seed: int, groups=None) -> float:
+    """Ridge penalty with the best mean inner-CV C-index (ties: the larger penalty);
+    ``groups``: whole CTs per inner fold."""
     from sklearn.model_selection import KFold, StratifiedKFold
-    n_censored = int((~event).sum())
-    k = min(INNER_FOLDS, int(event.sum()), n_censored or INNER_FOLDS)
+    counts = class_counts(event.astype(np.int64), groups)
+    n_censored = int(counts[0])
+    k = min(INNER_FOLDS, int(counts[1]), n_censored or INNER_FOLDS)
     if k < 2:
         return 1.0
-    cv = StratifiedKFold(k, shuffle=True, random_state=seed) if n_censored else \
-        KFold(k, shuffle=True, random_state=seed)
-    splits = list(cv.split(Z, event))
+    if groups is not None and n_censored:
+        splits = grouped_folds(event.astype(np.int64), k, seed, groups)
+    else:
+        cv = StratifiedKFold(k, shuffle=True, random_state=seed) if n_censored else \
+            KFold(k, shuffle=True, random_state=seed)
+        splits = list(cv.split(Z, event))
     best, best_a = -np.inf, 1.0
     for alpha in sorted(ALPHA_GRID, reverse=True):
         scores = []
@@ -266,7 +326,7 @@ def _choose_alpha(Z, time, event, seed: int) -> float:
 
 
 def fit_cox(X, time, event, alpha: Union[float, str] = "auto", name: str = "time_to_event",
-            seed: int = 0) -> Dict[str, Any]:
+            seed: int = 0, groups=None) -> Dict[str, Any]:
     """A ridge-penalised Cox proportional-hazards head on standardised ``X``.
 
     Own Newton-Raphson on the Breslow partial likelihood rather than lifelines or
@@ -281,7 +341,7 @@ def fit_cox(X, time, event, alpha: Union[float, str] = "auto", name: str = "time
     head = {"kind": "cox", "name": str(name), **standardiser(X)}
     Z = _standardise(head, X)
     with single_thread():
-        a = _choose_alpha(Z, time, event, seed) if alpha == "auto" else float(alpha)
+        a = _choose_alpha(Z, time, event, seed, groups) if alpha == "auto" else float(alpha)
         if not a > 0:
             raise ProbeError(f"the Cox ridge penalty must be positive, got {a}")
         beta = cox_newton(Z, time, event, a)
@@ -314,6 +374,16 @@ def linear_predictor(head: Mapping[str, Any], features) -> np.ndarray:
     return Z @ coef
 
 
+def calibrated_logits(head: Mapping[str, Any], features) -> np.ndarray:
+    """Log-odds [N, L] of a logistic head after its calibration (``a * logit + b`` per
+    label, Platt scaling, :mod:`.calibration`) when the head carries one."""
+    z = linear_predictor(head, features)
+    cal = head.get("calibration")
+    if isinstance(cal, Mapping) and "a" in cal and "b" in cal:
+        z = z * np.asarray(cal["a"], dtype=np.float64) + np.asarray(cal["b"], dtype=np.float64)
+    return z
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))),
                     np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
@@ -323,7 +393,7 @@ def apply_head(head: Mapping[str, Any], features) -> Dict[str, np.ndarray]:
     """One head's outputs (see the module docstring), each an array [N]."""
     kind = head.get("kind") if isinstance(head, Mapping) else None
     if kind == "logistic":
-        p = _sigmoid(linear_predictor(head, features))
+        p = _sigmoid(calibrated_logits(head, features))
         return {name: p[:, j] for j, name in enumerate(head["labels"])}
     if kind == "cox":
         lp = linear_predictor(head, features)
@@ -367,6 +437,26 @@ def apply_heads(heads_json: Mapping[str, Any], features) -> Dict[str, Any]:
         feats = features[task] if isinstance(features, Mapping) else features
         result[task] = one(entry, feats)
     return result
+
+
+def logistic_logits(heads_json: Mapping[str, Any], features) -> Dict[str, Dict[str, float]]:
+    """``{task: {label: log-odds}}`` of the logistic heads of a card's ``heads`` for ONE case
+    (``features``: a vector [F], [1, F], or a mapping task -> those): the calibrated logit
+    behind each probability :func:`apply_heads` gives, kept beside the probability when it
+    is clipped for display. Tasks without a logistic head are left out."""
+    out: Dict[str, Dict[str, float]] = {}
+    for task, entry in heads_json.items():
+        if not _is_task(entry):
+            continue
+        feats = features[task] if isinstance(features, Mapping) else features
+        z = {}
+        for head in entry["heads"]:
+            if head.get("kind") == "logistic":
+                values = calibrated_logits(head, feats)[0]
+                z.update({name: float(v) for name, v in zip(head["labels"], values)})
+        if z:
+            out[task] = z
+    return out
 
 
 def task_entry(task: str, heads: Sequence[Mapping[str, Any]], features_spec: Mapping[str, Any],

@@ -27,9 +27,13 @@ from ..weights.model_file import ModelFileError, load_model_file, read_card, sav
 from ..weights.registry import resolve_model
 from . import PATHOLOGIES, RISK_LABELS
 from .evaluate import cv_cox, cv_logistic
+from .acquisition import DEFAULT_VIEWS, acquisition_summary, render_acquired_views
 from .features import DEFAULT_IMAGINED, extract_features, feature_spec, render_frontal_views
-from .heads import check_binary, fit_cox, fit_logistic, task_entry
+from .heldout import first_views, heldout_report, write_diagrams
+from .heads import average_logistic, check_binary, fit_cox, task_entry
+from .calibration import calibrate_labels
 from .metrics import ProbeError, c_index_ci, multilabel_auroc_ci
+from .ood import fit_reference
 
 TASKS = ("pathology", "risk")
 TIME_COLUMN, EVENT_COLUMN = "time", "event"
@@ -202,35 +206,78 @@ def match_ids(item_ids: Sequence[str], table: LabelTable) -> List[str]:
     return matched
 
 
+def _fit_labels(X, targets: Targets, groups, folds, seed, n_boot, C, metrics, used):
+    """Logistic heads with their Platt calibration (on out-of-fold logits), AUROC metrics on
+    one view per CT, ECE before and after calibration. The head of each label is the mean
+    of its K cross-validation heads (:func:`.heads.average_logistic`): the heads whose
+    out-of-fold logits the calibration saw."""
+    Y = targets.Y[groups]
+    folds_heads: Dict[str, list] = {}
+    oof = cv_logistic(X, Y, targets.labels, folds, seed, C, used, groups, logits=True,
+                      fold_heads=folds_heads)
+    metrics.update(multilabel_auroc_ci(targets.Y, oof[first_views(groups)], targets.labels,
+                                       n_boot, seed))
+    for name in targets.labels:
+        metrics["labels"][name]["folds"] = used[name]
+    cal = calibrate_labels(oof, Y, targets.labels, folds, seed, groups)
+    metrics["calibration"] = {
+        name: {"ece_before": cal["ece_before"][j], "ece_after": cal["ece_after"][j],
+               "reliability": cal["reliability"][name]}
+        for j, name in enumerate(targets.labels)}
+    head = average_logistic(folds_heads, targets.labels, X)
+    head["calibration"] = {k: v for k, v in cal.items() if k != "reliability"}
+    return head
+
+
+def _fit_survival(X, targets: Targets, groups, folds, seed, n_boot, alpha, metrics, used):
+    """The Cox head on the views of the CTs with a time and an event; C-index on one view
+    per CT."""
+    n_ct = len(targets.ids)
+    time, event = np.full(n_ct, np.nan), np.zeros(n_ct, dtype=bool)
+    time[targets.survival_rows], event[targets.survival_rows] = targets.time, targets.event
+    rows = np.flatnonzero(np.isin(groups, targets.survival_rows))
+    g = groups[rows]
+    oof = cv_cox(X[rows], time[g], event[g], folds, seed, alpha, used, g)
+    first = first_views(g)
+    metrics["c_index"] = dict(c_index_ci(time[g][first], event[g][first], oof[first], n_boot,
+                                         seed), folds=used["c_index"])
+    return fit_cox(X[rows], time[g], event[g], alpha=alpha, seed=seed, groups=g)
+
+
 def fit_task(features: np.ndarray, targets: Targets, feature_spec: Mapping[str, Any],
              folds: int = 5, seed: int = 0, n_boot: int = 1000, C="auto", alpha="auto",
-             trained_on: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Cross-validated metrics and the final heads (fitted on all cases): a task entry."""
+             trained_on: Optional[Mapping[str, Any]] = None,
+             groups: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """Cross-validated metrics and the final heads: a task entry. A logistic label's head is
+    the mean of its K cross-validation heads, calibrated on their out-of-fold logits; the
+    Cox head is fitted on all cases.
+
+    ``features`` has one row per view; ``groups`` gives each row's CT (an index into
+    ``targets.ids``; default one view per CT). Folds keep a CT's views together, metrics use
+    each CT's first view, and logistic heads carry a Platt calibration fitted on their
+    out-of-fold logits (:mod:`.calibration`)."""
     X = np.asarray(features, dtype=np.float64)
+    groups = np.arange(X.shape[0]) if groups is None else np.asarray(groups, dtype=np.int64)
     heads, used = [], {}
-    metrics = {"n": int(X.shape[0]), "folds": int(folds), "seed": int(seed),
-               "n_boot": int(n_boot), "cross_validated": True}
+    metrics = {"n": len(targets.ids), "n_views": int(X.shape[0]), "folds": int(folds),
+               "seed": int(seed), "n_boot": int(n_boot), "cross_validated": True}
     if targets.labels:
-        oof = cv_logistic(X, targets.Y, targets.labels, folds, seed, C, used)
-        metrics.update(multilabel_auroc_ci(targets.Y, oof, targets.labels, n_boot, seed))
-        for name in targets.labels:
-            metrics["labels"][name]["folds"] = used[name]
-        heads.append(fit_logistic(X, targets.Y, targets.labels, C=C, seed=seed))
+        heads.append(_fit_labels(X, targets, groups, folds, seed, n_boot, C, metrics, used))
     if targets.time is not None:
-        Xs = X[targets.survival_rows]
-        oof = cv_cox(Xs, targets.time, targets.event, folds, seed, alpha, used)
-        metrics["c_index"] = dict(c_index_ci(targets.time, targets.event, oof, n_boot, seed),
-                                  folds=used["c_index"])
-        heads.append(fit_cox(Xs, targets.time, targets.event, alpha=alpha, seed=seed))
-    info = {"n": int(X.shape[0]), "date": datetime.date.today().isoformat(),
+        heads.append(_fit_survival(X, targets, groups, folds, seed, n_boot, alpha, metrics,
+                                   used))
+    info = {"n": len(targets.ids), "date": datetime.date.today().isoformat(),
             **dict(trained_on or {})}
     return task_entry(targets.task, heads, feature_spec, metrics, info)
 
 
-def save_heads_into(model_spec, out_path, entries: Mapping[str, Mapping[str, Any]]) -> Path:
+def save_heads_into(model_spec, out_path, entries: Mapping[str, Mapping[str, Any]],
+                    card_updates: Optional[Mapping[str, Any]] = None) -> Path:
     """Write a new model file: the model of ``model_spec`` (model file or training
     checkpoint) with ``entries`` merged into its card's ``heads`` (tasks not in ``entries``
-    keep their existing heads)."""
+    keep their existing heads) and ``card_updates`` (e.g. the OOD reference, ``ood``)
+    replacing those card fields."""
+    updates = dict(card_updates or {})
     path = resolve_model(model_spec)
     is_model_file = False
     if path.is_file() and path.suffix == ".safetensors":
@@ -240,10 +287,12 @@ def save_heads_into(model_spec, out_path, entries: Mapping[str, Mapping[str, Any
         except ModelFileError:
             pass
     if not is_model_file:
-        return export_checkpoint(path, out_path, {"heads": {k: dict(v) for k, v in entries.items()}})
+        return export_checkpoint(path, out_path,
+                                 {"heads": {k: dict(v) for k, v in entries.items()}, **updates})
     tensors, card = load_model_file(path)
     old = card.get("heads") if isinstance(card.get("heads"), Mapping) else {}
     card["heads"] = {**old, **{k: dict(v) for k, v in entries.items()}}
+    card.update(updates)
     return save_model_file(out_path, tensors, card)
 
 
@@ -270,17 +319,71 @@ def _write_entry(entry: Mapping[str, Any], out) -> str:
     return str(out)
 
 
+def _view_features(world_model, card, items, views: int, seed: int, angle: float,
+                   imagined, device, progress) -> Tuple[np.ndarray, List[str], np.ndarray]:
+    """(features [N_views, F], ids of the CTs read, the CT of each row): ``views``
+    acquisitions per CT (:mod:`.acquisition`), or the one clean view when ``views`` is 0."""
+    if views > 0:
+        if angle != 0.0:
+            raise InputError("--views N renders frontal acquisitions; use --views 0 for "
+                             "another --angle")
+        images, got, groups = render_acquired_views(items, card, views, seed, device=device,
+                                                    progress=progress)
+    else:
+        images, got = render_frontal_views(items, card, angle, device=device, progress=progress)
+        groups = np.arange(len(got))
+    if not got:
+        raise InputError("none of the CTs could be read")
+    return extract_features(world_model, images, angle, imagined, progress=progress), got, groups
+
+
+def _heldout_labels(items, table: Optional[LabelTable], ids, columns):
+    """[N, L] labels of held-out CTs from their manifest's columns, else from ``table``;
+    None when neither has them all."""
+    for source in (lambda: table_from_items(items), lambda: table):
+        try:
+            t = source()
+            if t is not None and all(i in t.rows for i in ids) and \
+                    all(c in t.columns for _, c in columns):
+                return np.stack([t.values(ids, c) for _, c in columns], axis=1)
+        except LabelsError:
+            continue
+    return None
+
+
+def _trust_fields(ctx: Dict[str, Any], entry, features, groups, spec, got, heldout, columns):
+    """The OOD reference (threshold from ``heldout`` when given) and the held-out report."""
+    ood = fit_reference(features, feature_spec=spec,
+                        fitted_on={"data": ctx["data"], "n": len(got), "n_views": len(groups)})
+    if not heldout:
+        return ood, None
+    items = resolve_source(heldout)
+    hf, hids, hg = _view_features(ctx["model"], ctx["card"], items, ctx["views"],
+                                  ctx["seed"] + 1, ctx["angle"], ctx["imagined"],
+                                  ctx["device"], ctx["progress"])
+    keep = [it for it in items if it.id in set(hids)]
+    Y = _heldout_labels(keep, ctx["table"], hids, columns) if columns else None
+    return heldout_report(entry, ood, hf, hg, heldout, Y, [n for n, _ in columns])
+
+
 def probe_task(data: str, task: str, model=None, labels=None,
                columns: Optional[Sequence[Tuple[str, str]]] = None, id_column: str = "id",
                time_column: Optional[str] = TIME_COLUMN, event_column: str = EVENT_COLUMN,
                folds: int = 5, imagined: Sequence[float] = DEFAULT_IMAGINED, angle: float = 0.0,
                C="auto", alpha="auto", n_boot: int = 1000, seed: int = 0, out=None,
-               save_into=None, device="cpu", progress: bool = False) -> Dict[str, Any]:
+               save_into=None, device="cpu", progress: bool = False,
+               views: int = DEFAULT_VIEWS, heldout: Optional[str] = None,
+               diagrams=None) -> Dict[str, Any]:
     """Fit and cross-validate the heads of ``task`` (pathology or risk) for ``model`` on the
-    labelled CTs of ``data``; writes the task entry to ``out`` (JSON) and a model file with
-    the heads merged into its card to ``save_into``, when given. ``columns``: (label name,
-    CSV column) pairs, default the task's (:func:`parse_columns`); ``time_column`` (risk
-    only, None: no Cox head). Returns the summary ``xray2xray probe`` prints."""
+    labelled CTs of ``data``, each seen through ``views`` random acquisitions
+    (:mod:`.acquisition`; 0: one clean view); calibrate the logistic heads (Platt, on
+    out-of-fold logits) and fit the OOD reference (:mod:`.ood`) on the same features, its
+    threshold from the ``heldout`` CTs (a data source never used for fitting; labelled ones
+    also get held-out AUROC and ECE). Writes the task entry to ``out`` (JSON), a model file
+    carrying the heads and the reference to ``save_into``, and reliability diagrams to
+    ``diagrams`` (a folder; default: beside ``out`` or ``save_into``). ``columns``: (label
+    name, CSV column) pairs, default the task's (:func:`parse_columns`); ``time_column``
+    (risk only, None: no Cox head). Returns the summary ``xray2xray probe`` prints."""
     columns = parse_columns(None, RISK_LABELS if task == "risk" else PATHOLOGIES) \
         if columns is None else list(columns)
     time_col = time_column if task == "risk" else None
@@ -292,24 +395,55 @@ def probe_task(data: str, task: str, model=None, labels=None,
 
     world_model, card = load_world_model(model, device)
     keep = set(ids)
-    images, got = render_frontal_views([it for it in items if it.id in keep], card, angle,
-                                       device=device, progress=progress)
-    if not got:
-        raise InputError("none of the labelled CTs could be read")
+    features, got, groups = _view_features(world_model, card, [it for it in items if it.id in keep],
+                                           views, seed, angle, imagined, device, progress)
     targets = build_targets(task, table, got, columns, time_col, event_column)
-    features = extract_features(world_model, images, angle, imagined, progress=progress)
-    spec = feature_spec(world_model, angle, imagined)
+    spec = dict(feature_spec(world_model, angle, imagined),
+                acquisition=acquisition_summary(views, seed))
     model_id = _model_id(card)
     trained_on = _trained_on(data, labels, columns, time_col, event_column, model_id)
-    entry = fit_task(features, targets, spec, folds, seed, n_boot, C, alpha, trained_on)
-    written = {}
+    entry = fit_task(features, targets, spec, folds, seed, n_boot, C, alpha, trained_on, groups)
+    ctx = {"data": data, "model": world_model, "card": card, "views": views, "seed": seed,
+           "angle": angle, "imagined": imagined, "device": device, "progress": progress,
+           "table": table}
+    ood, report = _trust_fields(ctx, entry, features, groups, spec, got, heldout, columns)
+    written = _write_all(entry, ood, report, task, model, out, save_into, diagrams)
+    return _summary(task, model_id, data, trained_on, got, spec, entry, ood, report, written)
+
+
+def _write_all(entry, ood, report, task, model, out, save_into, diagrams) -> Dict[str, Any]:
+    written: Dict[str, Any] = {}
     if out:
         written["out"] = _write_entry(entry, out)
     if save_into:
         written["saved_into"] = str(save_heads_into(model, Path(save_into).expanduser(),
-                                                    {task: entry}))
+                                                    {task: entry}, {"ood": ood}))
+    folder = diagrams or (Path(out).expanduser().parent if out else
+                          Path(save_into).expanduser().parent if save_into else None)
+    if folder is not None:
+        cv = {k: v["reliability"] for k, v in entry["metrics"].get("calibration", {}).items()}
+        written["diagrams"] = write_diagrams(folder, task, cv, (report or {}).get("labels"))
+    return written
+
+
+def _summary(task, model_id, data, trained_on, got, spec, entry, ood, report, written):
+    """What ``xray2xray probe`` prints: metrics, the ECE table, the OOD reference."""
+    metrics = dict(entry["metrics"])
+    calibration = {k: {"ece_before": v["ece_before"], "ece_after": v["ece_after"]}
+                   for k, v in metrics.pop("calibration", {}).items()}
+    ood_info = {k: ood[k] for k in ("method", "n", "n_features", "shrinkage",
+                                    "explained_fraction") if k in ood}
+    ood_info["components"] = len(ood["variances"])
+    ood_info["threshold"] = ood.get("threshold")
+    if report and "labels" in report:
+        report = dict(report, labels={k: {m: v[m] for m in ("n", "auroc", "ece_before",
+                                                             "ece_after")}
+                                      for k, v in report["labels"].items()})
     return {"task": task, "model": model_id, "data": data, "labels": trained_on["labels"],
-            "n": len(got), "features": spec, "metrics": entry["metrics"],
+            "n": len(got), "features": spec, "metrics": metrics,
+            "calibration": {"method": "platt on out-of-fold logits; ECE after: cross-fitted",
+                            "labels": calibration},
+            "ood": ood_info, "heldout": report,
             "heads": [{"kind": h["kind"], **({"labels": h["labels"]} if h["kind"] == "logistic"
                                               else {"name": h["name"]})}
                       for h in entry["heads"]], **written}
