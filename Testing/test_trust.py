@@ -307,3 +307,28 @@ def test_drr_dicom_reads_back_as_the_acquisitions_the_heads_were_fitted_on(tmp_p
     acq = Acquisition((0.0, 0.0, 0.0), 0.0, 1.0, 1.6, 256, 1.0, 0)
     simulated = acquired_view(vol, sampling, acq, card["domain"])
     assert np.abs(to_model_input(rad, sampling, card["domain"]).image - simulated).mean() < 0.02
+
+
+def test_recalibration_on_held_out_cases_recovers_the_true_platt_map():
+    """With a labelled held-out cohort, each logistic head's Platt map is refitted on the
+    head's own logits for those CTs (in place): an over-confident head (logits 2.5x too
+    large, shifted) gets slope ~0.4 and the cross-fitted ECE after is small."""
+    from XrayWorldModel.probe.heads import fit_logistic, linear_predictor
+    from XrayWorldModel.probe.heldout import recalibrate
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3000, 6))
+    truth = 1.2 * X[:, 0] - 0.8 * X[:, 1]
+    y = (rng.random(3000) < sigmoid(truth)).astype(float)
+    head = fit_logistic(X[:500], y[:500, None], ["a"], C=1.0)
+    z = linear_predictor(head, X)[:, 0]
+    head["coef"] = [list(np.asarray(head["coef"][0]) * 2.5)]      # make it over-confident
+    head["intercept"] = [head["intercept"][0] * 2.5 + 1.0]
+    head["calibration"] = {"method": "platt", "a": [1.0], "b": [0.0]}
+    entry = {"heads": [head]}
+    groups = np.repeat(np.arange(1250), 2)[:2500]                  # two views per CT
+    report = recalibrate(entry, X[500:], groups, y[500:, None], ["a"], "held-out test")
+    cal = head["calibration"]
+    np.testing.assert_allclose(cal["a"][0] * 2.5, fit_platt(z[500:], y[500:])["a"], rtol=1e-3)
+    assert cal["a"][0] == pytest.approx(0.4, abs=0.06)
+    assert report["a"]["ece_before"] > 0.1 > 0.03 > report["a"]["ece_after"]
+    assert report["a"]["n"] == 1250 and cal["fitted_on"].startswith("held-out cohort")

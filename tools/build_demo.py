@@ -6,10 +6,10 @@
 Steps, all reproducible from the run and a seed: export the run's best checkpoint as a model
 file; add the domain statistics inference needs (quantiles of the training frontal DRRs);
 write a labelled synthetic cohort (seeds 50000..) and a held-out one (seeds 51000..) and fit
-the risk, then the pathology probe heads on the first (what ``xray2xray probe --save-into``
-does: each CT seen through 4 random acquisitions, Platt calibration on out-of-fold logits,
-the out-of-distribution reference of the same features, its threshold the 99th percentile
-on the held-out cohort); add the volume prior (the mean of the first 64 training CTs,
+the risk, then the pathology probe heads on the first (what ``xray2xray probe --save-into
+--heldout`` does: each CT seen through 4 random acquisitions, Platt calibration of each head
+on its logits for the held-out cohort, the out-of-distribution reference of the same
+features, its threshold the 99th percentile on the held-out cohort); add the volume prior (the mean of the first 64 training CTs,
 :mod:`XrayWorldModel.infer.prior`); copy the result into ``XrayWorldModel/weights/builtin/``
 and record its size and SHA256 in the shipped registry. ``--from-model`` redoes the prior and
 the install on an existing model file (a new version); with ``--refit`` it also refits the
@@ -110,19 +110,20 @@ def fit_heads(model: Path, csv: str, task: str, out: Path, work: Path,
     return out
 
 
-def refit_heads(model: Path, work: Path, name: str, n_cohort: int = 160,
-                n_heldout: int = 200) -> Path:
-    """Risk heads, then pathology heads with the OOD reference and its held-out threshold
-    (the reference is the same features either way; the last task's, with the threshold,
-    is what the card keeps)."""
+def refit_heads(model: Path, work: Path, name: str, n_cohort: int = 480,
+                n_heldout: int = 600) -> Path:
+    """Risk heads, then pathology heads, each calibrated on the held-out cohort, with the
+    OOD reference and its held-out threshold (the same features for both tasks; the last
+    task's reference is what the card keeps)."""
     cohort = write_cohort(n_cohort, work / "cohort", first_seed=COHORT_SEED, progress=True)
     held = write_cohort(n_heldout, work / "heldout", first_seed=HELDOUT_SEED, progress=True)
     csv = str(cohort["csv"])
-    with_risk = fit_heads(model, csv, "risk", work / "with-risk.safetensors", work)
+    with_risk = fit_heads(model, csv, "risk", work / "with-risk.safetensors", work,
+                          heldout=str(held["csv"]))
     return fit_heads(with_risk, csv, "pathology", work / name, work, heldout=str(held["csv"]))
 
 
-def build(run_dir, version: str, work, n_cohort: int = 160, n_heldout: int = 200) -> Path:
+def build(run_dir, version: str, work, n_cohort: int = 480, n_heldout: int = 600) -> Path:
     """The demo model file from training run ``run_dir``, built under ``work``."""
     run_dir, work = Path(run_dir), Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -170,9 +171,11 @@ def main(argv=None) -> int:
                          "current volume prior")
     ap.add_argument("--version", default="1.0")
     ap.add_argument("--work", default="demo-model-build")
-    ap.add_argument("--cohort", type=int, default=160, help="synthetic cohort size for the heads")
-    ap.add_argument("--heldout", type=int, default=200,
-                    help="held-out cohort size for the OOD threshold (default 200)")
+    ap.add_argument("--cohort", type=int, default=480,
+                    help="synthetic cohort size for the heads (default 480)")
+    ap.add_argument("--heldout", type=int, default=600,
+                    help="held-out cohort size for the calibration and the OOD threshold "
+                         "(default 600)")
     ap.add_argument("--refit", action="store_true",
                     help="with --from-model: also refit the heads, calibration and OOD reference")
     args = ap.parse_args(argv)

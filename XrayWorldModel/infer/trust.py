@@ -83,10 +83,15 @@ def verdict(ood: Optional[Mapping[str, float]], consistency: float,
             "reasons": failed + ([] if ood is not None else [NO_REFERENCE])}
 
 
+def failed_checks(trust: Mapping[str, Any]) -> str:
+    """The checks the verdict failed, in one sentence."""
+    failed = [r for r in trust.get("reasons", []) if r != NO_REFERENCE]
+    return "; ".join(failed or ["see the trust verdict"])
+
+
 def withheld_reason(trust: Mapping[str, Any]) -> str:
     """Why the scores are withheld, in one sentence."""
-    failed = [r for r in trust.get("reasons", []) if r != NO_REFERENCE]
-    return "out of distribution: " + "; ".join(failed or ["see the trust verdict"])
+    return "out of distribution: " + failed_checks(trust)
 
 
 def disclaimer(card_or_model: Mapping[str, Any]) -> str:
@@ -136,8 +141,8 @@ def verdict_line(trust: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
         return (f"scores withheld: {scores['withheld']} (--force-scores shows them, marked "
                 f"out of distribution)")
     if scores.get("forced"):
-        return (f"OUT OF DISTRIBUTION, scores shown only because they were forced: "
-                f"{withheld_reason(trust)}")
+        return (f"OUT OF DISTRIBUTION (scores shown only because they were forced): "
+                f"{failed_checks(trust)}")
     return f"trust: {withheld_reason(trust)} (this model has no score heads)"
 
 

@@ -6,7 +6,10 @@ label) rather than isotonic regression: with a few hundred cases isotonic regres
 overfits its step function, while Platt's two parameters are stable, monotone (so AUROC is
 unchanged) and keep probabilities away from exactly 0 and 1. It is fitted on **out-of-fold**
 logits (each case scored by a head that never saw it, :func:`.evaluate.cv_logistic`), since
-the in-sample logits of a head are over-confident by construction.
+the in-sample logits of a head are over-confident by construction; when ``probe`` is given a
+labelled held-out cohort (``--heldout``), the map is refitted on the final head's own logits
+for those cases (:func:`.heldout.recalibrate`, which says why), and that is what the demo
+model carries.
 
 The ECE reported "after" is honest too: each fold's probabilities are calibrated by a Platt
 fit on the other folds' out-of-fold logits (:func:`cross_fitted`), so no case calibrates
