@@ -1015,6 +1015,23 @@ def test_cli_error_and_progress_lines():
     assert jobs.errorFromOutput("x\nxray2xray: error: /a/b.nii: not a CT\n") == "/a/b.nii: not a CT"
     assert jobs.errorFromOutput("all good") is None
     assert jobs.progressFromLine("train:  42%|####      | 42/100") == 0.42
+    assert jobs.progressFromLine("xray2xray: note: 20 % of the rays (20%)") is None
+
+
+def test_progress_lines_the_cli_prints_into_a_pipe_move_the_bar(capsys):
+    """Under Slicer the CLI's stderr is a pipe, so it prints plain lines, not a tqdm bar:
+    the module must read those, or its progress bar never moves."""
+    from XrayWorldModel.console import LineProgress
+    ticks = iter(range(100))
+    bar = LineProgress(total=360, desc="DRR (fast)", unit="view", interval=0.5,
+                       clock=lambda: float(next(ticks)))
+    for _ in range(4):
+        bar.update(72)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    fractions = [jobs.progressFromLine(ln) for ln in lines]
+    expected = [72 * (i + 1) / 360 for i in range(len(lines))]
+    assert len(lines) >= 3
+    assert fractions == pytest.approx(expected, abs=0.006)
 
 
 # ----------------------------------------------------------------------------- the module's logic

@@ -352,6 +352,9 @@ def removableModels(models: Sequence[dict]) -> List[str]:
 # ----------------------------------------------------------------------------- output lines
 _ERROR = re.compile(r"^xray2xray: error: (.*)$")
 _TQDM = re.compile(r"(\d{1,3})%\|")
+#: The CLI's plain progress line when its stderr is a pipe, as it is under Slicer:
+#: ``xray2xray: DRR (fast) 72/360 views (20%), 13.9 views/s, ETA 21 s``.
+_PROGRESS_LINE = re.compile(r"^xray2xray: .*\b\d+/\d+ \S+ \((\d{1,3})%\)")
 
 
 def errorFromOutput(text: str) -> Optional[str]:
@@ -364,6 +367,7 @@ def errorFromOutput(text: str) -> Optional[str]:
 
 
 def progressFromLine(line: str) -> Optional[float]:
-    """A fraction from a tqdm-style line (``42%|``), when the child draws one."""
-    m = _TQDM.search(line)
+    """A fraction from a progress line of the child: the CLI's plain line (what it prints
+    into a pipe) or a tqdm bar (``42%|``, what it draws on a terminal)."""
+    m = _PROGRESS_LINE.match(line.strip()) or _TQDM.search(line)
     return None if m is None else min(int(m.group(1)), 100) / 100.0
