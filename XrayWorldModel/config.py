@@ -19,7 +19,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 @dataclass
 class DataConfig:
-    # CT folder, CSV manifest, or phantom:N (views rendered on the fly); or "stacks:PATH" to
+    # CT folder, CSV manifest, or phantom:N (views rendered on the fly); anatomy:K:SRC (K
+    # augmented patients per CT of SRC, data/anatomy.py); sources joined by "+" are mixed,
+    # in proportion to their counts (phantom:512+anatomy:64:real.csv); or "stacks:PATH" to
     # train from DRR stacks written by `xray2xray drr` (PATH: a folder of stacks, a list file
     # or one stack; angles are the stacks' own, see XrayWorldModel/data/stacks.py)
     source: str = "phantom:64"

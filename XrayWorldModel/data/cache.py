@@ -19,6 +19,8 @@ from ..errors import InputError, UnreadableFileError, XrayWorldModelError
 from ..fileutil import atomic_path, sha256_of
 from ..version import __version__
 from ..volume import Volume
+from .anatomy import ANATOMY_VERSION
+from .sources import is_anatomy_source, parse_anatomy_source
 
 CACHE_FORMAT = 1
 
@@ -43,7 +45,13 @@ class Preprocessing:
 
 
 def source_digest(spec: str) -> str:
-    """SHA256 of the source file(s), or of the spec string for generated phantoms."""
+    """SHA256 of the source file(s), or of the spec string for generated phantoms; for an
+    augmented patient (``anatomy:1:SEED:BASE``) of the augmentation version, the seed and
+    the base's digest, so each patient has its own entry and a changed base rebuilds it."""
+    if is_anatomy_source(spec):
+        count, seed, base = parse_anatomy_source(spec)
+        return hashlib.sha256(f"anatomy|{ANATOMY_VERSION}|{count}|{seed}|"
+                              f"{source_digest(base)}".encode()).hexdigest()
     if spec.startswith("phantom:"):
         return hashlib.sha256(f"{spec}|{__version__}".encode()).hexdigest()
     return sha256_of(spec)
@@ -96,7 +104,10 @@ class PreprocessedCache:
             except (OSError, ValueError, KeyError) as exc:
                 raise UnreadableFileError(f"corrupt cache entry ({exc}); delete it to rebuild",
                                           arr_path) from None
-        vol = preprocess(item.load(), prep)
+        if getattr(item, "base", None) is not None:      # made from the preprocessed base
+            vol = item.derive(self.get(item.base, prep))
+        else:
+            vol = preprocess(item.load(), prep)
         stored = vol.array.astype(np.float16)
         # hand out exactly what a later read of the cache gives, so results never depend
         # on whether this run built the entry or found it

@@ -1,18 +1,21 @@
-"""Where training CTs come from: a folder, a CSV manifest (with optional labels), or
-``phantom:N`` procedural chests. Each becomes a :class:`CTItem` that loads lazily."""
+"""Where training CTs come from: a folder, a CSV manifest (with optional labels),
+``phantom:N`` procedural chests, ``anatomy:K:SRC`` (K augmented patients made from each CT
+of SRC, :mod:`.anatomy`), or a mixture ``A+B+...`` of those. Each becomes a :class:`CTItem`
+that loads lazily."""
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..conventions import CT_VOLUME_SUFFIXES as CT_SUFFIXES
 from ..errors import EmptyFolderError, FileNotFoundInputError, InputError
 from ..io import read_ct
-from ..phantom import procedural_chest
 from ..phantom.source import is_phantom_source, parse_phantom_source
+from ..phantom.variants import CHEST_KINDS, chest_volume
 from ..volume import Volume
+from .anatomy import augment_anatomy
 
 PHANTOM_SHAPE = (128, 128, 96)
 PHANTOM_SPACING = (2.8, 2.8, 3.5)
@@ -26,15 +29,22 @@ class CTItem:
     spec: str                                   # path, or "phantom:chest:SEED"
     labels: Dict[str, float] = field(default_factory=dict)
     loader: Optional[Callable[[], Volume]] = field(default=None, repr=False)
+    # a CT made from another one (anatomy augmentation): the training cache preprocesses
+    # ``base`` and applies ``derive`` to that, not to the full-resolution CT
+    base: Optional["CTItem"] = field(default=None, repr=False)
+    derive: Optional[Callable[[Volume], Volume]] = field(default=None, repr=False)
 
     def load(self) -> Volume:
         return self.loader()
 
 
-def _phantom_items(n: int, first_seed: int = 0) -> List[CTItem]:
+def _phantom_items(n: int, first_seed: int = 0, kind: str = "chest") -> List[CTItem]:
+    """Chests of ``kind`` (``phantom:N[:FIRST_SEED][:KIND]``); ids ``phantom-SSSSS`` for the
+    default chest, ``KIND-SSSSS`` for a variant, so a mixture never repeats an id."""
     def make(seed):
-        return lambda: procedural_chest(seed, PHANTOM_SHAPE, PHANTOM_SPACING)
-    return [CTItem(f"phantom-{s:05d}", f"phantom:chest:{s}", {}, make(s))
+        return lambda: chest_volume(kind, seed=seed, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
+    prefix = "phantom" if kind == "chest" else kind
+    return [CTItem(f"{prefix}-{s:05d}", f"phantom:{kind}:{s}", {}, make(s))
             for s in range(first_seed, first_seed + n)]
 
 
@@ -79,10 +89,16 @@ def _manifest_items(path: Path) -> List[CTItem]:
 
 def resolve_source(source: str) -> List[CTItem]:
     """The CTs named by ``source``: ``phantom:N`` (or ``phantom:N:FIRST_SEED``), a CSV
-    manifest, a single CT, or a folder of CT files / DICOM series subfolders."""
+    manifest, a single CT, a folder of CT files / DICOM series subfolders,
+    ``anatomy:K[:FIRST_SEED]:SRC``, or several of these joined by ``+`` (in that order)."""
+    parts = _mixture_parts(str(source))
+    if len(parts) > 1:
+        return [item for part in parts for item in resolve_source(part)]
+    if is_anatomy_source(source):
+        return _anatomy_items(source)
     if is_phantom_source(source):
-        chests = parse_phantom_source(source, kinds=("chest",))
-        return _phantom_items(chests.count, chests.first_seed)
+        chests = parse_phantom_source(source, kinds=CHEST_KINDS)
+        return _phantom_items(chests.count, chests.first_seed, chests.kind)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundInputError("no such file or folder", path)
@@ -98,3 +114,76 @@ def resolve_source(source: str) -> List[CTItem]:
             return [_file_item(path)]
         raise EmptyFolderError("folder holds no CT files (NIfTI, NRRD, MetaImage) or DICOM series", path)
     return items
+
+
+# ---------------------------------------------------------------- augmented real anatomy
+
+ANATOMY_PREFIX = "anatomy:"
+_ANATOMY_SPELLING = "anatomy:K:SRC or anatomy:K:FIRST_SEED:SRC (K >= 1 patients per CT of SRC)"
+
+
+def is_anatomy_source(text: str) -> bool:
+    """Whether ``text`` names augmented patients (``anatomy:...``)."""
+    return str(text).lower().startswith(ANATOMY_PREFIX)
+
+
+def parse_anatomy_source(spec: str) -> Tuple[int, int, str]:
+    """``(count, first_seed, SRC)`` of ``anatomy:K:SRC`` (seeds 0 .. K-1) or
+    ``anatomy:K:FIRST_SEED:SRC``; :class:`InputError` naming the spelling otherwise."""
+    parts = str(spec).split(":", 2)
+    try:
+        if len(parts) < 3 or not is_anatomy_source(spec):
+            raise ValueError
+        count, rest = int(parts[1]), parts[2]
+        head, sep, tail = rest.partition(":")
+        first = 0
+        if sep and head.strip().lstrip("-").isdigit():
+            first, rest = int(head), tail
+    except ValueError:
+        raise InputError(f"cannot read {spec!r}; use {_ANATOMY_SPELLING}") from None
+    if count < 1 or first < 0 or not rest.strip():
+        raise InputError(f"cannot read {spec!r}; use {_ANATOMY_SPELLING}")
+    return count, first, rest
+
+
+def augmented_item(base: CTItem, seed: int) -> CTItem:
+    """Patient ``seed`` made from ``base``: id ``anatomy-<base id>-<seed>``, spec
+    ``anatomy:1:<seed>:<base spec>`` (what the cache keys it by). No labels: the
+    deformation changes the sizes labels measure (heart volume, ratios)."""
+    seed = int(seed)
+    return CTItem(f"anatomy-{base.id}-{seed}", f"{ANATOMY_PREFIX}1:{seed}:{base.spec}", {},
+                  lambda: augment_anatomy(base.load(), seed), base,
+                  lambda volume: augment_anatomy(volume, seed))
+
+
+def _anatomy_items(spec: str) -> List[CTItem]:
+    count, first, inner = parse_anatomy_source(spec)
+    return [augmented_item(base, seed) for base in resolve_source(inner)
+            for seed in range(first, first + count)]
+
+
+def _names_a_path(text: str) -> bool:
+    """Whether ``text`` is an existing path, or ``anatomy:...`` of one."""
+    if is_anatomy_source(text):
+        try:
+            return _names_a_path(parse_anatomy_source(text)[2])
+        except InputError:
+            return False
+    return Path(text.strip()).expanduser().exists()
+
+
+def _mixture_parts(source: str) -> List[str]:
+    """``A+B+...`` split at ``+``; a ``+`` inside an existing path (of a part) stays: the
+    longest run of pieces that names an existing path is one part. An empty part fails."""
+    pieces = source.split("+")
+    parts, i = [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i + 1, -1) if _names_a_path("+".join(pieces[i:j]))),
+                 i + 1)
+        parts.append("+".join(pieces[i:j]).strip())
+        i = j
+    if len(parts) > 1 and not all(parts):
+        raise InputError(f"empty source in mixture {source!r}; join sources as A+B")
+    if len(parts) > 1 and any(p.lower().startswith("stacks:") for p in parts):
+        raise InputError(f"stacks: sources cannot be mixed with CT sources: {source!r}")
+    return parts
