@@ -20,6 +20,7 @@ from .cohort import CohortConfig, write_cohort
 from .ellipsoid import default_ellipsoid_phantom
 from .findings import FINDINGS
 from .source import ELLIPSOID_SHAPE, ELLIPSOID_SPACING, PHANTOM_KINDS
+from .variants import CHEST_KINDS, chest_volume
 
 
 def add_phantom_parser(subparsers) -> argparse.ArgumentParser:
@@ -31,7 +32,9 @@ def add_phantom_parser(subparsers) -> argparse.ArgumentParser:
         "consolidation, edema, pleural effusion), coronary and aortic calcium and a known "
         "event outcome, as NIfTI CTs plus a label CSV usable as a training manifest. Resumable.")
     ph.add_argument("--kind", choices=PHANTOM_KINDS, default="chest",
-                    help="chest (procedural, seeded; default) or ellipsoid (fixed, exact)")
+                    help="chest (procedural, seeded; default), chest2 (the realistic variant: "
+                    "shoulders, raised arms, breasts, clavicles, scapulae, cartilage, vessel "
+                    "and airway trees, texture) or ellipsoid (fixed, exact)")
     ph.add_argument("--seed", type=int, default=0,
                     help="chest anatomy seed; with --cohort the first case's seed (default: 0)")
     ph.add_argument("--out", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha); "
@@ -104,8 +107,9 @@ def parse_prevalence(text: Optional[str]):
 
 
 def _cmd_cohort(args, shape, spacing) -> int:
-    if args.kind != "chest":
-        raise InputError("--cohort builds procedural chests; drop --kind ellipsoid")
+    if args.kind not in CHEST_KINDS:
+        raise InputError(f"--cohort builds procedural chests ({' or '.join(CHEST_KINDS)}); "
+                         f"drop --kind {args.kind}")
     if args.cohort < 1:
         raise InputError(f"--cohort needs at least one case, got {args.cohort}")
     if args.seed < 0:
@@ -120,7 +124,8 @@ def _cmd_cohort(args, shape, spacing) -> int:
     cfg = CohortConfig() if prevalence is None else CohortConfig.with_prevalence(prevalence)
     res = write_cohort(args.cohort, out, args.labels, first_seed=args.seed, config=cfg,
                        write_masks=args.masks, overwrite=args.overwrite,
-                       progress=show_progress(args.quiet), **_grid(shape, spacing))
+                       progress=show_progress(args.quiet), kind=args.kind,
+                       **_grid(shape, spacing))
     note = f"; kept {res['skipped']} already complete" if res["skipped"] else ""
     print(f"wrote {res['written']} cohort CT{'s' if res['written'] != 1 else ''} "
           f"(seeds {args.seed}..{args.seed + args.cohort - 1}) to {out}{note}; "
@@ -142,6 +147,8 @@ def cmd_phantom(args) -> int:
     check_volume_out(out)
     if args.kind == "chest":
         vol = procedural_chest(seed=args.seed, **_grid(shape, spacing))
+    elif args.kind in CHEST_KINDS:
+        vol = chest_volume(args.kind, seed=args.seed, **_grid(shape, spacing))
     else:
         mu = default_ellipsoid_phantom().voxelize(shape or ELLIPSOID_SHAPE,
                                                   spacing or ELLIPSOID_SPACING)

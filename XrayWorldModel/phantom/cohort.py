@@ -30,10 +30,11 @@ import numpy as np
 from ..console import progress_bar
 from ..errors import InputError
 from ..volume import Volume
-from .chest import CHEST_LABELS, _as_volumes, _build_chest, chest_parameters
+from .chest import CHEST_LABELS, chest_parameters
 from .findings import (DEFAULT_HIDDEN, DEFAULT_PREVALENCE, FINDINGS, HIDEABLE, MASK_BITS,
                        finding_mask_volume_array, render_findings, sample_findings)
 from .risk import CalciumModel, RiskModel, calcium_summary
+from .variants import chest_variant
 
 COHORT_SHAPE: Tuple[int, int, int] = (128, 128, 96)
 COHORT_SPACING: Tuple[float, float, float] = (2.8, 2.8, 3.5)
@@ -150,10 +151,12 @@ def sample_case_labels(seed: int, config: Optional[CohortConfig] = None) -> Dict
 
 def cohort_case(seed: int, shape: Sequence[int] = COHORT_SHAPE,
                 spacing: Union[float, Sequence[float]] = COHORT_SPACING,
-                config: Optional[CohortConfig] = None, return_masks: bool = False):
-    """``(volume, labels)``: the case's CT in HU (a procedural chest with its findings and
-    calcium) and its labels (:func:`sample_case_labels` plus measured sizes: finding volumes
-    in mL, heart volume, cardiothoracic ratio, voxel calcium volume).
+                config: Optional[CohortConfig] = None, return_masks: bool = False,
+                kind: str = "chest"):
+    """``(volume, labels)``: the case's CT in HU (a procedural chest of ``kind``, see
+    :mod:`.variants`, with its findings and calcium) and its labels
+    (:func:`sample_case_labels` plus measured sizes: finding volumes in mL, heart volume,
+    cardiothoracic ratio, voxel calcium volume).
 
     With ``return_masks`` also a dict: ``anatomy`` (uint8 label Volume, values in
     :data:`CHEST_LABELS`), ``findings`` (uint8 Volume of :data:`MASK_BITS`), one bool array
@@ -163,7 +166,8 @@ def cohort_case(seed: int, shape: Sequence[int] = COHORT_SHAPE,
     cfg = config or CohortConfig()
     spec = sample_case(seed, cfg)
     hs = spec.heart_scale if spec.findings["cardiomegaly"] else None
-    hu, anat, ctx = _build_chest(spec.seed, shape, spacing, cfg.noise_hu, hs)
+    variant = chest_variant(kind)
+    hu, anat, ctx = variant.build(spec.seed, shape, spacing, cfg.noise_hu, hs)
     masks, measures = render_findings(hu, anat, ctx, spec.findings, spec.deposits,
                                       np.random.default_rng(spec.render_seed),
                                       base_heart_scale=spec.base_heart_scale)
@@ -176,7 +180,7 @@ def cohort_case(seed: int, shape: Sequence[int] = COHORT_SHAPE,
                         "frontal_overlap": {k[: -len("_frontal_overlap")]: v
                                             for k, v in measures.items()
                                             if k.endswith("_frontal_overlap")}}}
-    vol, lab = _as_volumes(hu, anat, ctx, spec.seed, True, extra)
+    vol, lab = variant.as_volumes(hu, anat, ctx, spec.seed, True, extra)
     if not return_masks:
         return vol, labels
     out = {k: v for k, v in masks.items()}
@@ -203,11 +207,13 @@ def _fmt(value) -> str:
     return f"{v:.7g}"
 
 
-def _fingerprint(seed, shape, spacing, cfg, write_masks) -> dict:
-    return json.loads(json.dumps({
-        "version": COHORT_VERSION, "seed": int(seed), "shape": [int(s) for s in shape],
-        "spacing": [float(s) for s in spacing], "config": cfg.as_dict(),
-        "masks": bool(write_masks)}))
+def _fingerprint(seed, shape, spacing, cfg, write_masks, kind="chest") -> dict:
+    fp = {"version": COHORT_VERSION, "seed": int(seed), "shape": [int(s) for s in shape],
+          "spacing": [float(s) for s in spacing], "config": cfg.as_dict(),
+          "masks": bool(write_masks)}
+    if kind != "chest":          # the default's fingerprint stays as it was
+        fp["kind"] = kind
+    return json.loads(json.dumps(fp))
 
 
 def _complete(ct: Path, sidecar: Path, mask: Optional[Path], fingerprint: dict) -> Optional[dict]:
@@ -227,13 +233,15 @@ def write_cohort(n: int, out_dir, labels_csv=None, first_seed: int = 0,
                  shape: Sequence[int] = COHORT_SHAPE,
                  spacing: Union[float, Sequence[float]] = COHORT_SPACING,
                  config: Optional[CohortConfig] = None, write_masks: bool = False,
-                 overwrite: bool = False, progress: bool = False) -> Dict[str, object]:
+                 overwrite: bool = False, progress: bool = False,
+                 kind: str = "chest") -> Dict[str, object]:
     """Write cases ``first_seed .. first_seed + n - 1`` as ``OUT/cohort-SSSSS.nii.gz`` (HU),
     each with a ``.json`` sidecar (its labels and the settings that made it; written last,
     so it marks the case complete), optionally ``cohort-SSSSS_mask.nii.gz`` (finding bits),
     and the label CSV (default ``OUT/labels.csv``; columns :data:`CSV_COLUMNS`, ``path``
-    relative to the CSV). Complete cases with the same settings are kept, not rewritten,
-    unless ``overwrite``. Returns ``{"csv", "written", "skipped", "cases"}``.
+    relative to the CSV). ``kind`` names the chest generator (:mod:`.variants`). Complete
+    cases with the same settings are kept, not rewritten, unless ``overwrite``. Returns
+    ``{"csv", "written", "skipped", "cases"}``.
     """
     from ..fileutil import atomic_path
     from ..io import write_volume
@@ -242,6 +250,8 @@ def write_cohort(n: int, out_dir, labels_csv=None, first_seed: int = 0,
         raise InputError(f"a cohort needs at least one case, got {n!r}")
     first_seed = _check_seed(first_seed)
     cfg = config or CohortConfig()
+    kind = str(kind).lower()
+    chest_variant(kind)                                   # an unknown kind fails here
     shape = tuple(int(s) for s in np.broadcast_to(np.asarray(shape), (3,)))
     spacing = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing, dtype=float), (3,)))
     if min(shape) < 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
@@ -260,15 +270,16 @@ def write_cohort(n: int, out_dir, labels_csv=None, first_seed: int = 0,
         cid = case_id(seed)
         ct, sidecar = out / f"{cid}.nii.gz", out / f"{cid}.json"
         mask = out / f"{cid}_mask.nii.gz" if write_masks else None
-        fp = _fingerprint(seed, shape, spacing, cfg, write_masks)
+        fp = _fingerprint(seed, shape, spacing, cfg, write_masks, kind)
         labels = None if overwrite else _complete(ct, sidecar, mask, fp)
         if labels is None:
             if write_masks:
-                vol, labels, masks = cohort_case(seed, shape, spacing, cfg, return_masks=True)
+                vol, labels, masks = cohort_case(seed, shape, spacing, cfg, return_masks=True,
+                                                 kind=kind)
                 with atomic_path(mask) as tmp:
                     write_volume(masks["findings"], tmp)
             else:
-                vol, labels = cohort_case(seed, shape, spacing, cfg)
+                vol, labels = cohort_case(seed, shape, spacing, cfg, kind=kind)
             with atomic_path(ct) as tmp:
                 write_volume(vol, tmp)
             rec = {"id": cid, "ct": ct.name, "fingerprint": fp, "labels": labels,
