@@ -50,6 +50,7 @@ from ..errors import (EmptyFolderError, FileNotFoundInputError, InputError, Unre
                       XrayWorldModelError)
 from ..io.drr_stack import (STACK_FORMAT, NotAStackError, read_drr_stack, read_stack_metadata,
                             stack_stem)
+from .radiograph_style import style_context
 from .views import TrueViews, ViewBatch, ViewSampling
 
 #: ``data.source`` / ``data.val_source`` prefix that selects training from DRR stacks.
@@ -373,8 +374,9 @@ class DRRStackSet:
     def sample(self, stack_index: int, rng: np.random.Generator,
                sampling: Optional[ViewSampling] = None) -> StackSample:
         """One sample of stack ``stack_index`` drawn from ``rng`` alone: the context angle
-        (configured distribution, snapped to the stack), K targets, intensity jitter and
-        noise from ``sampling`` (default: the set's; its image size is always the set's)."""
+        (configured distribution, snapped to the stack), K targets, intensity jitter, noise
+        and the context's radiograph style from ``sampling`` (default: the set's; its image
+        size is always the set's)."""
         s = sampling or self.sampling
         views, angles, item = self.get(stack_index)
         ci = pick_context(angles, s, rng)
@@ -385,6 +387,8 @@ class DRRStackSet:
         if s.noise_std:
             img = img + torch.from_numpy(
                 rng.normal(0.0, s.noise_std, size=tuple(img.shape)).astype(np.float32))
+        if s.radiograph_style:     # the input view only: targets stay clean DRRs
+            img = torch.cat([style_context(img[0], s.radiograph_style, rng)[None], img[1:]])
         return StackSample(img[:1], img[1:, None], float(angles[ci]),
                            wrap_deg(angles[ti] - angles[ci]), item.tilt, item.id, ci, ti)
 

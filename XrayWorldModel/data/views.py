@@ -20,6 +20,7 @@ from ..drr import DRRRenderer
 from ..errors import InputError
 from ..geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
 from ..volume import Volume
+from .radiograph_style import style_context
 
 CONTEXT_MODES = ("frontal", "uniform")
 
@@ -44,12 +45,19 @@ class ViewSampling:
     intensity_jitter: float = 0.0        # augmentation: mu_water scaled by 1 +- this
     noise_std: float = 0.0               # augmentation: Gaussian noise, line-integral units
     mu_water: float = MU_WATER
+    #: augmentation of the context view only: the probability of each radiograph effect
+    #: (scatter, noise, blur, LUT, unsharp masking, equalisation, collimation, markers, 8-bit
+    #: export; :mod:`.radiograph_style`); 0 = off
+    radiograph_style: float = 0.0
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:
             raise InputError(f"context must be one of {CONTEXT_MODES}, got {self.context!r}")
         if self.image_size < 8 or self.targets_per_context < 1 or not self.deltas_deg:
             raise InputError("image_size >= 8, targets_per_context >= 1 and some deltas_deg are needed")
+        if not 0.0 <= self.radiograph_style <= 1.0:
+            raise InputError(f"radiograph_style is a probability in [0, 1], got "
+                             f"{self.radiograph_style}")
 
     @property
     def pixel_spacing(self) -> float:
@@ -151,8 +159,9 @@ class ViewRenderer:
 
     def render(self, volumes: Sequence[Volume], rngs, ids: Optional[Sequence[str]] = None) -> ViewBatch:
         """One batch: sample ``b`` is drawn from ``rngs[b]`` alone (angles, tilt, shift,
-        intensity, noise), so a batch split across ranks renders exactly the samples of the
-        undivided batch. ``rngs`` may also be one generator (then split per sample)."""
+        intensity, noise, the context's radiograph style), so a batch split across ranks
+        renders exactly the samples of the undivided batch. ``rngs`` may also be one
+        generator (then split per sample)."""
         s = self.sampling
         B = len(volumes)
         if isinstance(rngs, np.random.Generator):
@@ -170,6 +179,8 @@ class ViewRenderer:
             if s.noise_std:
                 noise = torch.from_numpy(rng.normal(0.0, s.noise_std, size=tuple(img.shape)).astype(np.float32))
                 img = img + noise.to(img.device)
+            if s.radiograph_style:     # the input view only: targets stay clean DRRs
+                img = torch.cat([style_context(img[0], s.radiograph_style, rng)[None], img[1:]])
             ctx.append(c[0])
             deltas.append(d[0])
             tilt.append(t[0])
@@ -182,7 +193,8 @@ class ViewRenderer:
 
 def clean_sampling(s: ViewSampling) -> ViewSampling:
     """The same views without augmentation, for evaluation."""
-    return replace(s, tilt_max_deg=0.0, shift_max_mm=0.0, intensity_jitter=0.0, noise_std=0.0)
+    return replace(s, tilt_max_deg=0.0, shift_max_mm=0.0, intensity_jitter=0.0, noise_std=0.0,
+                   radiograph_style=0.0)
 
 
 def render_views(volumes: Sequence[Volume], sampling: ViewSampling, angles, device=None) -> np.ndarray:

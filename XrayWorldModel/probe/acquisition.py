@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data import ViewSampling
+from ..data.views import clean_sampling
 from ..drr import DRRRenderer
 from ..geometry import ProjectionGeometry
 from ..infer.domain import LINE_INTEGRAL, to_model_input
@@ -81,7 +82,7 @@ def acquired_view(volume, sampling: ViewSampling, acq: Acquisition,
         rad = Radiograph(np.clip(drr / top, 0.0, 1.0) ** acq.display_gamma, spacing, "PA")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # a laterality note on a phantom is not news
-        image = to_model_input(rad, sampling, domain).image
+        image = to_model_input(rad, sampling, domain, check_spacing=False).image
     noise = np.random.default_rng(acq.noise_seed).normal(0.0, sampling.noise_std, image.shape)
     return (image + (image > 0) * noise).astype(np.float32)
 
@@ -109,8 +110,41 @@ def render_acquired_views(items, card_or_config, n_views: int = DEFAULT_VIEWS, s
     return arr.astype(np.float32), ids, np.asarray(groups, dtype=np.int64)
 
 
-def acquisition_summary(n_views: int, seed: int) -> Dict[str, Any]:
+def display_view(volume, sampling: ViewSampling, domain: Optional[Mapping[str, Any]],
+                 device=None) -> np.ndarray:
+    """The clean frontal view of ``volume`` at the model's own detector, given to the
+    inference preprocessing as a display image: its line integrals windowed from 0 to their
+    99.5th percentile, as ``xray2xray drr --png / --dicom`` write a DRR, with no
+    augmentation or noise. What ``probe`` sees on the files ``drr`` writes of the same CT at
+    that detector, so the CT and radiograph paths can be compared image for image."""
+    clean = clean_sampling(sampling)
+    acq = Acquisition((0.0, 0.0, 0.0), 0.0, 1.0, clean.pixel_spacing, clean.image_size, 1.0, 0)
+    return acquired_view(volume, clean, acq, domain, device)
+
+
+def render_display_views(items, card_or_config, cache_dir=None, device=None,
+                         progress: bool = False) -> Tuple[np.ndarray, List[str]]:
+    """:func:`display_view` of each CT in ``items``: (images [N, 1, H, W], ids of the CTs
+    rendered); preprocessed and skipped as :func:`render_acquired_views` does."""
+    cfg = _views_config(card_or_config)
+    domain = card_or_config.get("domain") if isinstance(card_or_config, Mapping) else None
+    images, ids = [], []
+    for _, item, vol in preprocessed_volumes(items, cfg, cache_dir, progress):
+        images.append(display_view(vol, cfg.views, domain, device))
+        ids.append(item.id)
+    size = cfg.views.image_size
+    arr = np.stack(images)[:, None] if images else np.zeros((0, 1, size, size), np.float32)
+    return arr.astype(np.float32), ids
+
+
+def acquisition_summary(n_views: int, seed: int, presentation: str = "line-integrals"
+                        ) -> Dict[str, Any]:
     """How the views were made, recorded with heads and references fitted on them."""
+    if n_views <= 0 and presentation == "display":
+        return {"kind": "clean-display", "views_per_ct": 1,
+                "description": "one centred view at the model's detector, no augmentation, "
+                               "windowed 0..99.5th percentile as drr --png/--dicom write it, "
+                               "through the inference preprocessing"}
     if n_views <= 0:
         return {"kind": "clean", "views_per_ct": 1,
                 "description": "one centred view at the model's detector, no augmentation"}
