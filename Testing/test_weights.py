@@ -210,7 +210,10 @@ def test_export_checkpoint_keeps_only_model_weights(tmp_path, tiny_model):
     out = export_checkpoint(run, tmp_path / "exported.safetensors",
                             {"name": "exported", "description": "from a run"})
     got, card = load_model_file(out)
-    assert sorted(got) == sorted(k for k in tensors if k.startswith("model."))
+    # the model's weights (no EMA encoder), and the mean training views of the baseline
+    assert sorted(got) == sorted([k for k in tensors if k.startswith("model.")]
+                                 + ["baseline.mean_views"])
+    assert card["mean_views"]["n_cases"] >= 1
     assert card["name"] == "exported" and card["version"] == "step7"
     assert card["metrics"] == {"val_psnr": 20.0} and card["training_data"] == "phantom:4"
     assert card["description"] == "from a run" and card["package_version"] == "0.1.0"

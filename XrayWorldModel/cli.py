@@ -7,8 +7,8 @@ family's ``add_*_parser``, runs the chosen one and reports package errors in one
   go to a folder, resumable and shardable across processes (:mod:`.drr.cli`, :mod:`.drr.batch`).
 * ``phantom``     a synthetic chest CT (HU), or a labelled cohort (:mod:`.phantom.cli`).
 * ``recon``       DRR stack -> volume (FDK), in HU (:mod:`.recon.cli`).
-* ``train``, ``eval-views``: the world model's training and evaluation (:mod:`.train.cli`);
-  ``eval-volume`` (:mod:`.infer.cli`).
+* ``train``: the world model's training (:mod:`.train.cli`); ``eval-views`` and
+  ``eval-volume``: any model's views and volume against baselines (:mod:`.infer.cli`).
 * ``probe``       logistic / Cox heads on the model's latents (:mod:`.probe.cli`).
 * ``models``      list, fetch, import, remove and locate trained models (:mod:`.weights.cli`).
 * ``study``, ``study-analysis``: the in-silico study (:mod:`.study.cli`).
@@ -27,7 +27,8 @@ from typing import Optional, Sequence
 
 from .console import EXIT_INPUT_ERROR, PROG, emit_error, run_command
 from .drr.cli import add_drr_parser
-from .infer.cli import add_demo_parser, add_eval_volume_parser, add_infer_parser
+from .infer.cli import (add_demo_parser, add_eval_views_parser, add_eval_volume_parser,
+                         add_infer_parser)
 from .phantom.cli import add_phantom_parser
 from .probe.cli import add_probe_parser
 from .recon.cli import add_recon_parser
@@ -39,7 +40,7 @@ from .web import add_web_parser
 
 #: The command families, in the order ``xray2xray --help`` lists them.
 PARSERS = (add_drr_parser, add_phantom_parser, add_recon_parser, add_train_parser,
-           add_models_parser, add_probe_parser, add_infer_parser, add_demo_parser,
+           add_eval_views_parser, add_models_parser, add_probe_parser, add_infer_parser, add_demo_parser,
            add_eval_volume_parser, add_study_parser, add_web_parser)
 
 

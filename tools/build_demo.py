@@ -38,11 +38,12 @@ from XrayWorldModel.errors import XrayWorldModelError  # noqa: E402
 from XrayWorldModel.fileutil import atomic_path, sha256_file  # noqa: E402
 from XrayWorldModel.infer.domain import domain_reference  # noqa: E402
 from XrayWorldModel.infer.pipeline import isocentric_geometry  # noqa: E402
+from XrayWorldModel.infer.scale import volumes_reference  # noqa: E402
 from XrayWorldModel.infer.prior import CARD_KEY as PRIOR_CARD_KEY, VolumePrior  # noqa: E402
 from XrayWorldModel.phantom.cohort import write_cohort  # noqa: E402
 from XrayWorldModel.probe.run import probe_task  # noqa: E402
 from XrayWorldModel.train.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
-from XrayWorldModel.weights.loading import export_checkpoint  # noqa: E402
+from XrayWorldModel.weights.loading import add_mean_views, export_checkpoint  # noqa: E402
 from XrayWorldModel.weights.model_file import load_model_file, read_card, save_model_file  # noqa: E402
 
 NAME = "xray2xray-demo"
@@ -133,7 +134,9 @@ def build(run_dir, version: str, work, n_cohort: int = 480, n_heldout: int = 600
     cfg = TrainConfig.from_dict(ck["config"])
     card = {"name": NAME, "version": version, "license": "Apache-2.0",
             "description": DESCRIPTION, "intended_use": INTENDED_USE, "disclaimer": DISCLAIMER,
-            "domain": domain_reference(frontals(cfg)),
+            "domain": {**domain_reference(frontals(cfg)),     # + the spacing estimator's widths
+                       "anatomy": volumes_reference(training_volumes(cfg), cfg.views,
+                                                    f"first 64 training CTs ({cfg.data.source})")},
             "training": {"run": str(run_dir), "checkpoint_step": ck["step"],
                          "validation": ck.get("metrics"), "data": cfg.data.source}}
     base = export_checkpoint(ckpt, work / "base.safetensors", card)
@@ -191,6 +194,7 @@ def main(argv=None) -> int:
                                  args.version, card_updates=updates)
     else:
         final = build(args.run_dir, args.version, args.work, args.cohort, args.heldout)
+    final = add_mean_views(final, final)   # the mean-view baseline of eval-views
     entry = install(final)
     print(json.dumps(entry, indent=1))
     return 0

@@ -1,21 +1,90 @@
-"""How much 3D does one frontal view give? The reconstructed volume against the true CT, next
+"""Scoring a trained model (any ``--model``: name, model file, checkpoint or run folder) on
+held-out CTs: its predicted views (:func:`evaluate_model_views`, the scoring loop itself is
+:mod:`XrayWorldModel.train.evaluate`), and its volume.
+
+How much 3D does one frontal view give? The reconstructed volume against the true CT, next
 to two baselines a volume from one view must beat: the mean training CT, and FDK of the one
 frontal view copied to every angle of the sweep (mirrored on the far side, as the model's own
-sweep is), which is what backprojection alone makes of one view."""
+sweep is), which is what backprojection alone makes of one view.
+
+The mean-CT baseline: the voxel-wise mean (HU) of the baseline CTs, each centred on the
+isocentre as at training time and resampled trilinearly into the evaluation grid (the
+reconstruction's ``volume_size``^3 grid over the field of view every view sees); scored, like
+every volume, inside the cylinder inscribed in that grid. The baseline CTs are the
+``--baseline-source`` when given, else up to 16 spread over the model's training source
+(:func:`baseline_volumes`)."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
 from ..config import TrainConfig
+from ..data import PreprocessedCache, VolumeProvider, resolve_source
 from ..drr import DRRRenderer
+from ..errors import InputError
 from ..recon import fdk, mu_to_hu
+from ..train.evaluate import evaluate_views, run_cache
+from ..train.mean_views import MEAN_VIEW_CASES, MeanViews, spread, training_sample
 from ..volume import Volume
-from .pipeline import isocentric_geometry, reconstruct
+from ..weights.loading import ModelRef, load_world_model
+from .pipeline import isocentric_geometry, load_inference_model, reconstruct
 from .prior import VolumePrior, centred, fov_grid, resample_like
+
+
+#: Why a model file scores no mean view (the remedy named).
+NO_MEAN_VIEWS = ("the model file carries no mean training views (export it again, or give "
+                 "--baseline-source SOURCE to render them from those CTs)")
+
+
+def view_baseline(ref: ModelRef, cfg: TrainConfig, angles: Sequence[float],
+                  baseline_source: Optional[str] = None,
+                  cache: Optional[PreprocessedCache] = None) -> Optional[MeanViews]:
+    """The mean-view baseline of ``ref``: rendered from ``baseline_source`` when given; else
+    the mean views a model file carries (None without them), or those of a checkpoint's
+    training data."""
+    if baseline_source:
+        return MeanViews.from_source(baseline_source, cfg, angles, cache=cache)
+    if ref.kind == "model file":
+        return MeanViews.from_model_file(ref.path, ref.card)
+    return MeanViews.from_training(cfg, angles, cache=cache)
+
+
+def evaluate_model_views(ref: ModelRef, data: str, angles: Optional[Sequence[float]] = None,
+                         context_angle: float = 0.0, limit: Optional[int] = None,
+                         baseline_source: Optional[str] = None, cache_dir: Optional[str] = None,
+                         device="cpu") -> Dict:
+    """``eval-views``: PSNR/SSIM at each target angle of the views ``ref``'s model predicts
+    from each CT's ``context_angle`` view, of the copied input view, and of the mean
+    training view (:func:`view_baseline`; reported unavailable, with the reason, when there
+    is none), with the model's identity."""
+    model, card = load_world_model(ref.path, device)
+    cfg = TrainConfig.from_dict(card["config"])
+    angles = [float(a) for a in (angles or cfg.run.val_angles)]
+    cache = run_cache(cfg, cache_dir) if ref.kind == "checkpoint" else \
+        PreprocessedCache(Path(cache_dir) if cache_dir else None)
+    mean = view_baseline(ref, cfg, angles, baseline_source, cache)
+    result = evaluate_views(model, cfg, data, angles, mean, context_angle, limit, cache,
+                            unavailable=NO_MEAN_VIEWS)
+    return {**ref.identity(), **result}
+
+
+def baseline_volumes(cfg: TrainConfig, source: Optional[str], cache: PreprocessedCache,
+                     limit: int = MEAN_VIEW_CASES) -> List[Volume]:
+    """The CTs of the mean-CT baseline, preprocessed as in training: up to ``limit`` spread
+    over ``source`` when given, else over the training source of ``cfg``."""
+    items = spread(resolve_source(source), limit) if source else training_sample(cfg, limit)[0]
+    return read_volumes(items, cfg, cache)
+
+
+def read_volumes(items, cfg: TrainConfig, cache: PreprocessedCache) -> List[Volume]:
+    """The readable CTs of ``items``, preprocessed as ``cfg`` trains (unreadable: skipped)."""
+    data = VolumeProvider(items, cache, cfg.data.preprocessing(), max(1, len(items)))
+    got = [data.get(i, replace=False) for i in range(len(items))]
+    return [g[0] for g in got if g is not None]
 
 
 def _cylinder(shape) -> np.ndarray:
@@ -104,3 +173,25 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
         for k in ("pearson_r", "ssim")}
     return out | {"n_ct": len(volumes), "volume_size": volume_size, "sweep_step": sweep_step,
                   "refine_iterations": refine_iterations, "prior": prior.card_entry()}
+
+
+def evaluate_model_volume(ref: ModelRef, data: str, limit: Optional[int] = None,
+                          volume_size: int = 64, sweep_step: float = 15.0, refine: int = 0,
+                          baseline_source: Optional[str] = None,
+                          cache_dir: Optional[str] = None, device="cpu") -> Dict:
+    """``eval-volume``: :func:`evaluate_volumes` of ``ref``'s model on the CTs of ``data``,
+    on the model file's own volume prior (as ``infer`` uses it; a checkpoint has none and
+    starts from the mean of the baseline CTs), against the mean of the baseline CTs
+    (:func:`baseline_volumes`)."""
+    model, card, path = load_inference_model(ref.path, device)
+    cfg = TrainConfig.from_dict(card["config"])
+    cache = PreprocessedCache(Path(cache_dir) if cache_dir else None)
+    held_out = read_volumes(resolve_source(data)[: limit or None], cfg, cache)
+    if not held_out:
+        raise InputError(f"none of the CTs of {data!r} could be read")
+    train = baseline_volumes(cfg, baseline_source, cache)
+    what = baseline_source or f"training data {cfg.data.source}"
+    result = evaluate_volumes(model, card, held_out, train, volume_size, sweep_step, refine,
+                              prior=VolumePrior.from_model_file(path, card))
+    return {**ref.identity(), "data": data, **result,
+            "mean_ct_source": {"source": what, "n_ct": len(train)}}

@@ -16,6 +16,7 @@ from ..data import (DRRStackSet, PreprocessedCache, RenderedViewSet, TrueViews, 
 from ..metrics import psnr, ssim
 from ..models import WorldModel
 from .checkpoint import load_checkpoint, load_model_tensors
+from .mean_views import MeanViews
 
 #: The methods scored at each target angle, in the order of the result keys.
 SCORED = ("world_model", "copy_input", "mean_view")
@@ -35,8 +36,8 @@ def score_true_views(model, true: TrueViews, target_angles: Sequence[float],
                      mean_views: Dict[float, np.ndarray]) -> Dict[str, Dict[str, float]]:
     """For each target angle (``true`` holds the context view, then one view per angle):
     mean PSNR/SSIM over the cases of the world model's view predicted from the context view,
-    of the copied context view and of ``mean_views[angle]``. The model is given the views'
-    actual angles."""
+    of the copied context view and of ``mean_views[angle]`` (``None`` where ``mean_views``
+    has no view at that angle). The model is given the views' actual angles."""
     targets = [float(a) for a in target_angles]
     was_training = model.training
     model.eval()
@@ -48,12 +49,14 @@ def score_true_views(model, true: TrueViews, target_angles: Sequence[float],
         for t, angle in enumerate(targets, start=1):
             at = torch.as_tensor(true.angles[:, t], dtype=torch.float32, device=dev)
             pred = model.predict_view(ctx, a0, at).float().cpu().numpy()[:, 0]
+            names = SCORED if angle in mean_views else SCORED[:2]
             rows = {name: [] for name in SCORED}
             for n in range(len(true)):
                 truth = true.views[n, t]
-                for name, img in zip(SCORED, (pred[n], true.views[n, 0], mean_views[angle])):
+                for name, img in zip(names, (pred[n], true.views[n, 0], mean_views.get(angle))):
                     rows[name].append((psnr(img, truth), ssim(img, truth)))
             result[f"{angle:g}"] = {f"{name}_{m}": float(np.mean([r[i] for r in vals]))
+                                    if vals else None
                                     for name, vals in rows.items()
                                     for i, m in enumerate(("psnr", "ssim"))}
     finally:
@@ -80,30 +83,59 @@ def open_views(items, stacks: bool, sampling, memory: int, cache=None, prep=None
     return RenderedViewSet(VolumeProvider(items, cache, prep, memory), sampling, device)
 
 
+def mean_view_note(mean: Optional[MeanViews], angles: Sequence[float],
+                   unavailable: str = "") -> Dict:
+    """What the mean-view baseline of a result is: its source and case count, or why it is
+    unavailable (``unavailable``; or the angles ``mean`` lacks)."""
+    if mean is None:
+        return {"available": False, "reason": unavailable or "no mean training views"}
+    note = {"available": True, "source": mean.source, "n_cases": mean.n_cases}
+    missing = mean.missing(angles)
+    if missing:
+        note["missing_angles"] = missing
+    return note
+
+
+def evaluate_views(model, cfg: TrainConfig, source: str, angles: Sequence[float],
+                   mean: Optional[MeanViews], context_angle: float = 0.0,
+                   limit: Optional[int] = None, cache: Optional[PreprocessedCache] = None,
+                   device=None, unavailable: str = "") -> Dict:
+    """JSON-ready results of ``model`` (trained as ``cfg`` says) on the CTs or DRR stacks of
+    ``source``: per target angle its PSNR/SSIM and the baselines', the mean-view baseline
+    from ``mean`` (None: reported unavailable, for the reason ``unavailable``)."""
+    angles = [float(a) for a in angles]
+    stacks = is_stack_source(source)
+    items = source if stacks else resolve_source(source)[: limit or None]
+    true = open_views(items, stacks, cfg.views, 64 if stacks else len(items),
+                      cache or PreprocessedCache(), cfg.data.preprocessing(),
+                      device).true_views(context_angle, angles)
+    means = mean.at(angles) if mean is not None else {}
+    results = score_true_views(model, true, angles, means)
+    return {"data": source, "n_ct": len(true), "context_angle": context_angle,
+            "mean_view": mean_view_note(mean, angles, unavailable), "angles": results}
+
+
+def run_cache(cfg: TrainConfig, cache_dir: Optional[str] = None) -> PreprocessedCache:
+    """The preprocessed-CT cache: ``cache_dir``, else the run's own when it exists on this
+    machine, else the user cache."""
+    if cache_dir:
+        return PreprocessedCache(Path(cache_dir))
+    own = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    return PreprocessedCache(own if own is not None and own.is_dir() else None)
+
+
 def evaluate_checkpoint(spec, source: str, angles: Optional[Sequence[float]] = None,
                         context_angle: float = 0.0, limit: Optional[int] = None,
                         cache_dir: Optional[str] = None, device="cpu") -> Dict:
-    """JSON-ready results: per target angle the model's and the baselines' PSNR/SSIM."""
+    """JSON-ready results of a checkpoint: per target angle the model's and the baselines'
+    PSNR/SSIM, the mean view from the run's training data."""
     model, cfg, card = load_world_model(spec, device)
     angles = [float(a) for a in (angles or cfg.run.val_angles)]
-    cache = PreprocessedCache(Path(cache_dir) if cache_dir else
-                              (Path(cfg.data.cache_dir) if cfg.data.cache_dir else None))
-    prep = cfg.data.preprocessing()
-    # the mean-view baseline comes from the training data, stacks or CTs
-    train_stacks = is_stack_source(cfg.data.source)
-    train_items = cfg.data.source if train_stacks else resolve_source(cfg.data.source)[:16]
-    train = open_views(train_items, train_stacks, cfg.views, 64 if train_stacks else 16,
-                       cache, prep)
-    mean = train.mean_views(angles, 16)
-    stacks = is_stack_source(source)
-    items = source if stacks else resolve_source(source)[: limit or None]
-    true = open_views(items, stacks, cfg.views, 64 if stacks else len(items), cache,
-                      prep).true_views(context_angle, angles)
-    results = score_true_views(model, true, angles, mean)
-    return {"checkpoint": str(spec), "sha256": card["sha256"], "step": card["step"],
-            "data": source, "n_ct": len(true), "context_angle": context_angle,
-            "angles": results}
+    cache = run_cache(cfg, cache_dir)
+    mean = MeanViews.from_training(cfg, angles, cache=cache)
+    result = evaluate_views(model, cfg, source, angles, mean, context_angle, limit, cache)
+    return {"checkpoint": str(spec), "sha256": card["sha256"], "step": card["step"], **result}
 
 
-__all__ = ["SCORED", "evaluate_checkpoint", "load_world_model", "open_views", "score_true_views",
-           "score_views"]
+__all__ = ["SCORED", "evaluate_checkpoint", "evaluate_views", "load_world_model", "mean_view_note",
+           "open_views", "run_cache", "score_true_views", "score_views"]

@@ -13,7 +13,8 @@ from ..lazy import lazy_exports
 _EXPORTS = {
     "model_file": ["CARD_KEY", "MODEL_FORMAT", "ModelFileError", "save_model_file",
                    "load_model_file", "read_card", "is_model_file"],
-    "loading": ["build_model", "export_checkpoint", "load_world_model"],
+    "loading": ["ModelRef", "add_mean_views", "build_model", "export_checkpoint",
+                "load_world_model", "resolve_model_ref"],
     "registry": ["DEFAULT_MODEL", "MODELS_ENV", "REGISTRY_ENV", "cache_dir", "load_registry",
                  "fetch", "import_model", "remove", "list_models", "resolve_model"],
 }

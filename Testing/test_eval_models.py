@@ -1,0 +1,251 @@
+"""eval-views and eval-volume on every kind of --model (registry name, model file, checkpoint,
+run folder) and of --data (a NIfTI CT, phantoms), the mean-view baseline a model file
+carries, and the leave-one-patient-out folds of tools/lopo.py. Real commands in real
+subprocesses where it is the point (the CLI on a model file and a NIfTI, the LOPO script),
+else through the CLI's own entry point in-process (torch imported once); on the built-in
+model, a run folder of a tiny config and phantoms written as NIfTI."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from test_train import TINY, _cli, _env
+from XrayWorldModel.cli import main
+from XrayWorldModel.config import TrainConfig
+from XrayWorldModel.data import PreprocessedCache, RenderedViewSet, VolumeProvider, resolve_source
+from XrayWorldModel.io import write_volume
+from XrayWorldModel.metrics import psnr
+from XrayWorldModel.models import EMAEncoder, WorldModel
+from XrayWorldModel.phantom import procedural_chest
+from XrayWorldModel.train.checkpoint import model_tensors, save_checkpoint
+from XrayWorldModel.train.mean_views import STORED_ANGLES, TENSOR_KEY
+from XrayWorldModel.version import __version__
+from XrayWorldModel.weights.loading import add_mean_views, export_checkpoint
+from XrayWorldModel.weights.model_file import read_card
+from XrayWorldModel.weights.registry import DEFAULT_MODEL, resolve_model
+
+REPO = Path(__file__).resolve().parents[1]
+#: Where the mean views of the test's model file come from (small, so the test is quick).
+MEAN_SOURCE = "phantom:2:800"
+
+
+def _write_phantom(path: Path, seed: int) -> Path:
+    """A procedural chest written as a CT file with the package's own writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_volume(procedural_chest(seed, (96, 96, 72), (3.7, 3.7, 4.6)), path)
+
+
+def _json(r):
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _run(capsys, *argv):
+    """(exit status, stdout, stderr) of ``xray2xray ARGV`` through its entry point."""
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _eval(capsys, *argv):
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def _write_checkpoint(run: Path) -> None:
+    """A run folder holding one step-3 checkpoint of the tiny config, written by the
+    trainer's own writer with the card the trainer gives it (untrained weights: what is
+    tested is how a checkpoint is found and read, not what it learnt)."""
+    cfg = TrainConfig.from_dict(json.loads(json.dumps(TINY)))
+    torch.manual_seed(0)
+    model = WorldModel(cfg.model)
+    card = {"config": cfg.to_dict(), "metrics": {}, "package_version": __version__,
+            "model": "xray2xray-world-model", "training_data": cfg.data.source}
+    save_checkpoint(run / "checkpoints", 3, model_tensors(model, EMAEncoder(model.encoder)), card)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A module folder with: the demo model plus mean views, a phantom NIfTI and a run
+    folder; every CT cache goes under it."""
+    d = tmp_path_factory.mktemp("eval_models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XRAY2XRAY_CACHE", str(d / "cache"))
+        add_mean_views(resolve_model(DEFAULT_MODEL), d / "demo-mv.safetensors", source=MEAN_SOURCE)
+        _write_phantom(d / "ct" / "chest.nii.gz", 5003)
+        _write_checkpoint(d / "run")
+        yield d
+
+
+@pytest.fixture
+def cached(work, monkeypatch):
+    monkeypatch.setenv("XRAY2XRAY_CACHE", str(work / "cache"))
+    return work
+
+
+def test_eval_views_on_model_file_and_nifti_reports_model_and_both_baselines(cached, capsys):
+    work = cached
+    out = _json(_cli(["eval-views", "--model", "demo-mv.safetensors", "--data",
+                      "ct/chest.nii.gz", "--angles", "0,90"], work, timeout=300))
+    assert out["model_kind"] == "model file" and out["n_ct"] == 1
+    assert out["mean_view"]["available"] and MEAN_SOURCE in out["mean_view"]["source"]
+    # target = context: copying the input view is exact, the model and the mean view are not
+    assert out["angles"]["0"]["copy_input_psnr"] == float("inf")
+    row = out["angles"]["90"]
+    for name in ("world_model", "copy_input", "mean_view"):
+        assert np.isfinite(row[f"{name}_psnr"]) and -1 <= row[f"{name}_ssim"] <= 1
+    assert row["world_model_psnr"] > row["copy_input_psnr"]     # a lateral is not the PA view
+    # the stored (float16) mean views score as those rendered now from the same CTs
+    again = _eval(capsys, "eval-views", "--model", work / "demo-mv.safetensors", "--data",
+                  work / "ct" / "chest.nii.gz", "--angles", "90", "--baseline-source", MEAN_SOURCE)
+    assert again["angles"]["90"]["mean_view_psnr"] == pytest.approx(row["mean_view_psnr"], abs=0.05)
+    assert again["angles"]["90"]["world_model_psnr"] == row["world_model_psnr"]
+
+
+def test_registry_name_equals_the_same_model_file(cached, capsys):
+    path = resolve_model(DEFAULT_MODEL)
+    args = ["--data", cached / "ct" / "chest.nii.gz", "--angles", "90"]
+    rc, out, err = _run(capsys, "eval-views", "--model", DEFAULT_MODEL, *args)
+    assert rc == 0, err
+    a, b = json.loads(out), _eval(capsys, "eval-views", "--model", path, *args)
+    assert a["angles"] == b["angles"] and a["sha256"] == b["sha256"] == read_card(path)["content_sha256"]
+    assert a["model_path"] == b["model_path"] == str(path)
+    if "mean_views" in read_card(path):
+        assert a["mean_view"]["available"]
+    else:       # said plainly, in the JSON and on stderr; the other numbers are still there
+        assert not a["mean_view"]["available"] and a["angles"]["90"]["mean_view_psnr"] is None
+        assert "mean-view baseline unavailable" in err
+        assert np.isfinite(a["angles"]["90"]["copy_input_psnr"])
+
+
+def test_checkpoint_files_and_run_folder_give_the_same_numbers(cached, capsys):
+    ck = cached / "run" / "checkpoints"
+    results = [_eval(capsys, "eval-views", "--model", spec, "--data", cached / "ct" / "chest.nii.gz",
+                     "--angles", "90")
+               for spec in (cached / "run", ck / "step-0000003.json", ck / "step-0000003.safetensors")]
+    for out in results:
+        assert out["model_kind"] == "checkpoint" and out["step"] == 3
+        assert out["mean_view"]["available"]       # rendered from the run's training phantoms
+        assert out["angles"] == results[0]["angles"]
+        assert np.isfinite(out["angles"]["90"]["mean_view_psnr"])
+
+
+@pytest.mark.slow
+def test_eval_volume_takes_a_model_file_and_a_run_folder(cached, capsys):
+    for model in ("demo-mv.safetensors", "run"):
+        out = _eval(capsys, "eval-volume", "--model", cached / model, "--data",
+                    cached / "ct" / "chest.nii.gz", "--baseline-source", MEAN_SOURCE,
+                    "--volume-size", "32")
+        assert out["n_ct"] == 1 and out["mean_ct_source"] == {"source": MEAN_SOURCE, "n_ct": 2}
+        for name in ("world_model", "mean_ct", "copied_frontal_fdk"):
+            assert -1 <= out[name]["pearson_r"] <= 1
+
+
+@pytest.mark.parametrize("command", ["eval-views", "eval-volume"])
+@pytest.mark.parametrize("model,needles", [
+    ("no-such-model", ["unknown model 'no-such-model'", DEFAULT_MODEL]),
+    ("gone/m.safetensors", ["m.safetensors", "no such checkpoint, model file or run folder"]),
+    ("ct/chest.nii.gz", ["chest.nii.gz", "not a model file"]),
+])
+def test_a_bad_model_is_one_line_and_exit_2(cached, capsys, monkeypatch, command, model, needles):
+    monkeypatch.chdir(cached)
+    rc, _, err = _run(capsys, command, "--model", model, "--data", "phantom:1")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("xray2xray: error:")
+    assert all(n in lines[0] for n in needles), lines[0]
+
+
+def test_export_stores_the_mean_training_views(work, tmp_path):
+    out = export_checkpoint(work / "run", tmp_path / "m.safetensors")
+    card = read_card(out)
+    entry = card["mean_views"]
+    assert entry["angles"] == list(STORED_ANGLES) and entry["dtype"] == "float16"
+    with safe_open(str(out), framework="pt") as f:
+        stored = f.get_tensor(TENSOR_KEY)
+    assert str(stored.dtype) == "torch.float16" and tuple(stored.shape) == (24, 32, 32)
+    # oracle: the trainer's own mean views of its training phantoms (the last is validation)
+    cfg = TrainConfig.from_dict(card["config"])
+    items = resolve_source(cfg.data.source)[:-cfg.data.val_count]
+    data = RenderedViewSet(VolumeProvider(items, PreprocessedCache(tmp_path / "c"),
+                                          cfg.data.preprocessing(), len(items)), cfg.views)
+    want = data.mean_views([90.0], 16)[90.0]
+    got = stored[STORED_ANGLES.index(90.0)].float().numpy()
+    assert entry["n_cases"] == len(items) and psnr(got, want) > 50
+
+
+# ------------------------------------------------------------------ leave one patient out
+def _lopo():
+    spec = importlib.util.spec_from_file_location("lopo", REPO / "tools" / "lopo.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lopo"] = module        # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lopo_folds_never_train_on_the_held_out_patient(tmp_path):
+    lopo = _lopo()
+    patients = {pid: tmp_path / f"{pid}.nii.gz" for pid in lopo.PATIENTS}
+    for p in patients.values():
+        p.write_bytes(b"")
+    folds = lopo.build_folds(patients)
+    assert sorted(f.held_out for f in folds) == sorted(patients)
+    for fold in folds:
+        manifest = lopo.write_manifest(fold, tmp_path / fold.held_out)
+        with open(manifest, newline="") as f:
+            rows = list(csv.DictReader(f))
+        listed = {Path(r["path"]).resolve() for r in rows}
+        assert fold.held_out_path.resolve() not in listed
+        assert fold.held_out not in {r["id"] for r in rows}
+        assert listed | {fold.held_out_path.resolve()} == {p.resolve() for p in patients.values()}
+        assert {i.spec for i in resolve_source(str(manifest))} == {str(p) for p in listed}
+    assert [f.held_out for f in lopo.build_folds(patients, ["chest_ct"])] == ["chest_ct"]
+    with pytest.raises(SystemExit, match="unknown fold"):
+        lopo.build_folds(patients, ["nobody"])
+
+
+def test_lopo_dry_run_prints_each_fold_on_the_mixed_source_syntax(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "lopo.py"), "--work",
+                          str(tmp_path / "w"), "--dry-run", "--steps", "50"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    trains = [line for line in out.stdout.splitlines() if " train " in line]
+    assert len(trains) == 3 and not (tmp_path / "w").exists()
+    for line in trains:
+        fold = line.split("run.out_dir=")[1].split("/run")[0]
+        assert f"phantom:512+anatomy:64:{fold}/train.csv" in line and "optim.steps=50" in line
+    assert out.stdout.count("--baseline-source") == 6
+
+
+@pytest.mark.slow
+def test_lopo_evaluation_half_on_phantom_patients(work, tmp_path):
+    """--skip-train --model on three phantom CTs saved under the real CTs' names: the
+    JSON and table are written, and each margin is the model minus the best baseline."""
+    lopo = _lopo()
+    for seed, rel in enumerate(lopo.PATIENTS.values(), start=5100):
+        _write_phantom(tmp_path / "data" / rel, seed)
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "lopo.py"), "--work",
+                        str(tmp_path / "w"), "--skip-train", "--model",
+                        str(work / "demo-mv.safetensors"), "--data-dir", str(tmp_path / "data"),
+                        "--folds", "chest_ct"], capture_output=True, text=True, timeout=600,
+                       env=_env(work))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "w" / "lopo.json").read_text())
+    fold = res["folds"]["chest_ct"]
+    assert "lidc_idri_0314" in fold["train"] and "chest_ct" not in fold["train"]
+    for key, row in fold["views"].items():
+        baselines = [row[k][0] for k in ("copy_input", "mean_view_training",
+                                         "mean_view_real_train_cts")]
+        assert row["margin_db"] == pytest.approx(row["world_model"][0] - max(baselines))
+    assert set(fold["views"]) == {"30", "60", "90", "120", "150"}
+    assert "| chest_ct | 90 deg |" in (tmp_path / "w" / "lopo.md").read_text()
