@@ -19,6 +19,10 @@ stopped and reported as such; the others still run):
 ``infer``     ``run_inference`` on CUDA in process (median of 5 after a warm-up, stage times)
               and ``xray2xray infer --device cuda`` from a fresh process.
 
+On request (``--parts ...,probe``): ``probe``, the radiograph feature extraction of ``xray2xray
+probe`` on 256 NIH-sized PNGs, cold and from the cache, 0 and 8 decoding workers
+(``bench_probe_extract.py``).
+
 It writes ``gpu_check.json`` (everything) and ``gpu_check.md`` (the tables) to ``--out``.
 ``--dry-run`` runs the same code on the CPU at tiny sizes (gloo instead of NCCL); the test
 suite runs it (Testing/test_gpu_check.py) so this script cannot rot while no GPU is at hand.
@@ -40,8 +44,11 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 DATA = REPO.parent / "shared" / "data"
 TOTAL_BUDGET_S = 480.0
-BUDGETS_S = {"drr": 100.0, "train": 170.0, "torchrun": 120.0, "infer": 70.0}
+BUDGETS_S = {"drr": 100.0, "train": 170.0, "torchrun": 120.0, "infer": 70.0, "probe": 90.0}
 PARTS = tuple(BUDGETS_S)
+#: what runs without --parts; ``probe`` (radiograph feature extraction, bench_probe_extract.py)
+#: on request: --parts drr,train,torchrun,infer,probe
+DEFAULT_PARTS = ("drr", "train", "torchrun", "infer")
 MU_WATER = 0.02
 SDD, SOD = 1800.0, 1500.0
 #: the paper model shrunk to seconds on a CPU (the dry run); same code, same config file
@@ -270,7 +277,19 @@ def part_infer(device: str, dry: bool, deadline: float) -> dict:
             "ok": done.returncode == 0}
 
 
-PART_FUNCS = {"drr": part_drr, "train": part_train, "torchrun": part_torchrun, "infer": part_infer}
+def part_probe(device: str, dry: bool, deadline: float) -> dict:
+    """``probe``'s feature extraction on NIH-sized PNGs (bench_probe_extract.measure)."""
+    sys.path.insert(0, str(HERE.parent))
+    from bench_probe_extract import measure, write_dataset
+    work = Path(os.environ["GPU_CHECK_WORK"]) / "probe"
+    manifest = write_dataset(work / "images", 8 if dry else 256, 64 if dry else 1024)
+    rows = [measure(manifest, None, device, w, 4 if dry else 64, work / f"cache-{w}")
+            for w in ((0,) if dry else (0, 8))]
+    return {"rows": rows, "ok": all(r["cold"]["encoded"] == r["images"] for r in rows)}
+
+
+PART_FUNCS = {"drr": part_drr, "train": part_train, "torchrun": part_torchrun, "infer": part_infer,
+              "probe": part_probe}
 
 
 # =================================================================== parent side
@@ -334,7 +353,7 @@ def markdown(report) -> str:
              "| part | status | budget (s) | wall (s) |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['status']} | {v['budget_s']:.0f} | {v['wall_s']:.1f} |" for k, v in p.items()]
     lines += _drr_md(p.get("drr")) + _train_md(p.get("train")) + _run_md(p.get("torchrun")) + \
-        _infer_md(p.get("infer"))
+        _infer_md(p.get("infer")) + _probe_md(p.get("probe"))
     return "\n".join(lines) + "\n"
 
 
@@ -388,13 +407,24 @@ def _infer_md(r):
             f"`xray2xray infer` from a fresh process {r['fresh_process_s']:.1f} s (rc {r['fresh_rc']})."]
 
 
+def _probe_md(r):
+    if not r or "rows" not in r:
+        return []
+    return ["", "Probe feature extraction (images/s; cold: read + preprocess + encode + cache, "
+            "warm: from the cache):", "", "| device | workers | batch | images | cold | warm |",
+            "|---|---|---|---|---|---|"] + \
+        [f"| {x['device']} | {x['workers']} | {x['batch_size']} | {x['images']} | "
+         f"{x['cold']['images_per_s']:.1f} | {x['warm']['images_per_s']:.1f} |" for x in r["rows"]]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("gpu_check"), help="output folder")
     p.add_argument("--dry-run", action="store_true", help="the same code on the CPU at tiny sizes")
     p.add_argument("--device", default=None, help="cuda (default), or cpu with --dry-run")
-    p.add_argument("--parts", default=",".join(PARTS), help=f"subset of {','.join(PARTS)}")
+    p.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                   help=f"subset of {','.join(PARTS)} (default: {','.join(DEFAULT_PARTS)})")
     p.add_argument("--threads", type=int, default=min(16, os.cpu_count() or 1),
                    help="CPU threads of the children (OMP_NUM_THREADS unless set)")
     p.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)

@@ -35,7 +35,7 @@ from ..recon import fdk, mu_to_hu, refine
 from ..volume import Volume
 from ..weights.loading import load_world_model
 from ..weights.registry import resolve_model
-from .domain import ModelInput, to_model_input
+from .domain import ModelInput, radiograph_input
 from .prior import VolumePrior, fov_extent, fov_grid
 from .trust import assess_trust
 from .uncertainty import (DEFAULT_PASSES, Progress, Uncertainty, check_passes,
@@ -139,8 +139,10 @@ def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size:
 
 def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSampling) -> float:
     """NCC between the volume re-projected at 0 deg and the model's input, over the pixels the
-    radiograph covered: near 1 when the imagined 3D agrees with what was seen."""
-    drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water).render(
+    radiograph covered: near 1 when the imagined 3D agrees with what was seen. One small
+    view: the PyTorch renderer (same sums to float rounding) spares a fresh process numba's
+    start-up."""
+    drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water, engine="torch").render(
         isocentric_geometry(sampling, [0.0]))[0]
     m = model_input.covered
     return _ncc(drr[m], model_input.image[m])
@@ -200,7 +202,7 @@ def run_inference(radiograph: Radiograph, model=None, views: Sequence[float] = (
 
     sampling = TrainConfig.from_dict(card["config"]).views
     t0 = time.perf_counter()
-    mi = to_model_input(radiograph, sampling, card.get("domain"))
+    mi = radiograph_input(radiograph, card)
     t["preprocess"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -14,6 +14,11 @@
 * :mod:`.heldout`  - the OOD threshold and held-out ECE / AUROC on CTs never used to fit.
 * :mod:`.run`      - labels CSV, fitting a task end to end (:func:`probe_task`, what
   ``xray2xray probe`` runs), saving heads into a model card.
+* :mod:`.datasets` - radiograph datasets: folders, manifests, NIH ChestX-ray14, CheXpert and
+  MIMIC-CXR-JPG label files, the finding-name table, views, patients, test splits.
+* :mod:`.radiograph_features` - their features through the inference path: streamed,
+  batched, cached per image on disk, resumable, sharded.
+* :mod:`.radiographs` - a probe on a radiograph dataset end to end (:func:`probe_radiographs`).
 
 Names are imported lazily, so ``apply_heads`` (used by inference) never pulls in torch
 or scikit-learn.
@@ -41,5 +46,8 @@ _EXPORTS = {
     "ood": ["fit_reference", "set_threshold", "check_reference"],
     "run": ["LabelsError", "LabelTable", "build_targets", "fit_task", "match_ids",
             "probe_task", "read_labels_csv", "save_heads_into"],
+    "datasets": ["FINDINGS", "DatasetError", "read_dataset", "is_radiograph_source"],
+    "radiograph_features": ["extract_dataset_features"],
+    "radiographs": ["probe_radiographs"],
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)

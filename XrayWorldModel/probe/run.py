@@ -27,7 +27,8 @@ from ..weights.model_file import ModelFileError, load_model_file, read_card, sav
 from ..weights.registry import resolve_model
 from . import PATHOLOGIES, RISK_LABELS
 from .evaluate import cv_cox, cv_logistic
-from .acquisition import DEFAULT_VIEWS, acquisition_summary, render_acquired_views
+from .acquisition import (DEFAULT_VIEWS, acquisition_summary, render_acquired_views,
+                          render_display_views)
 from .features import DEFAULT_IMAGINED, extract_features, feature_spec, render_frontal_views
 from .heldout import first_views, heldout_report, write_diagrams
 from .heads import average_logistic, check_binary, fit_cox, task_entry
@@ -206,20 +207,21 @@ def match_ids(item_ids: Sequence[str], table: LabelTable) -> List[str]:
     return matched
 
 
-def _fit_labels(X, targets: Targets, groups, folds, seed, n_boot, C, metrics, used):
+def _fit_labels(X, targets: Targets, groups, folds, seed, n_boot, C, metrics, used,
+                fold_groups):
     """Logistic heads with their Platt calibration (on out-of-fold logits), AUROC metrics on
     one view per CT, ECE before and after calibration. The head of each label is the mean
     of its K cross-validation heads (:func:`.heads.average_logistic`): the heads whose
-    out-of-fold logits the calibration saw."""
+    out-of-fold logits the calibration saw. ``fold_groups``: rows kept in one fold."""
     Y = targets.Y[groups]
     folds_heads: Dict[str, list] = {}
-    oof = cv_logistic(X, Y, targets.labels, folds, seed, C, used, groups, logits=True,
+    oof = cv_logistic(X, Y, targets.labels, folds, seed, C, used, fold_groups, logits=True,
                       fold_heads=folds_heads)
     metrics.update(multilabel_auroc_ci(targets.Y, oof[first_views(groups)], targets.labels,
                                        n_boot, seed))
     for name in targets.labels:
         metrics["labels"][name]["folds"] = used[name]
-    cal = calibrate_labels(oof, Y, targets.labels, folds, seed, groups)
+    cal = calibrate_labels(oof, Y, targets.labels, folds, seed, fold_groups)
     metrics["calibration"] = {
         name: {"ece_before": cal["ece_before"][j], "ece_after": cal["ece_after"][j],
                "reliability": cal["reliability"][name]}
@@ -229,25 +231,27 @@ def _fit_labels(X, targets: Targets, groups, folds, seed, n_boot, C, metrics, us
     return head
 
 
-def _fit_survival(X, targets: Targets, groups, folds, seed, n_boot, alpha, metrics, used):
+def _fit_survival(X, targets: Targets, groups, folds, seed, n_boot, alpha, metrics, used,
+                  fold_groups):
     """The Cox head on the views of the CTs with a time and an event; C-index on one view
-    per CT."""
+    per CT. ``fold_groups``: rows kept in one fold."""
     n_ct = len(targets.ids)
     time, event = np.full(n_ct, np.nan), np.zeros(n_ct, dtype=bool)
     time[targets.survival_rows], event[targets.survival_rows] = targets.time, targets.event
     rows = np.flatnonzero(np.isin(groups, targets.survival_rows))
-    g = groups[rows]
-    oof = cv_cox(X[rows], time[g], event[g], folds, seed, alpha, used, g)
+    g, fg = groups[rows], fold_groups[rows]
+    oof = cv_cox(X[rows], time[g], event[g], folds, seed, alpha, used, fg)
     first = first_views(g)
     metrics["c_index"] = dict(c_index_ci(time[g][first], event[g][first], oof[first], n_boot,
                                          seed), folds=used["c_index"])
-    return fit_cox(X[rows], time[g], event[g], alpha=alpha, seed=seed, groups=g)
+    return fit_cox(X[rows], time[g], event[g], alpha=alpha, seed=seed, groups=fg)
 
 
 def fit_task(features: np.ndarray, targets: Targets, feature_spec: Mapping[str, Any],
              folds: int = 5, seed: int = 0, n_boot: int = 1000, C="auto", alpha="auto",
              trained_on: Optional[Mapping[str, Any]] = None,
-             groups: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+             groups: Optional[Sequence[int]] = None,
+             patients: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Cross-validated metrics and the final heads: a task entry. A logistic label's head is
     the mean of its K cross-validation heads, calibrated on their out-of-fold logits; the
     Cox head is fitted on all cases.
@@ -255,17 +259,20 @@ def fit_task(features: np.ndarray, targets: Targets, feature_spec: Mapping[str, 
     ``features`` has one row per view; ``groups`` gives each row's CT (an index into
     ``targets.ids``; default one view per CT). Folds keep a CT's views together, metrics use
     each CT's first view, and logistic heads carry a Platt calibration fitted on their
-    out-of-fold logits (:mod:`.calibration`)."""
+    out-of-fold logits (:mod:`.calibration`). ``patients`` (one id per row, e.g. the
+    patient of each radiograph) keeps those rows in one fold instead of a CT's views."""
     X = np.asarray(features, dtype=np.float64)
     groups = np.arange(X.shape[0]) if groups is None else np.asarray(groups, dtype=np.int64)
+    fold_groups = groups if patients is None else np.asarray(patients, dtype=np.int64)
     heads, used = [], {}
     metrics = {"n": len(targets.ids), "n_views": int(X.shape[0]), "folds": int(folds),
                "seed": int(seed), "n_boot": int(n_boot), "cross_validated": True}
     if targets.labels:
-        heads.append(_fit_labels(X, targets, groups, folds, seed, n_boot, C, metrics, used))
+        heads.append(_fit_labels(X, targets, groups, folds, seed, n_boot, C, metrics, used,
+                                 fold_groups))
     if targets.time is not None:
         heads.append(_fit_survival(X, targets, groups, folds, seed, n_boot, alpha, metrics,
-                                   used))
+                                   used, fold_groups))
     info = {"n": len(targets.ids), "date": datetime.date.today().isoformat(),
             **dict(trained_on or {})}
     return task_entry(targets.task, heads, feature_spec, metrics, info)
@@ -320,15 +327,22 @@ def _write_entry(entry: Mapping[str, Any], out) -> str:
 
 
 def _view_features(world_model, card, items, views: int, seed: int, angle: float,
-                   imagined, device, progress) -> Tuple[np.ndarray, List[str], np.ndarray]:
+                   imagined, device, progress, presentation: str = "line-integrals"
+                   ) -> Tuple[np.ndarray, List[str], np.ndarray]:
     """(features [N_views, F], ids of the CTs read, the CT of each row): ``views``
-    acquisitions per CT (:mod:`.acquisition`), or the one clean view when ``views`` is 0."""
+    acquisitions per CT (:mod:`.acquisition`), or the one clean view when ``views`` is 0
+    (as line integrals, or as a display image through the inference preprocessing)."""
     if views > 0:
         if angle != 0.0:
             raise InputError("--views N renders frontal acquisitions; use --views 0 for "
                              "another --angle")
         images, got, groups = render_acquired_views(items, card, views, seed, device=device,
                                                     progress=progress)
+    elif presentation == "display":
+        if angle != 0.0:
+            raise InputError("--presentation display renders the frontal view; leave --angle 0")
+        images, got = render_display_views(items, card, device=device, progress=progress)
+        groups = np.arange(len(got))
     else:
         images, got = render_frontal_views(items, card, angle, device=device, progress=progress)
         groups = np.arange(len(got))
@@ -360,7 +374,7 @@ def _trust_fields(ctx: Dict[str, Any], entry, features, groups, spec, got, heldo
     items = resolve_source(heldout)
     hf, hids, hg = _view_features(ctx["model"], ctx["card"], items, ctx["views"],
                                   ctx["seed"] + 1, ctx["angle"], ctx["imagined"],
-                                  ctx["device"], ctx["progress"])
+                                  ctx["device"], ctx["progress"], ctx["presentation"])
     keep = [it for it in items if it.id in set(hids)]
     Y = _heldout_labels(keep, ctx["table"], hids, columns) if columns else None
     return heldout_report(entry, ood, hf, hg, heldout, Y, [n for n, _ in columns])
@@ -373,7 +387,7 @@ def probe_task(data: str, task: str, model=None, labels=None,
                C="auto", alpha="auto", n_boot: int = 1000, seed: int = 0, out=None,
                save_into=None, device="cpu", progress: bool = False,
                views: int = DEFAULT_VIEWS, heldout: Optional[str] = None,
-               diagrams=None) -> Dict[str, Any]:
+               diagrams=None, presentation: str = "line-integrals") -> Dict[str, Any]:
     """Fit and cross-validate the heads of ``task`` (pathology or risk) for ``model`` on the
     labelled CTs of ``data``, each seen through ``views`` random acquisitions
     (:mod:`.acquisition`; 0: one clean view); calibrate the logistic heads (Platt, on
@@ -383,7 +397,9 @@ def probe_task(data: str, task: str, model=None, labels=None,
     carrying the heads and the reference to ``save_into``, and reliability diagrams to
     ``diagrams`` (a folder; default: beside ``out`` or ``save_into``). ``columns``: (label
     name, CSV column) pairs, default the task's (:func:`parse_columns`); ``time_column``
-    (risk only, None: no Cox head). Returns the summary ``xray2xray probe`` prints."""
+    (risk only, None: no Cox head). ``presentation`` (with ``views`` 0): the clean view as
+    ``line-integrals`` or as a ``display`` image through the inference preprocessing
+    (:func:`.acquisition.display_view`). Returns the summary ``xray2xray probe`` prints."""
     columns = parse_columns(None, RISK_LABELS if task == "risk" else PATHOLOGIES) \
         if columns is None else list(columns)
     time_col = time_column if task == "risk" else None
@@ -396,16 +412,17 @@ def probe_task(data: str, task: str, model=None, labels=None,
     world_model, card = load_world_model(model, device)
     keep = set(ids)
     features, got, groups = _view_features(world_model, card, [it for it in items if it.id in keep],
-                                           views, seed, angle, imagined, device, progress)
+                                           views, seed, angle, imagined, device, progress,
+                                           presentation)
     targets = build_targets(task, table, got, columns, time_col, event_column)
     spec = dict(feature_spec(world_model, angle, imagined),
-                acquisition=acquisition_summary(views, seed))
+                acquisition=acquisition_summary(views, seed, presentation))
     model_id = _model_id(card)
     trained_on = _trained_on(data, labels, columns, time_col, event_column, model_id)
     entry = fit_task(features, targets, spec, folds, seed, n_boot, C, alpha, trained_on, groups)
     ctx = {"data": data, "model": world_model, "card": card, "views": views, "seed": seed,
            "angle": angle, "imagined": imagined, "device": device, "progress": progress,
-           "table": table}
+           "table": table, "presentation": presentation}
     ood, report = _trust_fields(ctx, entry, features, groups, spec, got, heldout, columns)
     written = _write_all(entry, ood, report, task, model, out, save_into, diagrams)
     return _summary(task, model_id, data, trained_on, got, spec, entry, ood, report, written)
