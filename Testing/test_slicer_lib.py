@@ -1041,7 +1041,7 @@ def _module_file(monkeypatch):
 
 
 def _readme_console_methods():
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     found = re.search(r'getModuleLogic\("Xray2Xray"\)` gives the module\'s logic with the same '
                       r'methods\s*\((.*?)\)', text, re.S)
     assert found, "README no longer lists the module logic's console methods"
@@ -1083,7 +1083,7 @@ def test_module_logic_exposes_the_core_logic(scene, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- README snippets
 def _readme_snippets():
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     found = re.findall(r"<!-- xray2xray-snippet: ([\w-]+) -->\s*```python\n(.*?)```", text, re.S)
     return dict(found)
 

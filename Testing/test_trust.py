@@ -332,3 +332,20 @@ def test_recalibration_on_held_out_cases_recovers_the_true_platt_map():
     assert cal["a"][0] == pytest.approx(0.4, abs=0.06)
     assert report["a"]["ece_before"] > 0.1 > 0.03 > report["a"]["ece_after"]
     assert report["a"]["n"] == 1250 and cal["fitted_on"].startswith("held-out cohort")
+
+
+def test_shown_probabilities_are_the_heads_platt_calibrated_ones():
+    """Oracle from the head's JSON alone: standardise, dot the coefficients, add the
+    intercept, then the label's Platt map ``a * z + b`` and the logistic function."""
+    from XrayWorldModel.probe.heads import apply_heads, fit_logistic
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(300, 5))
+    Y = (rng.random((300, 2)) < sigmoid(X[:, :2] @ np.array([[1.5, -0.5], [0.3, 2.0]]))).astype(float)
+    head = fit_logistic(X, Y, ["a", "b"], C=1.0)
+    head["calibration"] = {"method": "platt", "a": [0.4, 1.7], "b": [-0.8, 0.3]}
+    x = rng.normal(size=(6, 5))
+    z = ((x - np.asarray(head["mean"])) / np.asarray(head["scale"])) @ np.asarray(head["coef"]).T \
+        + np.asarray(head["intercept"])
+    expected = 1.0 / (1.0 + np.exp(-(z * [0.4, 1.7] + [-0.8, 0.3])))
+    out = apply_heads(head, x)
+    np.testing.assert_allclose(np.stack([out["a"], out["b"]], axis=1), expected, rtol=1e-9)

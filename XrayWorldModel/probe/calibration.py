@@ -53,17 +53,6 @@ def fit_platt(logits, y) -> Dict[str, float]:
     return {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])}
 
 
-def apply(calibration: Optional[Mapping[str, Any]], logits, index: int = 0) -> np.ndarray:
-    """The calibrated logit of label ``index`` (``a * logit + b``); the logit unchanged
-    when there is no calibration."""
-    z = np.asarray(logits, dtype=np.float64)
-    if not calibration:
-        return z
-    a = np.asarray(calibration["a"], dtype=np.float64).reshape(-1)
-    b = np.asarray(calibration["b"], dtype=np.float64).reshape(-1)
-    return a[index] * z + b[index]
-
-
 def cross_fitted(logits, y, folds: int = 5, seed: int = 0, groups=None) -> np.ndarray:
     """Calibrated probabilities of out-of-fold ``logits``, each fold calibrated by a Platt
     fit on the others (stratified, seeded; ``groups``: the views of one CT in one fold):
