@@ -7,6 +7,14 @@ Run from the repository root::
     python Testing/benchmarks/bench_drr.py                 # full run: 256 and 512, 1 and 16 angles
     python Testing/benchmarks/bench_drr.py --quick         # 1 repeat, 256x256 only
     python Testing/benchmarks/bench_drr.py --threads 2 --device cpu --json drr.json
+    python Testing/benchmarks/bench_drr.py --cli-only        # only the command-line row
+
+The command-line row: ``xray2xray drr`` on the same CT and geometry (256x256 unless
+``--sizes`` says otherwise) at 16 and at 64 angles (``--cli-angles``), each a fresh process,
+interleaved for ``--repeats`` rounds; its marginal time per DRR, (T(64) - T(16)) / 48, split by
+the stages its sidecar times (render, write), next to the engine's time per DRR at the same
+geometry and angles (a prepared ``DRRRenderer``, the 16- and 64-angle calls interleaved in one
+child), so what the command adds per DRR beyond the engine is read off directly.
 
 Every (renderer, detector, angles) case runs in its own child process (this same script with
 ``--child``) so that its peak RSS (``ru_maxrss``) belongs to that case alone; the parent only
@@ -241,6 +249,37 @@ def verify_main(spec) -> dict:
     return {"status": "ok" if ok else "failed", "version": pm.version(), **res}
 
 
+def engine_pair_main(spec) -> dict:
+    """The fast engine at the command line's two angle counts: one prepared renderer, one
+    warm-up of each, then ``repeats`` rounds of both calls (ms per call, medians)."""
+    import numpy as np
+    import numba
+    import torch
+    from XrayWorldModel.drr import DRRRenderer
+    from XrayWorldModel.geometry import ProjectionGeometry
+    T = spec["threads"]
+    torch.set_num_threads(T)
+    numba.set_num_threads(min(T, numba.config.NUMBA_NUM_THREADS))
+    volume = load_ct(Path(spec["ct"]))
+    size = spec["size"]
+    geometries = {A: ProjectionGeometry(angles=angles_for(A), detector_shape=(size, size),
+                                        pixel_spacing=(PIXEL_SPACING[size],) * 2, sdd=SDD,
+                                        sod=SOD).resolve(volume) for A in spec["angle_pair"]}
+    renderer = DRRRenderer(volume, "fast", device=spec["device"], mu_water=MU_WATER)
+    times = {A: [] for A in geometries}
+    for rep in range(spec["repeats"] + 1):
+        for A, g in geometries.items():
+            t = time.perf_counter()
+            renderer.render(g)
+            if rep:                                   # round 0 warms JIT and layouts
+                times[A].append(1e3 * (time.perf_counter() - t))
+    med = {A: float(np.median(v)) for A, v in times.items()}
+    lo, hi = spec["angle_pair"]
+    return {"call_ms": {str(A): v for A, v in times.items()},
+            "ms_per_drr": {str(A): med[A] / A for A in med},
+            "marginal_ms_per_drr": (med[hi] - med[lo]) / (hi - lo)}
+
+
 def _time_calls(call, repeats: int, marginal: bool):
     """(last output, first call ms, [ms of each timed call]) after one warm-up call; a
     ``marginal`` runner's call returns (output, ms) itself."""
@@ -280,6 +319,9 @@ def child_main(spec_path: str) -> int:
     if spec["renderer"] == "plastimatch-verify":
         res.update(verify_main(spec))
         return finish(res["status"])
+    if spec["renderer"] == "xwm-engine-pair":
+        res.update(engine_pair_main(spec))
+        return finish("ok")
     if spec["device"] == "cpu" and spec.get("mem_cap_gb"):
         cap = int(spec["mem_cap_gb"] * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
@@ -522,6 +564,80 @@ def _speed_ratios(case_rows) -> None:
             r["plastimatch_faster_mode"] = pm_fast["renderer"]
 
 
+def _cli_drr(args, size: int, A: int, out: Path, env) -> dict:
+    """One fresh ``xray2xray drr`` at ``A`` angles: wall s and its sidecar's stage times."""
+    step = 360.0 / A
+    cmd = [sys.executable, "-m", "XrayWorldModel", "drr", str(args.ct), "--out", str(out),
+           "--angle-range", "0", "360", repr(step), "--detector", str(size), str(size),
+           "--pixel-spacing", str(PIXEL_SPACING[size]), "--sdd", str(SDD), "--sod", str(SOD),
+           "--mu-water", str(MU_WATER), "--device", args.device, "--quiet", "--overwrite"]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(f"xray2xray drr failed ({r.returncode}): {r.stderr[-1500:]}")
+    side = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
+    if side["angles_deg"] != list(angles_for(A)):
+        raise RuntimeError(f"xray2xray drr rendered angles {side['angles_deg'][:3]}..., "
+                           f"not the engine's {list(angles_for(A))[:3]}...")
+    return {"wall_s": wall, **side["timings_s"]}
+
+
+def cli_rows(args, env, workdir: Path, sizes, repeats: int) -> list:
+    """For each size: the command at the two angle counts, interleaved (order alternating),
+    then the engine child at the same geometry; marginal times per DRR of both."""
+    import statistics
+    lo, hi = (int(a) for a in args.cli_angles.split(","))
+    rows = []
+    for size in sizes:
+        print(f"[bench_drr] xray2xray drr (fresh processes) {size}x{size} x{lo} vs x{hi} ...",
+              end="", flush=True, file=sys.stderr)
+        load = [os.getloadavg()[0]]
+        runs = {lo: [], hi: []}
+        for rep in range(repeats):
+            for A in ((lo, hi) if rep % 2 == 0 else (hi, lo)):
+                runs[A].append(_cli_drr(args, size, A, workdir / f"cli-{size}-{A}.nii.gz", env))
+        spec = {"renderer": "xwm-engine-pair", "size": size, "n_angles": hi,
+                "angle_pair": [lo, hi], "threads": args.threads, "device": args.device,
+                "repeats": repeats, "ct": str(args.ct)}
+        engine = run_case(spec, env, workdir, args.timeout)
+        load.append(os.getloadavg()[0])
+        med = {A: {k: statistics.median(r[k] for r in v) for k in v[0]} for A, v in runs.items()}
+        marginal = {k: 1e3 * (med[hi][k] - med[lo][k]) / (hi - lo) for k in med[hi]}
+        row = {"size": size, "angles": [lo, hi], "cli_median_s": med, "cli_runs": runs,
+               "cli_marginal_ms_per_drr": marginal, "engine": engine, "load_avg_1min": load}
+        if engine["status"] == "ok":
+            row["ratio_vs_engine_marginal"] = marginal["wall_s"] / engine["marginal_ms_per_drr"]
+            row["ratio_vs_engine_per_drr"] = marginal["wall_s"] / engine["ms_per_drr"][str(hi)]
+        rows.append(row)
+        print(f" {marginal['wall_s']:.1f} ms/DRR marginal", file=sys.stderr)
+    return rows
+
+
+def cli_table(rows, meta) -> str:
+    if not rows:
+        return ""
+    lo, hi = rows[0]["angles"]
+    lines = ["", f"`xray2xray drr` against its engine, {meta['threads']} threads, device "
+             f"{meta['device']}, median of {meta['repeats']} fresh runs per angle count (interleaved); "
+             f"marginal = (T({hi}) - T({lo})) / {hi - lo}", "",
+             f"| detector | command, {lo} angles (s) | command, {hi} angles (s) | command, marginal "
+             f"ms / DRR | of which render | of which write | engine ms / DRR ({lo} / {hi} angles) | "
+             f"engine marginal ms / DRR | command / engine | load avg |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        m, e = r["cli_marginal_ms_per_drr"], r["engine"]
+        ok = e["status"] == "ok"
+        per = f"{e['ms_per_drr'][str(lo)]:.1f} / {e['ms_per_drr'][str(hi)]:.1f}" if ok else e["status"]
+        lines.append(
+            f"| {r['size']}x{r['size']} | {r['cli_median_s'][lo]['wall_s']:.2f} | "
+            f"{r['cli_median_s'][hi]['wall_s']:.2f} | **{m['wall_s']:.1f}** | {m['render'] :.1f} | "
+            f"{m['write']:.1f} | {per} | {e.get('marginal_ms_per_drr', float('nan')):.1f} | "
+            f"**{r.get('ratio_vs_engine_marginal', float('nan')):.2f}x** | "
+            f"{r['load_avg_1min'][0]:.1f} -> {r['load_avg_1min'][1]:.1f} |")
+    return "\n".join(lines)
+
+
 def _verify_plastimatch(env, args) -> dict:
     """The Plastimatch option mapping checked on the asymmetric case, in a child process."""
     print("[bench_drr] Plastimatch geometry check (asymmetric case) ...", end="", flush=True,
@@ -554,6 +670,11 @@ def parse_args(argv=None):
                    help="address-space cap per CPU child, GB (default 20, lowered to 80%% of the "
                         "memory available when the machine has less); 0 = no cap")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per case (default 7200)")
+    p.add_argument("--cli-angles", default="16,64",
+                   help="the two angle counts of the `xray2xray drr` row (default 16,64; "
+                   "'none' leaves the row out)")
+    p.add_argument("--cli-only", action="store_true",
+                   help="only the `xray2xray drr` row (256x256 unless --sizes is given)")
     p.add_argument("--ct", type=Path, default=DATA / CT_NAME, help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -566,7 +687,8 @@ def main(argv=None) -> int:
     if not args.ct.exists():
         sys.exit(f"bench_drr: the real chest CT is needed but {args.ct} does not exist "
                  f"(expected ../shared/data next to the repository; see DESIGN.md).")
-    sizes = [int(s) for s in (args.sizes or ("256" if args.quick else "256,512")).split(",")]
+    sizes = [int(s) for s in (args.sizes or ("256" if args.quick or args.cli_only
+                                             else "256,512")).split(",")]
     bad = [s for s in sizes if s not in PIXEL_SPACING]
     if bad:
         sys.exit(f"bench_drr: --sizes must come from {sorted(PIXEL_SPACING)}, got {bad}")
@@ -575,7 +697,7 @@ def main(argv=None) -> int:
     unknown = set(wanted) - set(RENDERERS)
     if unknown:
         sys.exit(f"bench_drr: unknown renderer(s) {sorted(unknown)}; choose from {RENDERERS}")
-    renderers = [r for r in RENDERERS if r in wanted or r == "xwm-exact"]
+    renderers = [] if args.cli_only else [r for r in RENDERERS if r in wanted or r == "xwm-exact"]
     repeats = args.repeats or (1 if args.quick else 3)
     env = _child_env(args.threads)
     info = _probe(env)
@@ -607,10 +729,12 @@ def main(argv=None) -> int:
             "python": platform.python_version(), **info, "plastimatch_check": pm_note,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
-    rows = []
+    rows, cli = [], []
     with tempfile.TemporaryDirectory(prefix="bench_drr_") as tmp:
         workdir = Path(tmp)
-        for size in sizes:
+        if args.cli_angles != "none":
+            cli = cli_rows(args, env, workdir, [s for s in sizes if s == 256] or sizes[:1], repeats)
+        for size in ([] if args.cli_only else sizes):
             for A in n_angles:
                 ref = workdir / f"ref-{size}-{A}.npy"
                 case_rows = {}
@@ -644,11 +768,12 @@ def main(argv=None) -> int:
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     base = [r["rss_after_load_mb"] for r in rows if r.get("rss_after_load_mb")]
     meta["baseline_rss_mb"] = round(min(base)) if base else "n/a"
-    table = make_table(rows, meta)
+    table = (make_table(rows, meta) if rows else "") + cli_table(cli, meta)
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows, "table": table}, indent=1))
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows, "cli_rows": cli,
+                                         "table": table}, indent=1))
         print(f"\nrows written to {args.json}", file=sys.stderr)
     return 0
 

@@ -1,8 +1,9 @@
 """``xray2xray drr``: CT(s) -> DRR stacks (NIfTI + JSON sidecar, optional PNG/DICOM views).
 
 The options become a projection geometry and render settings; the job itself (inputs,
-resume, shards) is :mod:`.batch`. Torch and the renderers are imported only once a CT has
-been read, so bad input fails fast.
+resume, shards) is :mod:`.batch`, imported when the command runs (it reads CTs and builds
+phantoms, which import SimpleITK and scipy: no cost for the other commands). Torch and the
+renderers are imported only once a CT has been read, so bad input fails fast.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from ..console import show_progress
 from ..conventions import DEFAULT_DETECTOR, DEFAULT_PIXEL_SPACING_MM, MU_WATER, parse_angles
 from ..errors import InputError, XrayWorldModelError
 from ..geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
-from . import batch
-
 
 
 def add_drr_parser(subparsers) -> argparse.ArgumentParser:
@@ -89,12 +88,13 @@ class _Renderer:
     """:func:`render_drr` with the settings of the job. The renderers (torch, numba) are
     imported and the device resolved on the first CT that reads well."""
 
-    def __init__(self, settings: batch.RenderSettings, device: str, progress):
+    def __init__(self, settings: "batch.RenderSettings", device: str, progress):
         self.settings, self.name, self.progress, self.device = settings, device, progress, None
 
     def _resolve(self):
         if self.settings.method != "fast":
             return "cpu"   # the exact renderer is a CPU reference
+        from . import batch
         from .render import resolve_device
         try:
             return resolve_device(None if self.name == "auto" else self.name)
@@ -115,6 +115,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def cmd_drr(args) -> int:
+    from . import batch
     geometry = build_geometry(args)
     if args.mu_water <= 0:
         raise InputError(f"--mu-water must be positive, got {args.mu_water}")

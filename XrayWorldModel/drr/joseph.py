@@ -23,7 +23,8 @@ import math
 import numba
 import numpy as np
 
-from .rays import ROW, ray_at
+from .rays import ray_at
+from .raytable import columns_share_paths  # noqa: F401  (the column kernel's case; re-exported)
 
 # Layout of the volume copy used for rays dominant along each axis: (a, b, c).
 AXIS_ORDER = ((0, 1, 2), (1, 0, 2), (2, 0, 1))
@@ -288,13 +289,6 @@ def joseph_project_columns(vol0, vol1, vol2, occ0, occ1, index, lps, beam, out):
             _column(vols, occs, index, lps, beam, aj // W, aj % W, out, buf, block, w, p0, d)
 
 
-def columns_share_paths(table, tol: float = 1e-9) -> bool:
-    """True when every angle's detector rows step purely along index axis 2 (axial volume,
-    no tilt), the case :func:`joseph_project_columns` needs."""
-    row = table.index[:, ROW, :]
-    return bool(np.all(np.abs(row[:, :2]) <= tol * (1.0 + np.abs(row[:, 2:3]))))
-
-
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _joseph_ray_adjoint(grad, p0, d, length, value, a, b, c):
     na, nb, nc = grad.shape
@@ -386,6 +380,32 @@ def _layout_from(src, dst, occ, a, scale, offset, clip):
                     dst[z, x + 1, y + 1] = v
                     nonzero |= v != 0.0
                 occ[z, x + 1] = nonzero
+
+
+@numba.njit(parallel=True, cache=True)
+def support_extent(src, scale, offset, clip):
+    """[[lo x, y, z], [hi x, y, z]] of the voxels with non-zero ``src * scale + offset``
+    (> 0 when ``clip``): the kernel behind :func:`.support.support_box` for large volumes;
+    hi < 0 when there is none."""
+    n0, n1, n2 = src.shape
+    lo = np.full((n0, 3), 1 << 30, np.int64)
+    hi = np.full((n0, 3), -1, np.int64)
+    for x in numba.prange(n0):
+        for y in range(n1):
+            for z in range(n2):
+                v = src[x, y, z] * scale + offset
+                if (v > 0.0) if clip else (v != 0.0):
+                    lo[x, 0] = min(lo[x, 0], x)
+                    hi[x, 0] = max(hi[x, 0], x)
+                    lo[x, 1] = min(lo[x, 1], y)
+                    hi[x, 1] = max(hi[x, 1], y)
+                    lo[x, 2] = min(lo[x, 2], z)
+                    hi[x, 2] = max(hi[x, 2], z)
+    out = np.empty((2, 3), np.int64)
+    for k in range(3):
+        out[0, k] = lo[:, k].min()
+        out[1, k] = hi[:, k].max()
+    return out
 
 
 class Layouts:

@@ -4,8 +4,16 @@ Two renderers share one geometry: ``exact`` (Siddon, the reference) and ``fast``
 numba on the CPU, PyTorch on CUDA). Work is split into chunks of angles, with an optional
 tqdm bar; rays are generated inside the kernels, so memory is the volume plus the output.
 :func:`project` is the differentiable entry point for training and reconstruction.
+
+The numba kernels (:mod:`.joseph`, :mod:`.siddon`, :mod:`.rays`) are imported where they
+are first called: importing numba and loading its cached machine code costs about 0.3 s in a
+fresh process, which the PyTorch path (``engine="torch"``, CUDA) and small volumes
+(:func:`.support.support_box`) need not pay.
 """
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,9 +23,8 @@ from ..conventions import MU_WATER
 from ..errors import InputError
 from ..geometry import ProjectionGeometry
 from ..volume import Volume
-from . import joseph, siddon
-from .joseph_torch import dense_rays_torch, joseph_project_torch
-from .rays import RayTable, dominant_axes
+from .joseph_torch import dense_rays_torch, joseph_project_columns_torch, joseph_project_torch
+from .raytable import RayTable
 from .support import support_box
 
 DEFAULT_MU_WATER = MU_WATER  # linear attenuation of water, 1/mm (conventions.MU_WATER)
@@ -64,7 +71,9 @@ class DRRRenderer:
     ``"mu"`` (attenuation per mm, used as is). The exact renderer is a CPU reference and
     runs there whatever ``device`` says. ``engine`` (fast method): ``"auto"`` = numba on
     the CPU, PyTorch elsewhere; ``"torch"`` = the PyTorch renderer on any device (the CUDA
-    code path, runnable on the CPU; same sums to float rounding).
+    code path, runnable on the CPU; same sums to float rounding). On the CPU it takes the
+    column-sheet form (:func:`.joseph_torch.joseph_project_columns_torch`) where the
+    geometry allows: no numba to start, for small work such as one view of a 128^3 volume.
     """
 
     def __init__(self, volume: Volume, method: str = "fast", device=None,
@@ -86,7 +95,9 @@ class DRRRenderer:
         self._layouts = {}
         self._mu_t = None
 
-    def _cpu_layouts(self, axes) -> joseph.Layouts:
+    def _cpu_layouts(self, axes):
+        """The numba kernels' :class:`.joseph.Layouts` for rays dominant along ``axes``."""
+        from . import joseph
         missing = set(axes) - set(self._layouts)
         if missing:
             made = joseph.attenuation_layouts(self._array, missing, *self._conv)
@@ -120,8 +131,10 @@ class DRRRenderer:
             return out
         table = RayTable(self._affine, geometry)
         if self.method == "exact":
+            from . import siddon
             mu = self._exact_array()
         elif self._numba:
+            from .rays import dominant_axes
             layouts = self._cpu_layouts(dominant_axes(table))
         elif self._mu_t is None:
             scale, offset, clip = self._conv
@@ -141,7 +154,11 @@ class DRRRenderer:
                 layouts.project(table.subset(lo, hi), out[lo:hi])
             else:
                 with torch.no_grad():
-                    res = _project_dense_torch(self._mu_t, table.subset(lo, hi))
+                    sub = table.subset(lo, hi)
+                    res = joseph_project_columns_torch(self._mu_t, sub) \
+                        if self._mu_t.device.type == "cpu" else None    # None: not that case
+                    if res is None:
+                        res = _project_dense_torch(self._mu_t, sub)
                 if _on_device:
                     chunks.append(res)
                 else:
@@ -182,6 +199,8 @@ class _JosephCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, table):
+        from . import joseph
+        from .rays import dominant_axes
         vol = mu.detach().cpu().numpy()
         axes = dominant_axes(table)
         out = np.empty(table.shape, dtype=np.float32)
@@ -191,6 +210,7 @@ class _JosephCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        from . import joseph
         table, axes, shape = ctx.table, ctx.axes, ctx.vol_shape
         grads = [np.zeros(tuple(shape[i] for i in joseph.AXIS_ORDER[a]), np.float64) if a in axes
                  else np.zeros((1, 1, 1), np.float64) for a in range(3)]
@@ -212,3 +232,17 @@ def project(mu: torch.Tensor, affine: np.ndarray, geometry: ProjectionGeometry) 
     if mu.device.type == "cpu":
         return _JosephCPU.apply(mu, table)
     return _project_dense_torch(mu, table)
+
+
+#: The sources whose code decides what :func:`project` returns on the CPU.
+_PROJECTOR_SOURCES = ("render.py", "joseph.py", "rays.py", "raytable.py")
+
+
+def projector_fingerprint() -> str:
+    """A digest of the CPU projector's source, for caches of its results (the volume
+    prior's projections, :mod:`..infer.prior`): new kernel code is a new key, so nothing
+    computed by an older projector is reused."""
+    h = hashlib.sha256()
+    for name in _PROJECTOR_SOURCES:
+        h.update(Path(__file__).with_name(name).read_bytes())
+    return h.hexdigest()

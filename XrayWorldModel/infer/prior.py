@@ -16,7 +16,10 @@ the sweep sees (:func:`fov_grid`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
@@ -28,9 +31,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from scipy.ndimage import gaussian_filter
 
+from ..conventions import preprocessed_cache_dir
 from ..data.cache import _to_sitk
-from ..drr.render import project
+from ..drr.render import project, projector_fingerprint
 from ..errors import InputError
+from ..fileutil import atomic_path
 from ..geometry import ProjectionGeometry
 from ..recon import default_grid, fdk
 from ..volume import Volume
@@ -40,6 +45,11 @@ CARD_KEY = "volume_prior"
 #: Chosen on validation phantoms 7000-7015 with the demo model (see the module docstring).
 DEFAULT_RESIDUAL_WEIGHT = 0.6
 DEFAULT_SMOOTHING_VOXELS = 1.0
+#: Folder (in the user cache, ``$XRAY2XRAY_CACHE``) of the priors' projections.
+PROJECTIONS_FOLDER = "prior-projections"
+#: Projections kept in this process, most recent last (a few priors' sweeps, ~0.4 MB each).
+_PROJECTIONS: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_PROJECTIONS_KEPT = 8
 
 
 def fov_extent(geometry: ProjectionGeometry) -> np.ndarray:
@@ -135,13 +145,60 @@ class VolumePrior:
         smoothed FDK of ``views`` minus the prior's projections at the same angles."""
         mu0 = np.clip((self.hu_on(grid.shape[0]) / 1000.0 + 1.0) * mu_water, 0.0, None)
         mu0 = mu0.astype(np.float32)
-        with torch.no_grad():
-            own = project(torch.from_numpy(mu0), grid.affine, geometry).numpy()
+        own = prior_projections(mu0, grid, geometry)
         residual = fdk(np.asarray(views, np.float32) - own, geometry, like=grid).array
         if self.smoothing_voxels > 0:
             residual = gaussian_filter(residual, self.smoothing_voxels)
         return np.clip(mu0 + self.residual_weight * residual, 0.0, None).astype(np.float32)
 
 
-__all__ = ["VolumePrior", "fov_grid", "fov_extent", "resample_like", "centred", "TENSOR_KEY",
+def _projections_key(mu0: np.ndarray, grid: Volume, geometry: ProjectionGeometry) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(mu0, np.float32).tobytes())
+    h.update(np.ascontiguousarray(grid.affine, np.float64).tobytes())
+    h.update(json.dumps([list(mu0.shape), geometry.to_dict()], sort_keys=True).encode())
+    h.update(projector_fingerprint().encode())
+    return h.hexdigest()
+
+
+def _read_projections(path: Path, shape) -> Optional[np.ndarray]:
+    try:
+        own = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    ok = own.shape == tuple(shape) and own.dtype == np.float32 and np.isfinite(own).all()
+    return own if ok else None
+
+
+def prior_projections(mu0: np.ndarray, grid: Volume, geometry: ProjectionGeometry) -> np.ndarray:
+    """The line integrals [A, H, W] of the prior's attenuation ``mu0`` on ``grid`` at the
+    views of ``geometry``, as :func:`~XrayWorldModel.drr.render.project` renders them.
+
+    They depend on the model file and the sweep alone, not on the radiograph, so they are
+    rendered once and kept: in this process, and as ``.npy`` in the user cache
+    (``PROJECTIONS_FOLDER``, keyed by a digest of the prior, the grid, the geometry and the
+    projector's code). A later ``infer`` then reads 0.4 MB instead of starting numba
+    (~0.3 s) to render them again. An unwritable cache only costs that time."""
+    key = _projections_key(mu0, grid, geometry)
+    if key in _PROJECTIONS:
+        _PROJECTIONS.move_to_end(key)
+        return _PROJECTIONS[key]
+    shape = (geometry.n_angles,) + tuple(geometry.detector_shape)
+    path = preprocessed_cache_dir() / PROJECTIONS_FOLDER / f"{key}.npy"
+    own = _read_projections(path, shape) if path.is_file() else None
+    if own is None:
+        with torch.no_grad():
+            own = project(torch.from_numpy(mu0), grid.affine, geometry).numpy()
+        try:
+            with atomic_path(path, fsync=False) as tmp, open(tmp, "wb") as f:
+                np.save(f, own, allow_pickle=False)
+        except OSError:
+            pass
+    own.setflags(write=False)      # shared by every later call
+    _PROJECTIONS[key] = own
+    while len(_PROJECTIONS) > _PROJECTIONS_KEPT:
+        _PROJECTIONS.popitem(last=False)
+    return own
+
+
+__all__ = ["VolumePrior", "prior_projections", "fov_grid", "fov_extent", "resample_like", "centred", "TENSOR_KEY",
            "CARD_KEY", "DEFAULT_RESIDUAL_WEIGHT", "DEFAULT_SMOOTHING_VOXELS"]

@@ -169,6 +169,16 @@ def _angle_weights(angles_deg: np.ndarray) -> np.ndarray:
     return np.deg2rad(w)
 
 
+def _voxel_offsets(grid: Volume, geometry: ProjectionGeometry) -> torch.Tensor:
+    """Voxel centres of ``grid`` relative to the isocentre (mm, LPS), [3, N] in float64,
+    voxels flattened in C order (the grid's last axis fastest)."""
+    ii = [torch.arange(n, dtype=torch.float64) for n in grid.shape]
+    idx = torch.stack([t.reshape(-1) for t in torch.meshgrid(*ii, indexing="ij")])
+    aff = torch.as_tensor(grid.affine)
+    centre = aff[:3, 3] - torch.as_tensor(geometry.isocenter, dtype=torch.float64)
+    return aff[:3, :3] @ idx + centre[:, None]
+
+
 def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 128, 128),
         spacing: Optional[Sequence[float]] = None, like: Optional[Volume] = None,
         filter: str = "hann", device=None, angles_per_chunk: int = 8,
@@ -208,35 +218,28 @@ def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 
     resp = ramp_filter(n_fft, tu, filter).to(dev, torch.float32)
     pre = pre.to(dev, torch.float32)
 
-    # voxel positions relative to the isocentre, flattened (x fastest last)
-    ii = [torch.arange(n, dtype=torch.float64) for n in grid.shape]
-    I, J, K = torch.meshgrid(*ii, indexing="ij")
-    idx = torch.stack([I.reshape(-1), J.reshape(-1), K.reshape(-1)], dim=1)
-    aff = torch.as_tensor(grid.affine)
-    x = (idx @ aff[:3, :3].T + aff[:3, 3] - torch.as_tensor(geometry.isocenter, dtype=torch.float64))
-    x = x.to(dev, torch.float32)
-    del I, J, K, idx
+    x = _voxel_offsets(grid, geometry).to(dev, torch.float32)     # [3, N]
     e, u, v = (torch.as_tensor(f, dtype=torch.float32, device=dev) for f in geometry.frames())
+    # grid_sample's coordinate (align_corners) is (column - (W-1)/2) / ((W-1)/2), and the
+    # column is U (x.u) / tu + (W-1)/2: the detector's scale folds into u (rows: into v)
+    u = u * (2.0 / (tu * max(W - 1, 1)))
+    v = v * (2.0 / (tv * max(H - 1, 1)))
     dphi = torch.as_tensor(_angle_weights(np.asarray(geometry.angles)), dtype=torch.float32, device=dev)
-    acc = torch.zeros(x.shape[0], dtype=torch.float32, device=dev)
+    acc = torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
     bar = progress_bar(None, progress, total=A, desc="FDK", unit="view") if progress else None
     for lo in range(0, A, angles_per_chunk):
         hi = min(A, lo + angles_per_chunk)
         q = p[lo:hi].to(dev) * pre
         q = torch.fft.irfft(torch.fft.rfft(q, n=n_fft, dim=-1) * resp[: n_fft // 2 + 1], n=n_fft, dim=-1)[..., :W]
-        s = x @ e[lo:hi].T                                # [N, a] towards the source
+        g = torch.stack([u[lo:hi] @ x, v[lo:hi] @ x], dim=-1)    # [a, N, 2], before U
         if geometry.beam == "cone":
-            U = geometry.sod / (geometry.sod - s)
+            U = geometry.sod / (geometry.sod - e[lo:hi] @ x)       # [a, N] magnification
+            g *= U[..., None]
+            w = U.square_().mul_(dphi[lo:hi, None] * 0.5)
         else:
-            U = torch.ones_like(s)
-        uc = U * (x @ u[lo:hi].T) / tu + (W - 1) / 2      # detector column (pixels)
-        vr = U * (x @ v[lo:hi].T) / tv + (H - 1) / 2      # detector row
-        gx = uc / max(W - 1, 1) * 2 - 1
-        gy = vr / max(H - 1, 1) * 2 - 1
-        g = torch.stack([gx.T, gy.T], dim=-1)[:, :, None, :]     # [a, N, 1, 2]
-        vals = F.grid_sample(q[:, None], g, mode="bilinear", padding_mode="zeros",
+            w = dphi[lo:hi, None].expand(hi - lo, x.shape[1]) * 0.5
+        vals = F.grid_sample(q[:, None], g[:, :, None, :], mode="bilinear", padding_mode="zeros",
                              align_corners=True)[:, 0, :, 0]      # [a, N]
-        w = (U.T ** 2) * dphi[lo:hi, None] * 0.5
         acc += (vals * w).sum(dim=0)
         if bar is not None:
             bar.update(hi - lo)
