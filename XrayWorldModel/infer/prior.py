@@ -28,12 +28,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from scipy.ndimage import gaussian_filter
 
 from ..conventions import preprocessed_cache_dir
 from ..data.cache import _to_sitk
 from ..drr.render import project, projector_fingerprint
+from ..io.card_tensor import read_card_tensor
 from ..errors import InputError
 from ..fileutil import atomic_path
 from ..geometry import ProjectionGeometry
@@ -126,13 +126,10 @@ class VolumePrior:
     @classmethod
     def from_model_file(cls, path, card: Mapping) -> Optional["VolumePrior"]:
         """The prior stored in a model file, or None when its card has none."""
-        entry = card.get(CARD_KEY)
-        if not entry or path is None or not Path(path).is_file():
+        hu = read_card_tensor(path, card, CARD_KEY, TENSOR_KEY)
+        if hu is None:
             return None
-        with safe_open(str(path), framework="pt") as f:
-            if TENSOR_KEY not in f.keys():
-                return None
-            hu = f.get_tensor(TENSOR_KEY).float().numpy()
+        entry = card[CARD_KEY]
         return cls(hu, int(entry.get("n_volumes", 0)),
                    float(entry.get("residual_weight", DEFAULT_RESIDUAL_WEIGHT)),
                    float(entry.get("smoothing_voxels", DEFAULT_SMOOTHING_VOXELS)),

@@ -128,12 +128,14 @@ class RadiographDataset:
 
 
 # ----------------------------------------------------------------------------- small parts
-def read_csv(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
-    """(header, rows) of a CSV; one-line errors for what is not one."""
+def read_csv(path: Path, error=None, what: str = "CSV") -> Tuple[List[str], List[Dict[str, str]]]:
+    """(header, rows) of a CSV; one-line errors (``error``, default :class:`DatasetError`)
+    for what is not one. ``what`` names the file in the messages ("labels CSV")."""
+    error = error or DatasetError
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundInputError("no such file" if not path.exists() else
-                                     "is a folder, not a CSV", path)
+        raise FileNotFoundInputError(f"no such {'labels file' if what != 'CSV' else 'file'}"
+                                     if not path.exists() else f"is a folder, not a {what}", path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -141,9 +143,9 @@ def read_csv(path: Path) -> Tuple[List[str], List[Dict[str, str]]]:
             reader.fieldnames = header
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"not a readable CSV ({exc})", path) from None
+        raise error(f"not a readable CSV ({exc})", path) from None
     if not header:
-        raise DatasetError("the CSV is empty (no header row)", path)
+        raise error("the CSV is empty (no header row)", path)
     return header, rows
 
 

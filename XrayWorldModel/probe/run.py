@@ -9,7 +9,6 @@ file. Empty cells are missing labels: those CTs are left out of that label only.
 """
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import warnings
@@ -20,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..data import resolve_source
-from ..errors import FileNotFoundInputError, InputError
+from ..errors import InputError
 from ..fileutil import atomic_path, sha256_of
 from ..weights.loading import export_checkpoint, load_world_model
 from ..weights.model_file import ModelFileError, load_model_file, read_card, save_model_file
@@ -35,6 +34,7 @@ from .heads import average_logistic, check_binary, fit_cox, task_entry
 from .calibration import calibrate_labels
 from .metrics import ProbeError, c_index_ci, multilabel_auroc_ci
 from .ood import fit_reference
+from .datasets import read_csv
 
 TASKS = ("pathology", "risk")
 TIME_COLUMN, EVENT_COLUMN = "time", "event"
@@ -69,17 +69,7 @@ class LabelTable:
 def read_labels_csv(path, id_column: str = "id") -> LabelTable:
     """The labels CSV at ``path`` (needs a header with ``id_column``; ids unique)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundInputError("no such labels file" if not path.exists()
-                                     else "is a folder, not a labels CSV", path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [c.strip() for c in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise LabelsError(f"not a readable CSV ({exc})", path) from None
+    header, rows = read_csv(path, LabelsError, "labels CSV")
     if id_column not in header:
         raise LabelsError(f"labels CSV has no {id_column!r} column (columns: "
                           f"{', '.join(header) or 'none'})", path)

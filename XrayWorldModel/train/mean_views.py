@@ -16,16 +16,15 @@ trainer sees it, rather than only the first kind listed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from ..config import TrainConfig
 from ..data import (DRRStackSet, PreprocessedCache, RenderedViewSet, VolumeProvider,
                     is_stack_source, list_stacks, render_views, resolve_source)
+from ..io.card_tensor import read_card_tensor
 from ..errors import InputError, UnreadableFileError
 
 TENSOR_KEY = "baseline.mean_views"
@@ -154,13 +153,10 @@ class MeanViews:
     @classmethod
     def from_model_file(cls, path, card: Mapping) -> Optional["MeanViews"]:
         """The mean views a model file carries, or None when its card has none."""
-        entry = card.get(CARD_KEY)
-        if not entry or path is None or not Path(path).is_file():
+        views = read_card_tensor(path, card, CARD_KEY, TENSOR_KEY)
+        if views is None:
             return None
-        with safe_open(str(path), framework="pt") as f:
-            if TENSOR_KEY not in f.keys():
-                return None
-            views = f.get_tensor(TENSOR_KEY).float().numpy()
+        entry = card[CARD_KEY]
         angles = tuple(float(a) for a in entry.get("angles", ()))
         if views.ndim != 3 or views.shape[0] != len(angles):
             raise UnreadableFileError(f"the model's mean views ({tuple(views.shape)}) do not "
