@@ -706,3 +706,23 @@ def test_killed_extraction_resumes_with_only_the_missing_images(tiny, tmp_path):
     ex = json.loads(done.stdout)["extraction"]
     assert (ex["encoded"], ex["from_cache"]) == (160 - after_kill, after_kill)
     assert ex["counter"] == f"encoded {160 - after_kill}, from cache {after_kill}, skipped 0 unreadable"
+
+
+def test_cross_validation_through_fit_task_keeps_patients_together():
+    """Leakage oracle: every patient's images share near-identical features and one label
+    drawn at random, so no feature predicts the label across patients. Folds that keep a
+    patient together score near chance; folds that split patients let a flexible head
+    recognise the patient and score near 1."""
+    from XrayWorldModel.probe.run import Targets, fit_task
+    rng = np.random.default_rng(11)
+    n_patients, per_patient = 60, 4
+    patient = np.repeat(np.arange(n_patients), per_patient)
+    centre = rng.normal(size=(n_patients, 48))
+    X = centre[patient] + 0.01 * rng.normal(size=(len(patient), 48))
+    y = (rng.random(n_patients) < 0.5).astype(float)[patient]
+    targets = Targets("pathology", [f"img{i}" for i in range(len(patient))], ["finding"],
+                      y[:, None])
+    entry = fit_task(X, targets, {}, folds=5, seed=0, n_boot=50, C=100.0, patients=patient)
+    assert entry["metrics"]["labels"]["finding"]["auroc"] < 0.75
+    leaky = fit_task(X, targets, {}, folds=5, seed=0, n_boot=50, C=100.0)   # one image = one group
+    assert leaky["metrics"]["labels"]["finding"]["auroc"] > 0.9              # the oracle can fail
