@@ -377,15 +377,22 @@ def _labels_by_id(labels: str, id_column: str, columns) -> Tuple[Path, Dict[str,
     lpath = Path(labels).expanduser()
     header, rows = read_csv(lpath)
     _need_columns(header, [id_column] + [c for _, c in columns], lpath, "the labels CSV")
-    table = {}
+    return lpath, rows_by_id(rows, id_column, lpath)
+
+
+def rows_by_id(rows, id_column: str, path: Path, error=None) -> Dict[str, Dict[str, str]]:
+    """A CSV's rows keyed by ``id_column``; ``error`` (default :class:`DatasetError`) for an
+    empty or repeated id, naming the line."""
+    error = error or DatasetError
+    table: Dict[str, Dict[str, str]] = {}
     for n, row in enumerate(rows, start=2):
         key = (row.get(id_column) or "").strip()
         if not key:
-            raise DatasetError(f"line {n}: empty {id_column!r}", lpath)
+            raise error(f"line {n}: empty {id_column!r}", path)
         if key in table:
-            raise DatasetError(f"line {n}: id {key!r} appears twice", lpath)
+            raise error(f"line {n}: id {key!r} appears twice", path)
         table[key] = row
-    return lpath, table
+    return table
 
 
 PATIENT_COLUMNS = ("patient_id", "patient", "subject_id", "Patient ID")

@@ -34,7 +34,7 @@ from .heads import average_logistic, check_binary, fit_cox, task_entry
 from .calibration import calibrate_labels
 from .metrics import ProbeError, c_index_ci, multilabel_auroc_ci
 from .ood import fit_reference
-from .datasets import read_csv
+from .datasets import read_csv, rows_by_id
 
 TASKS = ("pathology", "risk")
 TIME_COLUMN, EVENT_COLUMN = "time", "event"
@@ -73,14 +73,7 @@ def read_labels_csv(path, id_column: str = "id") -> LabelTable:
     if id_column not in header:
         raise LabelsError(f"labels CSV has no {id_column!r} column (columns: "
                           f"{', '.join(header) or 'none'})", path)
-    table: Dict[str, Dict[str, str]] = {}
-    for n, row in enumerate(rows, start=2):
-        key = (row.get(id_column) or "").strip()
-        if not key:
-            raise LabelsError(f"line {n}: empty {id_column!r}", path)
-        if key in table:
-            raise LabelsError(f"line {n}: id {key!r} appears twice", path)
-        table[key] = row
+    table = rows_by_id(rows, id_column, path, LabelsError)
     if not table:
         raise LabelsError("labels CSV has a header but no rows", path)
     return LabelTable(table, [c for c in header if c != id_column], path)
