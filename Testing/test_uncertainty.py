@@ -194,6 +194,13 @@ def test_std_files_have_the_geometry_of_their_outputs(tiny, tmp_path):
     np.testing.assert_allclose(std, res.uncertainty.views_std, atol=1e-6)
     vol, vstd = read_ct(tmp_path / "volume.nii.gz"), read_ct(tmp_path / "volume_std.nii.gz")
     assert vstd.shape == vol.shape and np.allclose(vstd.affine, vol.affine, atol=1e-6)
+    # stored as CT is, in whole HU (int16): the results rounded, nothing else lost
+    import SimpleITK as sitk
+    for name, written, kept in (("volume", vol, res.volume), ("volume_std", vstd,
+                                                               res.uncertainty.volume_std)):
+        assert sitk.ReadImage(str(tmp_path / f"{name}.nii.gz")).GetPixelIDTypeAsString() == \
+            "16-bit signed integer", name
+        assert np.array_equal(written.array, np.rint(kept.array)), name
     # off: no std files, and none left from the earlier run
     res0 = run_inference(_radiograph(tiny["frontal"], s), loaded, (90, 270), 24, uncertainty=0)
     assert res0.uncertainty is None and "uncertainty" in res0.timings

@@ -2,8 +2,10 @@
 volume (NIfTI), and ``results.json`` (its schema: ``XrayWorldModel/schemas/results.schema.json``).
 Every file is written atomically, ``results.json`` last, so its presence means the rest is whole.
 The image files are written side by side (``WRITER_THREADS``): ITK compresses each NIfTI on one
-core and releases the GIL meanwhile, so the volume and its standard deviation (8 MB each at
-128^3) are compressed at once where a second core is free.
+core and releases the GIL meanwhile, so the volume and its standard deviation are compressed at
+once where a second core is free. Both are stored in whole HU as int16, as CT is: fractions of a
+HU are noise in a reconstruction from one radiograph, and dropping them makes the files a third
+the size and their writing twice as fast (4 MB raw each at 128^3, about 2 MB written).
 """
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Optional
 
+import numpy as np
+
 from ..conventions import RESULTS_FORMAT
 from ..fileutil import atomic_path, sha256_file
 from ..io import write_volume
 from ..io.drr_stack import write_drr_stack
 from ..radiograph import Radiograph
 from ..version import __version__
+from ..volume import Volume
 from .pipeline import InferenceResult
 from .trust import disclaimer, output_scores, verdict
 
@@ -74,6 +79,13 @@ def results_dict(result: InferenceResult, input_info: Optional[Dict] = None,
     }
 
 
+def whole_hu(volume: Volume) -> Volume:
+    """``volume`` (HU) rounded to whole HU as int16, clipped to int16's range."""
+    info = np.iinfo(np.int16)
+    array = np.clip(np.rint(np.asarray(volume.array, dtype=np.float32)), info.min, info.max)
+    return Volume(array.astype(np.int16), volume.affine, dict(volume.metadata))
+
+
 def write_uncertainty(result: InferenceResult, out: Path, files: Dict) -> None:
     """``views_std.nii.gz`` (a DRR stack with the views' geometry) and ``volume_std.nii.gz``
     (the volume's grid), named in ``files`` as ``std_file``; without uncertainty, the std
@@ -96,7 +108,7 @@ def _write_uncertainty_files(result: InferenceResult, out: Path) -> Dict[str, st
         names["views"] = write_drr_stack(unc.views_std, result.view_geometry,
                                          out / "views_std.nii.gz", meta=meta).name
     if unc.volume_std is not None:
-        names["volume"] = write_volume(unc.volume_std, out / "volume_std.nii.gz").name
+        names["volume"] = write_volume(whole_hu(unc.volume_std), out / "volume_std.nii.gz").name
     return names
 
 
@@ -115,7 +127,7 @@ def write_outputs(result: InferenceResult, out_dir, input_info: Optional[Dict] =
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(WRITER_THREADS) as pool:
         views = pool.submit(_write_views, result, out) if len(result.view_angles) else None
-        volume = pool.submit(write_volume, result.volume, out / "volume.nii.gz")
+        volume = pool.submit(write_volume, whole_hu(result.volume), out / "volume.nii.gz")
         std = pool.submit(_write_uncertainty_files, result, out)
         files: Dict = {"views": views.result()} if views is not None else {}
         files["volume"] = {"file": volume.result().name}

@@ -15,12 +15,7 @@ from ..fileutil import check_output_file, check_output_folder
 from ..io import VOLUME_EXTENSIONS, write_volume
 from ..io.ct import format_from_suffix
 from ..volume import Volume
-from .chest import procedural_chest
-from .cohort import CohortConfig, write_cohort
-from .ellipsoid import default_ellipsoid_phantom
-from .findings import FINDINGS
-from .source import ELLIPSOID_SHAPE, ELLIPSOID_SPACING, PHANTOM_KINDS
-from .variants import CHEST_KINDS, chest_volume
+from .names import CHEST_KINDS, FINDINGS, PHANTOM_KINDS
 
 
 def add_phantom_parser(subparsers) -> argparse.ArgumentParser:
@@ -121,6 +116,7 @@ def _cmd_cohort(args, shape, spacing) -> int:
     if args.labels is not None:
         check_output_file(args.labels, "--labels", (".csv",), "label CSV")
     prevalence = parse_prevalence(args.prevalence)
+    from .cohort import CohortConfig, write_cohort     # scipy: only when a cohort is built
     cfg = CohortConfig() if prevalence is None else CohortConfig.with_prevalence(prevalence)
     res = write_cohort(args.cohort, out, args.labels, first_seed=args.seed, config=cfg,
                        write_masks=args.masks, overwrite=args.overwrite,
@@ -145,11 +141,12 @@ def cmd_phantom(args) -> int:
             raise InputError(f"{flag} goes with --cohort N")
     out = Path(args.out).expanduser()
     check_volume_out(out)
-    if args.kind == "chest":
-        vol = procedural_chest(seed=args.seed, **_grid(shape, spacing))
-    elif args.kind in CHEST_KINDS:
+    if args.kind in CHEST_KINDS:
+        from .variants import chest_volume      # scipy: only when a chest is built
         vol = chest_volume(args.kind, seed=args.seed, **_grid(shape, spacing))
     else:
+        from .ellipsoid import default_ellipsoid_phantom
+        from .source import ELLIPSOID_SHAPE, ELLIPSOID_SPACING
         mu = default_ellipsoid_phantom().voxelize(shape or ELLIPSOID_SHAPE,
                                                   spacing or ELLIPSOID_SPACING)
         hu = (1000.0 * (mu.array / MU_WATER - 1.0)).astype(np.float32)

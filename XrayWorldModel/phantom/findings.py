@@ -45,11 +45,11 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from . import names
 from .chest import CHEST_LABELS, HU_LIVER, HU_LUNG, HU_SOFT, _ellipsoid_q
 from .ellipsoid import rotation_matrix
 
-FINDINGS: Tuple[str, ...] = ("atelectasis", "cardiomegaly", "consolidation", "edema",
-                             "pleural_effusion")
+FINDINGS: Tuple[str, ...] = names.FINDINGS
 #: Bit of each finding in a finding-mask volume (a voxel may carry several).
 MASK_BITS: Dict[str, int] = {"atelectasis": 1, "cardiomegaly": 2, "consolidation": 4,
                              "edema": 8, "pleural_effusion": 16, "calcium": 32}

@@ -20,11 +20,12 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..errors import InputError
 from ..volume import Volume
+from . import names
 from .ellipsoid import default_ellipsoid_phantom
 from .variants import CHEST_KINDS, chest_volume
 
 PREFIX = "phantom:"
-PHANTOM_KINDS = (*CHEST_KINDS, "ellipsoid")
+PHANTOM_KINDS = names.PHANTOM_KINDS
 #: Grid of ``phantom:ellipsoid`` (it fits a 256 mm cube).
 ELLIPSOID_SHAPE, ELLIPSOID_SPACING = (128, 128, 128), 2.0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Dict, NamedTuple
 
 from ..errors import InputError
+from . import names
 from .chest import _as_volumes, _build_chest, procedural_chest
 from .realistic import as_realistic_volumes, build_realistic_chest, realistic_chest
 
@@ -29,6 +30,7 @@ CHEST_VARIANTS: Dict[str, ChestVariant] = {
 }
 #: Kinds of procedural chest, the default first.
 CHEST_KINDS = tuple(CHEST_VARIANTS)
+assert CHEST_KINDS == names.CHEST_KINDS, "phantom.names.CHEST_KINDS is out of date"
 
 
 def chest_variant(kind: str) -> ChestVariant:
