@@ -249,3 +249,54 @@ def test_lopo_evaluation_half_on_phantom_patients(work, tmp_path):
         assert row["margin_db"] == pytest.approx(row["world_model"][0] - max(baselines))
     assert set(fold["views"]) == {"30", "60", "90", "120", "150"}
     assert "| chest_ct | 90 deg |" in (tmp_path / "w" / "lopo.md").read_text()
+
+
+# ------------------------------------------------------------------ demo model 2.0 tooling
+def _tool(name):
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+
+
+def test_demo_card_names_the_real_cts_it_trained_on_with_their_licences(tmp_path):
+    """A run whose source lists real CTs gets a card naming each with its collection and
+    licence, and saying it was trained on them; a phantom-only run keeps the phantom text."""
+    real_cts, build_demo = _tool("real_cts"), _tool("build_demo")
+    manifest = real_cts.write_manifest(real_cts.paths(tmp_path), tmp_path / "train.csv")
+    assert real_cts.manifest_ids(manifest) == list(real_cts.PATIENTS)
+    real = build_demo.real_training_data(f"phantom:8+phantom:8:100:chest2+anatomy:4:{manifest}")
+    readme = (REPO.parent / "shared" / "data" / "README.md")
+    for entry in real:
+        assert entry["licence"] in ("MIT", "CC BY 3.0", "CC BY 4.0")
+        if readme.is_file():         # the licence the data folder states for that file
+            row = next(line for line in readme.read_text().splitlines()
+                       if line.startswith(f"| {real_cts.PATIENTS[entry['id']].file} "))
+            assert entry["licence"] in row, row
+    assert [e["id"] for e in real] == list(real_cts.PATIENTS)
+    texts = build_demo.card_texts(real)
+    for key in ("description", "intended_use", "disclaimer"):
+        assert "3 real chest CTs" in texts[key] and "phantom" in texts[key], key
+    assert "not for clinical use" in texts["disclaimer"] and "synthetic" in texts["disclaimer"]
+    assert build_demo.card_texts(build_demo.real_training_data("phantom:16"))["disclaimer"] \
+        == build_demo.DISCLAIMER
+
+
+def test_demo_reference_cts_spread_over_a_mixed_source():
+    """The prior and domain references sample the whole training mix, not its first part."""
+    build_demo = _tool("build_demo")
+    cfg = TrainConfig.from_dict({"data": {"source": "phantom:40+phantom:40:1000:chest2"}})
+    items = build_demo.reference_items(cfg, 8)
+    specs = [it.spec for it in items]
+    assert len(items) == 8 and sum("chest2" in s for s in specs) == 4, specs
+
+
+def test_train_demo_dry_run_trains_on_all_three_patients(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "train_demo.py"), "--work",
+                          str(tmp_path / "d"), "--steps", "50", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert f"+anatomy:256:{(tmp_path / 'd' / 'train.csv').resolve()}" in line
+    assert "optim.steps=50" in line and not (tmp_path / "d").exists()

@@ -9,12 +9,14 @@ write a labelled synthetic cohort (seeds 50000..) and a held-out one (seeds 5100
 the risk, then the pathology probe heads on the first (what ``xray2xray probe --save-into
 --heldout`` does: each CT seen through 4 random acquisitions, Platt calibration of each head
 on its logits for the held-out cohort, the out-of-distribution reference of the same
-features, its threshold the 99th percentile on the held-out cohort); add the volume prior (the mean of the first 64 training CTs,
-:mod:`XrayWorldModel.infer.prior`); copy the result into ``XrayWorldModel/weights/builtin/``
+features, its threshold the 99th percentile on the held-out cohort); add the volume prior
+(the mean of 64 training CTs spread evenly over its source, :mod:`XrayWorldModel.infer.prior`);
+copy the result into ``XrayWorldModel/weights/builtin/``
 and record its size and SHA256 in the shipped registry. ``--from-model`` redoes the prior and
 the install on an existing model file (a new version); with ``--refit`` it also refits the
 heads, their calibration and the OOD reference (how 1.2 was made from 1.1). The card says
-plainly what the model is: a demonstration trained on synthetic chests, not for clinical use.
+plainly what the model is: a demonstration, trained on synthetic chests and (when the run's
+source lists them) the real CTs named with their collection and licence, not for clinical use.
 
 A release script, not part of the installed package: it writes into this checkout's
 ``XrayWorldModel/weights``, and nothing in ``XrayWorldModel`` imports it.
@@ -46,6 +48,9 @@ from XrayWorldModel.train.checkpoint import load_checkpoint, resolve_checkpoint 
 from XrayWorldModel.weights.loading import add_mean_views, export_checkpoint  # noqa: E402
 from XrayWorldModel.weights.model_file import load_model_file, read_card, save_model_file  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_cts  # noqa: E402
+
 NAME = "xray2xray-demo"
 WEIGHTS = ROOT / "XrayWorldModel" / "weights"
 BUILTIN = WEIGHTS / "builtin"
@@ -64,12 +69,45 @@ DESCRIPTION = ("Xray2Xray world model (cpu-small: ViT 64 px, 1.7 M parameters) t
 COHORT_SEED, HELDOUT_SEED = 50_000, 51_000
 
 
+def reference_items(cfg: TrainConfig, n: int = 64):
+    """``n`` training CTs of ``cfg`` spread evenly over its source, so a mixed source
+    (phantoms + augmented real CTs) is represented in proportion, not by its first part."""
+    items = resolve_source(cfg.data.source)
+    step = max(1, len(items) // n)
+    return items[::step][:n]
+
+
 def training_volumes(cfg: TrainConfig, n: int = 64):
-    """The first ``n`` training CTs of ``cfg``, preprocessed as the trainer saw them."""
-    items = resolve_source(cfg.data.source)[:n]
+    """:func:`reference_items` of ``cfg``, preprocessed as the trainer saw them."""
+    items = reference_items(cfg, n)
     cache = PreprocessedCache(Path(cfg.data.cache_dir) if cfg.data.cache_dir else None)
     data = VolumeProvider(items, cache, cfg.data.preprocessing(), len(items))
     return [data.get(i)[0] for i in range(len(items))]
+
+
+def real_training_data(source: str) -> list:
+    """Provenance (id, collection, licence) of the real CTs an ``anatomy:K:MANIFEST`` part of
+    the training ``source`` lists."""
+    ids = []
+    for part in source.split("+"):
+        if part.startswith("anatomy:") and part.count(":") >= 2:
+            ids += [i for i in real_cts.manifest_ids(Path(part.split(":", 2)[2])) if i not in ids]
+    return real_cts.provenance(ids)
+
+
+def card_texts(real: list) -> dict:
+    """description, intended use and disclaimer: what the model was trained on, plainly."""
+    if not real:
+        return {"description": DESCRIPTION, "intended_use": INTENDED_USE, "disclaimer": DISCLAIMER}
+    n = len(real)
+    data = (f"digitally reconstructed radiographs of {n} real chest CTs ({n} patients, each "
+            "augmented into many plausible ones) and of procedural chest phantoms")
+    return {"description": DESCRIPTION.replace("procedural chest phantoms", data),
+            "intended_use": f"Demonstration only. Trained on {data}; its scores are fitted on "
+                            "synthetic labels. Not for clinical use, not a medical device.",
+            "disclaimer": f"demonstration model trained on {n} real chest CTs (augmented) and "
+                          "synthetic phantoms; scores fitted and calibrated on a synthetic cohort; "
+                          "not for clinical use"}
 
 
 def frontals(cfg: TrainConfig, n: int = 64):
@@ -86,7 +124,7 @@ def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int =
     vols = training_volumes(cfg, n_volumes)
     prior = VolumePrior.from_volumes(vols, isocentric_geometry(cfg.views, [0.0]),
                                      cfg.views.image_size,
-                                     source=f"mean of the first {len(vols)} training CTs "
+                                     source=f"mean of {len(vols)} training CTs spread over "
                                             f"({cfg.data.source})")
     tensors = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
     card = dict(card, **{PRIOR_CARD_KEY: prior.card_entry()}, **(card_updates or {}))
@@ -132,13 +170,14 @@ def build(run_dir, version: str, work, n_cohort: int = 480, n_heldout: int = 600
     ckpt = best if best.exists() else resolve_checkpoint(run_dir)
     _, ck, _ = load_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(ck["config"])
-    card = {"name": NAME, "version": version, "license": "Apache-2.0",
-            "description": DESCRIPTION, "intended_use": INTENDED_USE, "disclaimer": DISCLAIMER,
+    real = real_training_data(cfg.data.source)
+    card = {"name": NAME, "version": version, "license": "Apache-2.0", **card_texts(real),
             "domain": {**domain_reference(frontals(cfg)),     # + the spacing estimator's widths
                        "anatomy": volumes_reference(training_volumes(cfg), cfg.views,
-                                                    f"first 64 training CTs ({cfg.data.source})")},
+                                                    f"64 training CTs ({cfg.data.source})")},
             "training": {"run": str(run_dir), "checkpoint_step": ck["step"],
-                         "validation": ck.get("metrics"), "data": cfg.data.source}}
+                         "validation": ck.get("metrics"), "data": cfg.data.source,
+                         "real_cts": real}}
     base = export_checkpoint(ckpt, work / "base.safetensors", card)
 
     final = refit_heads(base, work, f"{NAME}-{version}.safetensors", n_cohort, n_heldout)
@@ -189,7 +228,8 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         source = refit_heads(Path(args.from_model), work, "refit.safetensors", args.cohort,
                              args.heldout) if args.refit else args.from_model
-        updates = {"description": DESCRIPTION, "disclaimer": DISCLAIMER} if args.refit else None
+        source_cfg = TrainConfig.from_dict(read_card(args.from_model)["config"])
+        updates = card_texts(real_training_data(source_cfg.data.source)) if args.refit else None
         final = add_volume_prior(source, work / f"{NAME}-{args.version}.safetensors",
                                  args.version, card_updates=updates)
     else:

@@ -32,7 +32,6 @@ A release script, not part of the installed package.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shlex
@@ -44,12 +43,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The shared real-data folder (as the tests find it).
-DATA_DIR = Path(os.environ.get("XRAY2XRAY_SHARED_DATA") or ROOT.parent / "shared" / "data")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_cts  # noqa: E402
+
+DATA_DIR = real_cts.DATA_DIR
 #: The three patients: id -> path under the data folder.
-PATIENTS = {"chest_ct": "chest_ct.nii.gz",
-            "lidc_idri_0314": "real_ct/lidc_idri_0314.nii.gz",
-            "lung_pet_ct_dx_a0001": "real_ct/lung_pet_ct_dx_a0001.nii.gz"}
+PATIENTS = {pid: ct.file for pid, ct in real_cts.PATIENTS.items()}
 TARGETS = (30.0, 60.0, 90.0, 120.0, 150.0)
 #: Validation phantoms: seeds no reported figure and no other tool uses.
 VAL_SOURCE = "phantom:8:90000"
@@ -78,14 +77,7 @@ def build_folds(patients: Dict[str, Path], only: Optional[Sequence[str]] = None)
 
 def write_manifest(fold: Fold, folder: Path) -> Path:
     """``folder/train.csv``: the fold's training CTs (``id``, absolute ``path``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "train.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "path"])
-        for pid, ct in fold.train.items():
-            w.writerow([pid, str(ct.resolve())])
-    return path
+    return real_cts.write_manifest(fold.train, folder / "train.csv")
 
 
 def _cli(*args) -> List[str]:
