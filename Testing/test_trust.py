@@ -310,9 +310,10 @@ def test_drr_dicom_reads_back_as_the_acquisitions_the_heads_were_fitted_on(tmp_p
 
 
 def test_recalibration_on_held_out_cases_recovers_the_true_platt_map():
-    """With a labelled held-out cohort, each logistic head's Platt map is refitted on the
-    head's own logits for those CTs (in place): an over-confident head (logits 2.5x too
-    large, shifted) gets slope ~0.4 and the cross-fitted ECE after is small."""
+    """With a small labelled held-out cohort (under ISOTONIC_MIN_CASES CTs), each logistic
+    head's Platt map is refitted on the head's own logits for those CTs (in place): an
+    over-confident head (logits 2.5x too large, shifted) gets slope ~0.4 and the
+    cross-fitted ECE after is small."""
     from XrayWorldModel.probe.heads import fit_logistic, linear_predictor
     from XrayWorldModel.probe.heldout import recalibrate
     rng = np.random.default_rng(4)
@@ -325,13 +326,48 @@ def test_recalibration_on_held_out_cases_recovers_the_true_platt_map():
     head["intercept"] = [head["intercept"][0] * 2.5 + 1.0]
     head["calibration"] = {"method": "platt", "a": [1.0], "b": [0.0]}
     entry = {"heads": [head]}
-    groups = np.repeat(np.arange(1250), 2)[:2500]                  # two views per CT
+    groups = np.repeat(np.arange(250), 10)                         # ten views per CT
     report = recalibrate(entry, X[500:], groups, y[500:, None], ["a"], "held-out test")
     cal = head["calibration"]
+    assert cal["method"] == "platt"
     np.testing.assert_allclose(cal["a"][0] * 2.5, fit_platt(z[500:], y[500:])["a"], rtol=1e-3)
     assert cal["a"][0] == pytest.approx(0.4, abs=0.06)
     assert report["a"]["ece_before"] > 0.1 > 0.03 > report["a"]["ece_after"]
-    assert report["a"]["n"] == 1250 and cal["fitted_on"].startswith("held-out cohort")
+    assert report["a"]["n"] == 250 and cal["fitted_on"].startswith("held-out cohort")
+
+
+def test_a_large_held_out_cohort_gets_an_isotonic_map_where_a_sigmoid_cannot_fit():
+    """A head whose true probability is not a sigmoid of its logit (flat in the middle,
+    steep at the ends), with ISOTONIC_MIN_CASES CTs or more: the map becomes isotonic, its
+    cross-fitted ECE is below Platt's on the same logits, and the shown probability is the
+    interpolated step (oracle: np.interp of the stored steps), monotone in the logit and
+    never 0 or 1."""
+    from XrayWorldModel.probe.calibration import ISOTONIC_MIN_CASES, P_MIN
+    from XrayWorldModel.probe.heads import apply_heads, fit_logistic, linear_predictor
+    from XrayWorldModel.probe.heldout import recalibrate
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(4500, 4))
+    s = X[:, 0]
+    truth = np.clip(0.5 + 0.45 * np.sign(s) * np.abs(s) ** 3 / 8, 0.02, 0.98)
+    y = (rng.random(len(s)) < truth).astype(float)
+    head = fit_logistic(X[:500], y[:500, None], ["a"], C=1.0)
+    head["calibration"] = {"method": "platt", "a": [1.0], "b": [0.0]}
+    n_cts = 500
+    assert n_cts >= ISOTONIC_MIN_CASES
+    groups = np.repeat(np.arange(n_cts), 8)                        # eight views per CT
+    report = recalibrate({"heads": [head]}, X[500:], groups, y[500:, None], ["a"], "test")
+    cal = head["calibration"]
+    assert cal["method"] == "isotonic" and "a" not in cal and len(cal["x"][0]) > 3
+    z = linear_predictor(head, X[500:])[:, 0]
+    platt = cross_fitted(z, y[500:], groups=groups)
+    assert report["a"]["ece_after"] < 0.03 and report["a"]["ece_after"] < ece(y[500:], platt) - 0.01
+    probe_x = rng.normal(size=(200, 4)) * 3
+    shown = apply_heads(head, probe_x)["a"]
+    zp = linear_predictor(head, probe_x)[:, 0]
+    np.testing.assert_allclose(shown, np.interp(zp, cal["x"][0], cal["y"][0]), rtol=1e-9)
+    order = np.argsort(zp)
+    assert np.all(np.diff(shown[order]) >= -1e-12)
+    assert shown.min() >= P_MIN and shown.max() <= 1 - P_MIN
 
 
 def test_shown_probabilities_are_the_heads_platt_calibrated_ones():

@@ -73,9 +73,12 @@ def infer_ct(ct: Path, work: Path, model) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def raw_logits(results: dict, head: dict) -> dict:
-    """The head's logits before Platt scaling: (calibrated - b) / a."""
+def raw_logits(results: dict, head: dict):
+    """The head's logits before a Platt map, (calibrated - b) / a; None for an isotonic map,
+    whose flat steps cannot be undone (the acquisition path reports its ECE before)."""
     cal = head.get("calibration") or {}
+    if cal and cal.get("method", "platt") != "platt":
+        return None
     out = {}
     for j, name in enumerate(head["labels"]):
         z = results["scores"]["pathology_logits"][name]
@@ -94,9 +97,10 @@ def cohort_report(results, labels, head) -> dict:
     for name in PATHOLOGIES:
         y = np.array([float(lab[name]) for lab in labels])
         after = np.array([r["scores"]["pathologies"][name] for r in results])
-        before = sigmoid([raw_logits(r, head)[name] for r in results])
-        report["labels"][name] = {"auroc": auroc(y, after), "ece_before": ece(y, before),
-                                  "ece_after": ece(y, after)}
+        raw = [raw_logits(r, head) for r in results]
+        report["labels"][name] = {"auroc": auroc(y, after), "ece_after": ece(y, after),
+                                  "ece_before": None if raw[0] is None else
+                                  ece(y, sigmoid([z[name] for z in raw]))}
     return report
 
 

@@ -1,5 +1,6 @@
 """Calibrated probabilities for the logistic heads: Platt scaling on out-of-fold predictions,
-the expected calibration error (ECE) and reliability diagrams.
+isotonic regression on a large held-out cohort, the expected calibration error (ECE) and
+reliability diagrams.
 
 **Platt scaling** (a logistic regression of the label on the head's logit, two numbers per
 label) rather than isotonic regression: with a few hundred cases isotonic regression
@@ -9,7 +10,12 @@ logits (each case scored by a head that never saw it, :func:`.evaluate.cv_logist
 the in-sample logits of a head are over-confident by construction; when ``probe`` is given a
 labelled held-out cohort (``--heldout``), the map is refitted on the final head's own logits
 for those cases (:func:`.heldout.recalibrate`, which says why), and that is what the demo
-model carries.
+model carries. With at least ``ISOTONIC_MIN_CASES`` held-out CTs the map there is **isotonic**
+(monotone steps, probabilities kept in ``[P_MIN, 1 - P_MIN]``): a sigmoid cannot follow every
+head's reliability curve, and there are then enough cases for the steps. Measured on the demo
+model's 600 held-out CTs (4 views each), cross-fitted by CT: the pleural-effusion head's ECE
+is 0.042 with Platt (0.043 even in sample: the misfit is the sigmoid's shape, not noise) and
+0.033 with isotonic; no label is worse with isotonic.
 
 The ECE reported "after" is honest too: each fold's probabilities are calibrated by a Platt
 fit on the other folds' out-of-fold logits (:func:`cross_fitted`), so no case calibrates
@@ -25,11 +31,15 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from ..fileutil import atomic_path
-from .heads import class_counts, grouped_folds
+from .heads import class_counts, grouped_folds, isotonic_probability
 from .metrics import ProbeError
 
 METHOD = "platt"
 N_BINS = 10
+#: Held-out CTs from which the held-out map is isotonic rather than Platt.
+ISOTONIC_MIN_CASES = 300
+#: Isotonic probabilities are kept in [P_MIN, 1 - P_MIN] (never a certain 0 or 1).
+P_MIN = 1e-3
 #: Platt fits use this (weak) L2 penalty on the slope and intercept, so a perfectly
 #: separating fold still gives finite parameters.
 _C = 1e4
@@ -53,10 +63,34 @@ def fit_platt(logits, y) -> Dict[str, float]:
     return {"a": float(model.coef_[0, 0]), "b": float(model.intercept_[0])}
 
 
-def cross_fitted(logits, y, folds: int = 5, seed: int = 0, groups=None) -> np.ndarray:
-    """Calibrated probabilities of out-of-fold ``logits``, each fold calibrated by a Platt
-    fit on the others (stratified, seeded; ``groups``: the views of one CT in one fold):
-    what the ECE after calibration is measured on."""
+def fit_isotonic(logits, y) -> Dict[str, list]:
+    """Steps ``x`` (logits, increasing) -> ``y`` (probabilities in [P_MIN, 1 - P_MIN]) of the
+    isotonic regression of the label on the logit; applied by linear interpolation
+    (:func:`.heads.isotonic_probability`)."""
+    from sklearn.isotonic import IsotonicRegression
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    keep = np.isfinite(z) & np.isfinite(y)
+    if len(np.unique(y[keep])) < 2:
+        raise ProbeError("isotonic calibration needs both classes")
+    iso = IsotonicRegression(y_min=P_MIN, y_max=1.0 - P_MIN, out_of_bounds="clip")
+    iso.fit(z[keep], y[keep])
+    return {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
+
+
+def _fitted_probabilities(method: str, z_fit, y_fit, z_apply) -> np.ndarray:
+    if method == "isotonic":
+        steps = fit_isotonic(z_fit, y_fit)
+        return isotonic_probability({"x": [steps["x"]], "y": [steps["y"]]}, 0, z_apply)
+    cal = fit_platt(z_fit, y_fit)
+    return sigmoid(cal["a"] * np.asarray(z_apply) + cal["b"])
+
+
+def cross_fitted(logits, y, folds: int = 5, seed: int = 0, groups=None,
+                 method: str = METHOD) -> np.ndarray:
+    """Calibrated probabilities of out-of-fold ``logits``, each fold calibrated by a
+    ``method`` (platt or isotonic) fit on the others (stratified, seeded; ``groups``: the
+    views of one CT in one fold): what the ECE after calibration is measured on."""
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1).astype(int)
     k = int(min(folds, class_counts(y, groups).min()))
@@ -64,8 +98,7 @@ def cross_fitted(logits, y, folds: int = 5, seed: int = 0, groups=None) -> np.nd
         raise ProbeError("cross-fitted calibration needs at least 2 cases of each class")
     out = np.empty_like(z)
     for tr, te in grouped_folds(y, k, seed, groups):
-        cal = fit_platt(z[tr], y[tr])
-        out[te] = sigmoid(cal["a"] * z[te] + cal["b"])
+        out[te] = _fitted_probabilities(method, z[tr], y[tr], z[te])
     return out
 
 

@@ -8,7 +8,8 @@ A head is a JSON object::
 
     {"kind": "logistic", "labels": [L names], "mean": [F], "scale": [F],
      "coef": [[F] x L], "intercept": [L], "C": [L],
-     "calibration": {"method": "platt", "a": [L], "b": [L], ...}}     (optional)
+     "calibration": {"method": "platt", "a": [L], "b": [L], ...}}     (optional), or
+     "calibration": {"method": "isotonic", "x": [L lists], "y": [L lists], ...}
     {"kind": "cox", "name": "time_to_event", "mean": [F], "scale": [F], "coef": [F],
      "alpha": a, "horizon": t, "baseline_cumhaz": H0(t)}
 
@@ -375,13 +376,27 @@ def linear_predictor(head: Mapping[str, Any], features) -> np.ndarray:
 
 
 def calibrated_logits(head: Mapping[str, Any], features) -> np.ndarray:
-    """Log-odds [N, L] of a logistic head after its calibration (``a * logit + b`` per
-    label, Platt scaling, :mod:`.calibration`) when the head carries one."""
+    """Log-odds [N, L] of a logistic head after its calibration (:mod:`.calibration`) when
+    the head carries one: Platt scaling (``a * logit + b`` per label) or an isotonic map
+    (the probability interpolated in the label's ``x`` -> ``y`` steps, as log-odds)."""
     z = linear_predictor(head, features)
     cal = head.get("calibration")
+    if isinstance(cal, Mapping) and cal.get("method") == "isotonic":
+        return np.stack([_logit(isotonic_probability(cal, j, z[:, j]))
+                         for j in range(z.shape[1])], axis=1)
     if isinstance(cal, Mapping) and "a" in cal and "b" in cal:
         z = z * np.asarray(cal["a"], dtype=np.float64) + np.asarray(cal["b"], dtype=np.float64)
     return z
+
+
+def isotonic_probability(cal: Mapping[str, Any], j: int, z) -> np.ndarray:
+    """Label ``j``'s isotonic map at logits ``z``: linear between its steps, flat beyond."""
+    return np.interp(np.asarray(z, dtype=np.float64), np.asarray(cal["x"][j], dtype=np.float64),
+                     np.asarray(cal["y"][j], dtype=np.float64))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

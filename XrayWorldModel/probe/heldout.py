@@ -4,7 +4,8 @@
 cohort, :mod:`.acquisition`) and
 
 * sets the OOD threshold: the 99th percentile of their OOD scores (:mod:`.ood`);
-* when they carry labels, refits each logistic head's Platt map on the head's own logits
+* when they carry labels, refits each logistic head's calibration map (isotonic, or Platt
+  for a small cohort) on the head's own logits
   for them (:func:`recalibrate`) and reports AUROC and the expected calibration error of
   every label before (the head's raw probability) and after (cross-fitted within the
   held-out CTs), with the reliability bins for the diagrams.
@@ -18,8 +19,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .calibration import (cross_fitted, ece, fit_platt, reliability, reliability_diagram,
-                          sigmoid)
+from .calibration import (ISOTONIC_MIN_CASES, cross_fitted, ece, fit_isotonic, fit_platt,
+                          reliability, reliability_diagram, sigmoid)
 from .heads import linear_predictor
 from .metrics import auroc
 from .ood import scores, set_threshold
@@ -32,11 +33,12 @@ def first_views(groups: Sequence[int]) -> np.ndarray:
 
 def recalibrate(entry: Mapping[str, Any], features: np.ndarray, groups: np.ndarray,
                 Y: np.ndarray, labels: Sequence[str], source: str) -> Dict[str, Any]:
-    """Refit each logistic head's Platt map on its own logits for the held-out views
+    """Refit each logistic head's calibration map on its own logits for the held-out views
     (``features`` [N, F], ``groups`` their CTs, ``Y`` [N, L] per view), in place, and
     report per label: AUROC, the ECE before (the head's raw probabilities) and after (the
-    Platt map cross-fitted over the held-out CTs, so no CT calibrates itself) and the
-    reliability bins of both.
+    map cross-fitted over the held-out CTs, so no CT calibrates itself) and the
+    reliability bins of both. The map is isotonic when at least ``ISOTONIC_MIN_CASES`` CTs
+    carry every label of the head, else Platt (:mod:`.calibration` says why).
 
     Why here rather than only out of fold: pooled out-of-fold logits come from K heads of
     slightly different scales, and their Platt slope measured too small for the final head
@@ -45,25 +47,39 @@ def recalibrate(entry: Mapping[str, Any], features: np.ndarray, groups: np.ndarr
     scaling left it under-confident. The held-out cohort shows the final head itself on
     cases it never saw."""
     out: Dict[str, Any] = {}
+    n_cts = len(np.unique(groups))
     for head in entry.get("heads", []):
         if head.get("kind") != "logistic" or "calibration" not in head:
             continue
         raw = linear_predictor(head, features)
         cal = head["calibration"]
+        present = [name for name in head["labels"] if name in labels]
+        method = "isotonic" if (present == list(head["labels"])
+                                and n_cts >= ISOTONIC_MIN_CASES) else "platt"
+        steps = {"x": [], "y": []}
         for j, name in enumerate(head["labels"]):
             if name not in labels:
                 continue
             y = Y[:, list(labels).index(name)]
             keep = np.isfinite(y)
-            fit = fit_platt(raw[keep, j], y[keep])
-            cal["a"][j], cal["b"][j] = fit["a"], fit["b"]
+            if method == "isotonic":
+                fit = fit_isotonic(raw[keep, j], y[keep])
+                steps["x"].append(fit["x"])
+                steps["y"].append(fit["y"])
+            else:
+                fit = fit_platt(raw[keep, j], y[keep])
+                cal["a"][j], cal["b"][j] = fit["a"], fit["b"]
             p0 = sigmoid(raw[keep, j])
-            p1 = cross_fitted(raw[keep, j], y[keep], groups=groups[keep])
+            p1 = cross_fitted(raw[keep, j], y[keep], groups=groups[keep], method=method)
             out[name] = {"n": int(len(np.unique(groups[keep]))), "n_views": int(keep.sum()),
                          "auroc": auroc(y[keep], raw[keep, j]),
                          "ece_before": ece(y[keep], p0), "ece_after": ece(y[keep], p1),
                          "reliability": {"before": reliability(y[keep], p0),
                                          "after": reliability(y[keep], p1)}}
+        if method == "isotonic":
+            for key in ("a", "b"):
+                cal.pop(key, None)
+            cal.update(method="isotonic", x=steps["x"], y=steps["y"])
         cal.update(fitted_on=f"held-out cohort logits ({source})",
                    ece_before=[out[n]["ece_before"] for n in head["labels"] if n in out],
                    ece_after=[out[n]["ece_after"] for n in head["labels"] if n in out])
