@@ -436,9 +436,12 @@ def _summary(task, model_id, data, trained_on, got, spec, entry, ood, report, wr
     ood_info["components"] = len(ood["variances"])
     ood_info["threshold"] = ood.get("threshold")
     if report and "labels" in report:
-        report = dict(report, labels={k: {m: v[m] for m in ("n", "auroc", "ece_before",
-                                                             "ece_after")}
-                                      for k, v in report["labels"].items()})
+        maps = sorted({h["calibration"].get("method", "platt") for h in entry["heads"]
+                       if "calibration" in h})
+        report = dict(report, calibration=f"{' and '.join(maps)} map refitted on these CTs; "
+                                          "ECE after: cross-fitted by CT",
+                      labels={k: {m: v[m] for m in ("n", "auroc", "ece_before", "ece_after")}
+                              for k, v in report["labels"].items()})
     return {"task": task, "model": model_id, "data": data, "labels": trained_on["labels"],
             "n": len(got), "features": spec, "metrics": metrics,
             "calibration": {"method": "platt on out-of-fold logits; ECE after: cross-fitted",
