@@ -460,3 +460,29 @@ def test_averaged_head_is_the_mean_of_its_fold_heads_logits():
         expected = np.mean([linear_predictor(h, new)[:, 0] for h in folds[name]], axis=0)
         np.testing.assert_allclose(linear_predictor(head, new)[:, j], expected, rtol=1e-9, atol=1e-9)
     assert head["cross_fitted"] == 4
+
+
+def test_bootstrap_resamples_patients_not_their_images():
+    """Five near-copies of each patient's image: resampling images treats them as five
+    independent cases and narrows the CI about sqrt(5)-fold; resampling patients gives the
+    width of one image per patient. Oracle: the CI on one image per patient."""
+    from XrayWorldModel.probe.metrics import c_index_ci, multilabel_auroc_ci
+    rng = np.random.default_rng(3)
+    n_pat, copies = 60, 5
+    y = (rng.random(n_pat) < 0.5).astype(float)
+    s = y + rng.normal(0, 1.0, n_pat)
+    patients = np.repeat(np.arange(n_pat), copies)
+    Y = np.repeat(y, copies)[:, None]
+    S = (np.repeat(s, copies) + rng.normal(0, 1e-3, n_pat * copies))[:, None]
+    width = lambda r: r["ci95"][1] - r["ci95"][0]
+    one = width(multilabel_auroc_ci(y[:, None], s[:, None], ["a"], 2000, 0)["labels"]["a"])
+    rows = width(multilabel_auroc_ci(Y, S, ["a"], 2000, 0)["labels"]["a"])
+    grouped = width(multilabel_auroc_ci(Y, S, ["a"], 2000, 0, clusters=patients)["labels"]["a"])
+    assert 0.75 < grouped / one < 1.33 and rows / one < 0.6
+    t = np.repeat(rng.exponential(5.0, n_pat), copies)
+    e = np.repeat(rng.random(n_pat) < 0.7, copies)
+    risk = -np.log(t) + rng.normal(0, 1.0, t.size)
+    c_one = width(c_index_ci(t[::copies], e[::copies], risk[::copies], 1000, 0))
+    c_rows = width(c_index_ci(t, e, risk, 1000, 0))
+    c_grouped = width(c_index_ci(t, e, risk, 1000, 0, clusters=patients))
+    assert c_rows / c_grouped < 0.7 and c_grouped > 0.6 * c_one

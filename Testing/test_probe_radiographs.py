@@ -726,3 +726,25 @@ def test_cross_validation_through_fit_task_keeps_patients_together():
     assert entry["metrics"]["labels"]["finding"]["auroc"] < 0.75
     leaky = fit_task(X, targets, {}, folds=5, seed=0, n_boot=50, C=100.0)   # one image = one group
     assert leaky["metrics"]["labels"]["finding"]["auroc"] > 0.9              # the oracle can fail
+
+
+def test_auroc_interval_counts_patients_not_images():
+    """Four near-copies of each patient's image carry no more evidence than one: the CI
+    that fit_task reports with patients is about as wide as on one image per patient
+    (resampling images would make it about half as wide)."""
+    from XrayWorldModel.probe.run import Targets, fit_task
+    rng = np.random.default_rng(12)
+    n_patients, per_patient = 80, 4
+    y1 = (rng.random(n_patients) < 0.5).astype(float)
+    centre = rng.normal(size=(n_patients, 8))
+    centre[:, 0] += 1.2 * y1
+    patient = np.repeat(np.arange(n_patients), per_patient)
+    X = centre[patient] + 0.01 * rng.normal(size=(len(patient), 8))
+    width = lambda e: np.diff(e["metrics"]["labels"]["finding"]["ci95"])[0]
+    one = fit_task(centre, Targets("pathology", [f"p{i}" for i in range(n_patients)],
+                                   ["finding"], y1[:, None]), {}, folds=5, seed=0,
+                   n_boot=1000, C=1.0)
+    many = fit_task(X, Targets("pathology", [f"img{i}" for i in range(len(patient))],
+                               ["finding"], y1[patient][:, None]), {}, folds=5, seed=0,
+                    n_boot=1000, C=1.0, patients=patient)
+    assert 0.7 < width(many) / width(one) < 1.4, (width(many), width(one))

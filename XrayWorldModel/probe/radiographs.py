@@ -33,7 +33,7 @@ from .datasets import (DatasetError, RadiographDataset, label_counts, patient_gr
 from .features import DEFAULT_IMAGINED, feature_spec
 from .heads import apply_head, calibrated_logits, linear_predictor
 from .heldout import heldout_report
-from .metrics import c_index_ci, multilabel_auroc_ci
+from .metrics import c_index_ci, multilabel_auroc_ci, shared_clusters
 from .ood import THRESHOLD_QUANTILE, fit_reference, scores
 from .radiograph_features import Extraction, extract_dataset_features
 from .run import (EVENT_COLUMN, TIME_COLUMN, LabelTable, Targets, _model_id, _summary,
@@ -104,15 +104,17 @@ def _finite(value):
 
 
 def evaluate_test(entry: Dict[str, Any], features: np.ndarray, targets, n_boot: int,
-                  seed: int) -> Dict[str, Any]:
-    """The fitted heads of ``entry`` scored on test images: AUROC per label (bootstrap CI;
-    null for a label with one class there) and macro, ECE of the calibrated probabilities,
-    C-index of a Cox head."""
+                  seed: int, patients: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """The fitted heads of ``entry`` scored on test images: AUROC per label (bootstrap CI
+    over patients when ``patients`` gives several images to one; null for a label with one
+    class there) and macro, ECE of the calibrated probabilities, C-index of a Cox head."""
     out: Dict[str, Any] = {"n": len(targets.ids)}
+    clusters = None if patients is None else shared_clusters(patients)
     for head in entry["heads"]:
         if head["kind"] == "logistic":
             z = linear_predictor(head, features)
-            out.update(multilabel_auroc_ci(targets.Y, z, head["labels"], n_boot, seed))
+            out.update(multilabel_auroc_ci(targets.Y, z, head["labels"], n_boot, seed,
+                                           clusters=clusters))
             p = sigmoid(calibrated_logits(head, features))
             for j, name in enumerate(head["labels"]):
                 keep = np.isfinite(targets.Y[:, j])
@@ -123,7 +125,8 @@ def evaluate_test(entry: Dict[str, Any], features: np.ndarray, targets, n_boot: 
         elif head["kind"] == "cox" and targets.time is not None and targets.event.any():
             rows = targets.survival_rows
             risk = apply_head(head, features[rows])["risk_score"]
-            out["c_index"] = c_index_ci(targets.time, targets.event, risk, n_boot, seed)
+            out["c_index"] = c_index_ci(targets.time, targets.event, risk, n_boot, seed,
+                                        clusters=None if clusters is None else clusters[rows])
     return out
 
 
@@ -189,7 +192,7 @@ def _test_fields(ctx, entry, test, task, names, time_col, event_col, n_boot, see
     kept = _kept(test, ex, ctx["projection"])
     targets = split_targets(task, kept, names, time_col, event_col)
     out = {"source": test.source, **evaluate_test(entry, ex.features.astype(np.float64),
-                                                   targets, n_boot, seed)}
+                                                   targets, n_boot, seed, patient_groups(kept))}
     out["label_counts"] = label_counts(kept, names)
     out["extraction"] = ex.summary()
     return out

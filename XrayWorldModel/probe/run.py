@@ -32,7 +32,7 @@ from .features import DEFAULT_IMAGINED, extract_features, feature_spec, render_f
 from .heldout import first_views, heldout_report, write_diagrams
 from .heads import average_logistic, check_binary, fit_cox, task_entry
 from .calibration import calibrate_labels
-from .metrics import ProbeError, c_index_ci, multilabel_auroc_ci
+from .metrics import ProbeError, c_index_ci, multilabel_auroc_ci, shared_clusters
 from .ood import fit_reference
 from .datasets import read_csv, rows_by_id
 
@@ -200,8 +200,9 @@ def _fit_labels(X, targets: Targets, groups, folds, seed, n_boot, C, metrics, us
     folds_heads: Dict[str, list] = {}
     oof = cv_logistic(X, Y, targets.labels, folds, seed, C, used, fold_groups, logits=True,
                       fold_heads=folds_heads)
-    metrics.update(multilabel_auroc_ci(targets.Y, oof[first_views(groups)], targets.labels,
-                                       n_boot, seed))
+    first = first_views(groups)
+    metrics.update(multilabel_auroc_ci(targets.Y, oof[first], targets.labels, n_boot, seed,
+                                       clusters=shared_clusters(fold_groups[first])))
     for name in targets.labels:
         metrics["labels"][name]["folds"] = used[name]
     cal = calibrate_labels(oof, Y, targets.labels, folds, seed, fold_groups)
@@ -226,7 +227,8 @@ def _fit_survival(X, targets: Targets, groups, folds, seed, n_boot, alpha, metri
     oof = cv_cox(X[rows], time[g], event[g], folds, seed, alpha, used, fg)
     first = first_views(g)
     metrics["c_index"] = dict(c_index_ci(time[g][first], event[g][first], oof[first], n_boot,
-                                         seed), folds=used["c_index"])
+                                         seed, clusters=shared_clusters(fg[first])),
+                              folds=used["c_index"])
     return fit_cox(X[rows], time[g], event[g], alpha=alpha, seed=seed, groups=fg)
 
 
