@@ -382,7 +382,9 @@ def test_shipped_demo_model_resolves_offline_and_bad_registry_files(tmp_path, mo
     assert ood["features"]["imagined"] == card["heads"]["pathology"]["features"]["imagined"]
     for task in ("pathology", "risk"):
         logistic = [h for h in card["heads"][task]["heads"] if h["kind"] == "logistic"]
-        assert logistic and all(h["calibration"]["method"] == "platt" for h in logistic)
+        # recalibrated on its 600 held-out CTs: isotonic maps (probe/calibration.py)
+        assert logistic and all(h["calibration"]["method"] == "isotonic" and
+                                len(h["calibration"]["x"]) == len(h["labels"]) for h in logistic)
     monkeypatch.setenv("XRAY2XRAY_REGISTRY", str(tmp_path / "absent.json"))
     with pytest.raises(FileNotFoundInputError, match="absent.json"):
         list_models()

@@ -143,7 +143,8 @@ def acquisition_report(model_spec, first_seed: int, n: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="model name or file (default: the built-in)")
-    ap.add_argument("--n", type=int, default=200, help="held-out cohort cases (default 200)")
+    ap.add_argument("--n", type=int, default=200,
+                    help="held-out cohort cases through the real commands (default 200; 0: skip)")
     ap.add_argument("--first-seed", type=int, default=52_000)
     ap.add_argument("--abdomen", type=int, default=20, help="abdomen/pelvis phantoms (default 20)")
     ap.add_argument("--ece-cases", type=int, default=1000,
@@ -152,13 +153,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the report here")
     args = ap.parse_args(argv)
     work = Path(args.work)
-    head = read_card(resolve_model(args.model))["heads"]["pathology"]["heads"][0]
-    cohort = write_cohort(args.n, work / "cohort", first_seed=args.first_seed, progress=True)
-    sidecars = sorted((work / "cohort").glob("cohort-*.json"))
-    labels = [json.loads(p.read_text())["labels"] for p in sidecars]
-    results = [infer_ct(p.with_suffix("").with_suffix(".nii.gz"), work / "runs", args.model)
-               for p in sidecars]
-    report = {"model": results[0]["model"], "cohort": cohort_report(results, labels, head)}
+    card = read_card(resolve_model(args.model))
+    head = card["heads"]["pathology"]["heads"][0]
+    report = {"model": {k: card.get(k) for k in ("name", "version", "disclaimer")}}
+    if args.n > 0:            # 0: the acquisition path only (another block of seeds)
+        write_cohort(args.n, work / "cohort", first_seed=args.first_seed, progress=True)
+        sidecars = sorted((work / "cohort").glob("cohort-*.json"))
+        labels = [json.loads(p.read_text())["labels"] for p in sidecars]
+        results = [infer_ct(p.with_suffix("").with_suffix(".nii.gz"), work / "runs", args.model)
+                   for p in sidecars]
+        report = {"model": results[0]["model"], "cohort": cohort_report(results, labels, head)}
     abdomen = []
     for seed in range(args.abdomen):
         ct = write_volume(procedural_abdomen(seed), work / "abdomen" / f"abdomen-{seed:03d}.nii.gz")
