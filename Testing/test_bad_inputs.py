@@ -52,8 +52,8 @@ HEAVY = [
     ("XrayWorldModel.train.evaluate", "evaluate_checkpoint"),
     ("XrayWorldModel.train.trainer.Trainer", "__init__"),
     ("XrayWorldModel.study.run", "run_study"),
-    ("XrayWorldModel.phantom.cli", "procedural_chest"),
-    ("XrayWorldModel.phantom.cli", "write_cohort"),
+    ("XrayWorldModel.phantom.variants", "chest_volume"),   # phantom.cli imports these when
+    ("XrayWorldModel.phantom.cohort", "write_cohort"),     # it runs, from their modules
 ]
 
 
