@@ -1,5 +1,6 @@
 """Fixtures shared by the test suites."""
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` of a child a test interrupts with SIGINT. A job started in the
+    background (CI under ``nohup ... &``, cron) inherits SIGINT ignored, and Python then
+    never installs its Ctrl-C handler, so the test would see the child run on; a user's
+    Ctrl-C goes to a foreground process, whose SIGINT is live."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def live_sigint():
+    """This process's SIGINT as in a terminal for the test's duration (restored after)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+

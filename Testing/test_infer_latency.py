@@ -122,8 +122,8 @@ def test_fresh_infer_with_a_warm_cache_imports_no_numba(tmp_path, monkeypatch):
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report == {"rc": 0, "numba": False, "omp_wait_policy": "PASSIVE"}
-    there = read_ct(tmp_path / "out" / "volume.nii.gz").array
-    np.testing.assert_allclose(there, here.volume.array, atol=1e-2)
+    there = read_ct(tmp_path / "out" / "volume.nii.gz").array   # stored in whole HU
+    assert np.abs(there - here.volume.array).max() <= 0.5 + 1e-2
 
 
 @pytest.mark.parametrize("case", ["cone", "anisotropic", "parallel", "wide detector"])

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import sigint_as_in_a_terminal
 from XrayWorldModel.cli import main
 from XrayWorldModel.probe import PATHOLOGIES
 
@@ -685,7 +686,7 @@ def test_killed_extraction_resumes_with_only_the_missing_images(tiny, tmp_path):
     cached = lambda: sum(1 for p in cache.rglob("*.npy") if not p.name.startswith("."))
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True)
+                            text=True, preexec_fn=sigint_as_in_a_terminal)
     assert _wait_for(lambda: cached() >= 4, proc), proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import sigint_as_in_a_terminal
 from XrayWorldModel.errors import InputError
 from XrayWorldModel.train import CheckpointError, load_checkpoint, load_config, save_checkpoint
 from XrayWorldModel.config import TrainConfig
@@ -279,7 +280,8 @@ def test_sigint_checkpoints_the_current_step_and_resume_is_exact(tmp_path):
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen([sys.executable, "-m", "XrayWorldModel", "train", "--config", str(cfg),
                              "run.out_dir=cut"], cwd=tmp_path, env=_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
     _wait_for_step(tmp_path / "cut" / "metrics.jsonl", proc, 5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -316,7 +318,7 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
     load_checkpoint(tmp_path / "x", with_state=True)   # whole, and its SHA256 checks out
 
 
-def test_stop_on_signal_defers_the_first_signal_only():
+def test_stop_on_signal_defers_the_first_signal_only(live_sigint):
     from XrayWorldModel.train.trainer import StopOnSignal
     before = signal.getsignal(signal.SIGINT)
     with StopOnSignal() as stop:
