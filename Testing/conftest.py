@@ -49,3 +49,13 @@ def live_sigint():
     yield
     signal.signal(signal.SIGINT, before)
 
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread is many times faster than two contended ones."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

@@ -205,14 +205,12 @@ TINY_MODEL = {"image_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "h
               "decoder_channels": 0, "n_freq": 2}
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny model file, a labels CSV for phantom:12, and a shared preprocessing cache."""
+def tiny_model_file(path: Path, **card) -> Path:
+    """An untrained TINY_MODEL (seed 0) saved as a model file whose config views it at 32
+    pixels on a 32^3 x 11 mm cube; ``card``: more card fields."""
     from XrayWorldModel.models import WorldModel, WorldModelConfig
     from XrayWorldModel.config import TrainConfig, load_config
     from XrayWorldModel.weights import save_model_file
-
-    root = tmp_path_factory.mktemp("probe")
     cfg = load_config("cpu-small").to_dict()
     cfg["model"] = WorldModelConfig(**TINY_MODEL).to_dict()
     cfg["views"]["image_size"] = 32
@@ -220,10 +218,18 @@ def setup(tmp_path_factory):
     cfg = TrainConfig.from_dict(cfg).to_dict()
     torch.manual_seed(0)
     model = WorldModel(WorldModelConfig(**TINY_MODEL)).eval()
-    path = save_model_file(root / "tiny.safetensors",
-                           {f"model.{k}": v for k, v in model.state_dict().items()},
-                           {"name": "tiny", "version": "1.0", "config": cfg,
-                            "heads": {"other": {"kept": True}}})
+    return save_model_file(path, {f"model.{k}": v for k, v in model.state_dict().items()},
+                           {"name": "tiny", "version": "1.0", "config": cfg, **card})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model file, a labels CSV for phantom:12, and a shared preprocessing cache."""
+    root = tmp_path_factory.mktemp("probe")
+    path = tiny_model_file(root / "tiny.safetensors", heads={"other": {"kept": True}})
+    from XrayWorldModel.weights.model_file import load_model_file
+    tensors, card = load_model_file(path)
+    cfg = card["config"]
     rng = np.random.default_rng(0)
     rows = []
     for i in range(N_CT):
@@ -247,7 +253,7 @@ def setup(tmp_path_factory):
         mp.setenv("XRAY2XRAY_CACHE", str(root / "cache"))
         mp.setenv("XRAY2XRAY_MODELS", str(root / "models"))
         yield {"root": root, "model": path, "labels": labels, "rows": rows, "config": cfg,
-               "tensors": {f"model.{k}": v for k, v in model.state_dict().items()}}
+               "tensors": tensors}
 
 
 def _run(args, capsys):

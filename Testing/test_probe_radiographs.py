@@ -23,13 +23,11 @@ import pytest
 import torch
 
 from conftest import sigint_as_in_a_terminal
+from test_probe import tiny_model_file
 from XrayWorldModel.cli import main
 from XrayWorldModel.probe import PATHOLOGIES
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"image_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 1, "heads": 2,
-              "transition_depth": 1, "decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2,
-              "decoder_channels": 0, "n_freq": 2}
 NIH = {"atelectasis": "Atelectasis", "cardiomegaly": "Cardiomegaly",
        "consolidation": "Consolidation", "edema": "Edema", "pleural_effusion": "Effusion"}
 CHEXPERT = dict(NIH, pleural_effusion="Pleural Effusion")
@@ -94,20 +92,11 @@ def _dcm(drr: Path, case: str) -> Path:
 def tiny(tmp_path_factory):
     """A tiny model file; 12 cohort chests on its 32^3 x 11 mm cube and their DRRs (PNG,
     DICOM) at its 32-pixel, 15 mm detector; balanced labels of our own."""
-    from XrayWorldModel.config import TrainConfig, load_config
-    from XrayWorldModel.models import WorldModel, WorldModelConfig
-    from XrayWorldModel.weights import save_model_file
+    from XrayWorldModel.config import TrainConfig
+    from XrayWorldModel.weights.model_file import read_card
     root = tmp_path_factory.mktemp("probe-radiographs")
-    cfg = load_config("cpu-small").to_dict()
-    cfg["model"] = WorldModelConfig(**TINY_MODEL).to_dict()
-    cfg["views"]["image_size"] = 32
-    cfg["data"].update(grid_size=32, grid_spacing=11.0)
-    cfg = TrainConfig.from_dict(cfg).to_dict()
-    torch.manual_seed(0)
-    model = WorldModel(WorldModelConfig(**TINY_MODEL)).eval()
-    path = save_model_file(root / "tiny.safetensors",
-                           {f"model.{k}": v for k, v in model.state_dict().items()},
-                           {"name": "tiny", "version": "1.0", "config": cfg})
+    path = tiny_model_file(root / "tiny.safetensors")
+    cfg = read_card(path)["config"]
     pitch = TrainConfig.from_dict(cfg).views.pixel_spacing
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XRAY2XRAY_CACHE", str(root / "cache"))

@@ -24,12 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLING = ViewSampling(image_size=64, targets_per_context=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ Applying a calibration needs numpy only (:func:`apply`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import numpy as np
 
