@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,18 @@ def test_train_demo_dry_run_trains_on_all_three_patients(tmp_path):
     line = out.stdout.strip()
     assert f"+anatomy:256:{(tmp_path / 'd' / 'train.csv').resolve()}" in line
     assert "optim.steps=50" in line and not (tmp_path / "d").exists()
+
+
+def test_train_demo_refuses_missing_cts_and_an_existing_run_in_one_line(tmp_path):
+    """Missing real CTs and a run folder that already holds checkpoints (without --resume)
+    stop before training, each with one line naming what to do."""
+    tool = [sys.executable, str(REPO / "tools" / "train_demo.py"), "--work", str(tmp_path / "d")]
+    env = dict(os.environ, XRAY2XRAY_SHARED_DATA=str(tmp_path / "no-data"))
+    out = subprocess.run(tool, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode != 0 and "real CTs missing" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+    (tmp_path / "d" / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "d" / "run" / "checkpoints" / "step-0000010.json").write_text("{}")
+    out = subprocess.run(tool + ["--dry-run"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "pass --resume" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -385,3 +385,13 @@ def test_shown_probabilities_are_the_heads_platt_calibrated_ones():
     expected = 1.0 / (1.0 + np.exp(-(z * [0.4, 1.7] + [-0.8, 0.3])))
     out = apply_heads(head, x)
     np.testing.assert_allclose(np.stack([out["a"], out["b"]], axis=1), expected, rtol=1e-9)
+
+
+def test_calibration_maps_refuse_a_single_class_in_one_line():
+    from XrayWorldModel.probe.calibration import fit_isotonic
+    from XrayWorldModel.probe.metrics import ProbeError
+    z, y = np.linspace(-2, 2, 50), np.zeros(50)
+    for fit in (fit_platt, fit_isotonic):
+        with pytest.raises(ProbeError, match="needs both classes") as err:
+            fit(z, y)
+        assert "\n" not in str(err.value)
