@@ -10,8 +10,10 @@ import csv
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +318,29 @@ def test_train_demo_refuses_missing_cts_and_an_existing_run_in_one_line(tmp_path
     out = subprocess.run(tool + ["--dry-run"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "pass --resume" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_stopping_a_release_tool_stops_its_training_child_with_a_checkpoint(tmp_path):
+    """SIGTERM to ``lopo.py``/``train_demo.py`` reaches the training child (which writes its
+    interrupt checkpoint and exits 143) instead of leaving it running as an orphan."""
+    ready, marker = tmp_path / "ready", tmp_path / "checkpointed"
+    child = ("import os, signal, sys, time\n"
+             "def stop(*_):\n"
+             f"    open({str(marker)!r}, 'w').write('x'); sys.exit(143)\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
+             f"open({str(ready)!r}, 'w').write(str(os.getpid()))\n"
+             "time.sleep(60)\n")
+    parent = (f"import sys; sys.path.insert(0, {str(REPO / 'tools')!r})\n"
+              "from child import run_child\n"
+              f"sys.exit(run_child([sys.executable, '-c', {child!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    deadline = time.time() + 60
+    while not ready.exists() or not ready.read_text():
+        assert time.time() < deadline and proc.poll() is None, "child never started"
+        time.sleep(0.05)
+    child_pid = int(ready.read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert marker.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)

@@ -44,6 +44,7 @@ from typing import Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cts  # noqa: E402
+from child import run_child  # noqa: E402
 
 DATA_DIR = real_cts.DATA_DIR
 #: The three patients: id -> path under the data folder.
@@ -188,7 +189,7 @@ def run_fold(fold: Fold, args) -> Optional[Dict]:
     t0 = time.time()
     if "train" in cmds:
         print("$ " + shlex.join(cmds["train"]), file=sys.stderr, flush=True)
-        if subprocess.run(cmds["train"], cwd=ROOT).returncode != 0:
+        if run_child(cmds["train"], cwd=ROOT) != 0:
             raise SystemExit(f"lopo: training fold {fold.held_out} failed")
     t1 = time.time()
     out = {k: _run_json(cmds[k]) for k in ("views", "views_real_mean", "volume")}

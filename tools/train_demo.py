@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cts  # noqa: E402
+from child import run_child  # noqa: E402
 
 ROOT = real_cts.ROOT
 #: The recipe (what the third leave-one-patient-out run trained with).
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         return 0
     real_cts.write_manifest(cts, work / "train.csv")
     print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+    if run_child(cmd, cwd=ROOT) != 0:
         raise SystemExit("train_demo: training failed or was interrupted (rerun with --resume)")
     print(f"next: python tools/build_demo.py {work / 'run'} --version 2.0", file=sys.stderr)
     return 0
