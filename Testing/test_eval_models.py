@@ -153,6 +153,14 @@ def test_eval_volume_takes_a_model_file_and_a_run_folder(cached, capsys):
         assert out["n_ct"] == 1 and out["mean_ct_source"] == {"source": MEAN_SOURCE, "n_ct": 2}
         for name in ("world_model", "mean_ct", "copied_frontal_fdk"):
             assert -1 <= out[name]["pearson_r"] <= 1
+        prior = out["prior"]
+        if model == "run":      # a checkpoint: its mean-CT prior is judged on validation phantoms
+            v = prior["validation"]
+            assert v["source"] == "phantom:16:7000" and v["n_ct"] == 16
+            assert prior["used"] == (v["r_on_prior"] > v["r_views_only"])
+        # the reported volume is the one infer would make: on the prior only when it is used
+        shown = "world_model_on_prior" if prior["used"] else "world_model_fdk_only"
+        assert out["world_model"] == out[shown]
 
 
 @pytest.mark.parametrize("command", ["eval-views", "eval-volume"])

@@ -90,12 +90,43 @@ def test_prior_round_trips_through_a_model_file(tmp_path, prior):
     assert VolumePrior.from_model_file(None, card) is None     # a checkpoint: no file prior
 
 
-def test_shipped_model_carries_a_prior_and_infer_uses_it():
+def test_a_prior_marked_unused_travels_in_the_file_but_infer_ignores_it(tmp_path, prior):
+    unused = VolumePrior(prior.hu, prior.n_volumes, source="test", used=False,
+                         validation={"r_on_prior": 0.5, "r_views_only": 0.6, "used": False})
+    path = save_model_file(tmp_path / "u.safetensors", {"model.w": torch.ones(2), **unused.tensors()},
+                           {"name": "u", "version": "1", CARD_KEY: unused.card_entry()})
+    card = read_card(path)
+    assert VolumePrior.from_model_file(path, card) is None          # what infer reconstructs on
+    kept = VolumePrior.from_model_file(path, card, include_unused=True)
+    assert kept is not None and not kept.used and kept.validation["r_views_only"] == 0.6
+
+
+def test_prior_validation_keeps_a_prior_only_where_it_beats_the_views_alone(chests):
+    """Oracle: with no residual laid on it, a prior that is the truth itself must win over
+    any imagined views, and one with the truth's contrast inverted must lose."""
+    from test_train import TINY
+    from XrayWorldModel.config import TrainConfig
+    from XrayWorldModel.infer.evaluate import prior_validation
+    from XrayWorldModel.models import WorldModel
+    cfg = TrainConfig.from_dict(TINY)
+    torch.manual_seed(0)
+    model = WorldModel(cfg.model).eval()
+    chest = chests[5]
+    g0 = isocentric_geometry(cfg.views, [0.0])
+    truth = VolumePrior.from_volumes([chest], g0, 32, residual_weight=0.0, smoothing_voxels=0.0)
+    inverted = VolumePrior(-1000.0 - truth.hu, 1, residual_weight=0.0, smoothing_voxels=0.0)
+    good = prior_validation(model, cfg.views, truth, [chest], "test", volume_size=32)
+    bad = prior_validation(model, cfg.views, inverted, [chest], "test", volume_size=32)
+    assert good["used"] and good["r_on_prior"] > 0.9 and good["n_ct"] == 1
+    assert not bad["used"] and bad["r_on_prior"] < good["r_views_only"] == bad["r_views_only"]
+
+
+def test_shipped_model_carries_a_prior_and_infer_follows_its_card():
     from XrayWorldModel.infer.pipeline import load_inference_model, run_inference
     from XrayWorldModel.radiograph import Radiograph
     from XrayWorldModel.config import TrainConfig
     model, card, path = load_inference_model(None)
-    prior = VolumePrior.from_model_file(path, card)
+    prior = VolumePrior.from_model_file(path, card, include_unused=True)
     size = TrainConfig.from_dict(card["config"]).views.image_size
     assert prior is not None and prior.hu.shape == (size,) * 3 and prior.n_volumes >= 16
     assert 0 < prior.residual_weight <= 1
@@ -107,7 +138,11 @@ def test_shipped_model_carries_a_prior_and_infer_uses_it():
     img[:, :40] = img[:, -40:] = 0.02
     rad = Radiograph(img, (1.4, 1.4), "PA")
     res = run_inference(rad, (model, card, path), views=[90.0], volume_size=32)
-    assert res.volume.metadata["prior"] != "none"
+    used = card[CARD_KEY].get("used", True)
+    assert (res.volume.metadata["prior"] != "none") == used
+    if "validation" in card[CARD_KEY]:      # decided on validation phantoms when built
+        v = card[CARD_KEY]["validation"]
+        assert used == (v["r_on_prior"] > v["r_views_only"])
 
 
 def test_paired_difference_mean_ci_and_wins():

@@ -10,7 +10,8 @@ the risk, then the pathology probe heads on the first (what ``xray2xray probe --
 --heldout`` does: each CT seen through 4 random acquisitions, Platt calibration of each head
 on its logits for the held-out cohort, the out-of-distribution reference of the same
 features, its threshold the 99th percentile on the held-out cohort); add the volume prior
-(the mean of 64 training CTs spread evenly over its source, :mod:`XrayWorldModel.infer.prior`);
+(the mean of 64 training CTs spread evenly over its source, :mod:`XrayWorldModel.infer.prior`,
+marked used only when it beats the views alone on the validation phantoms);
 copy the result into ``XrayWorldModel/weights/builtin/``
 and record its size and SHA256 in the shipped registry. ``--from-model`` redoes the prior and
 the install on an existing model file (a new version); with ``--refit`` it also refits the
@@ -39,7 +40,9 @@ from XrayWorldModel.data.views import render_views  # noqa: E402
 from XrayWorldModel.errors import XrayWorldModelError  # noqa: E402
 from XrayWorldModel.fileutil import atomic_path, sha256_file  # noqa: E402
 from XrayWorldModel.infer.domain import domain_reference  # noqa: E402
-from XrayWorldModel.infer.pipeline import isocentric_geometry  # noqa: E402
+from XrayWorldModel.infer.evaluate import (PRIOR_VALIDATION_SOURCE, prior_validation,  # noqa: E402
+                                           read_volumes)
+from XrayWorldModel.infer.pipeline import isocentric_geometry, load_inference_model  # noqa: E402
 from XrayWorldModel.infer.scale import volumes_reference  # noqa: E402
 from XrayWorldModel.infer.prior import CARD_KEY as PRIOR_CARD_KEY, VolumePrior  # noqa: E402
 from XrayWorldModel.phantom.cohort import write_cohort  # noqa: E402
@@ -126,6 +129,15 @@ def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int =
                                      cfg.views.image_size,
                                      source=f"mean of {len(vols)} training CTs spread over "
                                             f"({cfg.data.source})")
+    model, _, _ = load_inference_model(model_file, "cpu")
+    validation = read_volumes(resolve_source(PRIOR_VALIDATION_SOURCE), cfg, PreprocessedCache())
+    prior.validation = prior_validation(model, cfg.views, prior, validation,
+                                        PRIOR_VALIDATION_SOURCE)
+    prior.used = prior.validation["used"]
+    print(f"volume prior: r {prior.validation['r_on_prior']:.3f} on it, "
+          f"{prior.validation['r_views_only']:.3f} from the views alone "
+          f"({PRIOR_VALIDATION_SOURCE}): {'used' if prior.used else 'kept unused'}",
+          file=sys.stderr)
     tensors = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
     card = dict(card, **{PRIOR_CARD_KEY: prior.card_entry()}, **(card_updates or {}))
     if version:

@@ -148,8 +148,20 @@ def summarise(views: Dict, views_real: Dict, volume: Dict) -> Dict:
     return {"views": rows, "mean_margin_db": sum(margins) / len(margins),
             "volume": {"world_model_r": wm_r, "mean_ct_r": mean_r,
                        "world_model_fdk_only_r": volume["world_model_fdk_only"]["pearson_r"],
+                       "world_model_on_prior_r": volume.get("world_model_on_prior",
+                                                            volume["world_model"])["pearson_r"],
+                       "prior": volume.get("prior"),
                        "mean_ct_source": volume.get("mean_ct_source")},
             "checks": checks, "passed": all(checks.values())}
+
+
+def _prior_used(prior) -> str:
+    """Whether the fold's reconstruction used the mean-CT prior, and the validation r's."""
+    if not prior:
+        return "yes (before validation)"
+    v = prior.get("validation")
+    said = "yes" if prior.get("used", True) else "no"
+    return said if not v else f"{said} ({v['r_on_prior']:.3f} vs {v['r_views_only']:.3f} on {v['source']})"
 
 
 def markdown(results: Dict) -> str:
@@ -162,13 +174,15 @@ def markdown(results: Dict) -> str:
                      for k in ("world_model", "copy_input", "mean_view_training",
                                "mean_view_real_train_cts")]
             lines.append(f"| {fid} | {key} deg | " + " | ".join(cells) + f" | {r['margin_db']:+.2f} dB |")
-    lines += ["", "| held out | mean margin (30-150) | volume r | mean-CT r | FDK-only r | checks |",
-              "|---|---:|---:|---:|---:|---|"]
+    lines += ["", "| held out | mean margin (30-150) | volume r | mean-CT r | FDK-only r | "
+              "on mean-CT prior r | prior used | checks |", "|---|---:|---:|---:|---:|---:|---|---|"]
     for fid, fold in results["folds"].items():
         v = fold["volume"]
         failed = [k for k, ok in fold["checks"].items() if not ok]
         lines.append(f"| {fid} | {fold['mean_margin_db']:+.2f} dB | {v['world_model_r']:.3f} | "
                      f"{v['mean_ct_r']:.3f} | {v['world_model_fdk_only_r']:.3f} | "
+                     f"{v.get('world_model_on_prior_r', v['world_model_r']):.3f} | "
+                     f"{_prior_used(v.get('prior'))} | "
                      f"{'pass' if not failed else 'fail: ' + ', '.join(failed)} |")
     return "\n".join(lines) + "\n"
 

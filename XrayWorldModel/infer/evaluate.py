@@ -115,14 +115,52 @@ def paired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 2000
             "n": int(len(d))}
 
 
+#: Phantoms (seeds 7000-7015) on which a model's use of its volume prior is decided; no
+#: reported figure uses them (:mod:`.prior`).
+PRIOR_VALIDATION_SOURCE = "phantom:16:7000"
+
+
+def _encoded_frontal(model, vol: Volume, sampling, dev):
+    """``vol`` centred on the isocentre, its frontal DRR, and the model's state from it."""
+    c = centred(vol)            # the CT centred on the isocentre, as at training time
+    frontal = DRRRenderer(c, "fast", "cpu", sampling.mu_water).render(
+        isocentric_geometry(sampling, [0.0]))[0]
+    state = model.encode(torch.from_numpy(frontal)[None, None].to(dev), torch.zeros(1, device=dev))
+    return c, frontal, state
+
+
+@torch.no_grad()
+def prior_validation(model, sampling, prior: VolumePrior, volumes: Sequence[Volume],
+                     source: str, volume_size: int = 64, sweep_step: float = 15.0) -> Dict:
+    """Does reconstructing on ``prior`` beat FDK of the imagined views alone on ``volumes``
+    (validation CTs, never the ones reported)? Mean Pearson r of both, and ``used``: True
+    only when the prior's is higher."""
+    dev = next(model.parameters()).device
+    on_prior, alone = [], []
+    for vol in volumes:
+        c, _, state = _encoded_frontal(model, vol, sampling, dev)
+        plain = reconstruct(model, state, sampling, volume_size, sweep_step)
+        with_prior = reconstruct(model, state, sampling, volume_size, sweep_step, prior=prior)
+        true, mask = resample_like(c, plain), _cylinder(plain.shape)
+        alone.append(volume_scores(plain.array, true, mask)["pearson_r"])
+        on_prior.append(volume_scores(with_prior.array, true, mask)["pearson_r"])
+    r_prior, r_alone = float(np.mean(on_prior)), float(np.mean(alone))
+    return {"source": source, "n_ct": len(volumes), "r_on_prior": r_prior,
+            "r_views_only": r_alone, "used": r_prior > r_alone}
+
+
 @torch.no_grad()
 def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes: Sequence[Volume],
                      volume_size: int = 64, sweep_step: float = 15.0,
-                     refine_iterations: int = 0, prior: Optional[VolumePrior] = None) -> Dict:
+                     refine_iterations: int = 0, prior: Optional[VolumePrior] = None,
+                     use_prior: bool = True) -> Dict:
     """Mean Pearson r and SSIM over ``volumes`` (HU, held out) of
 
     * ``world_model``: the volume :func:`reconstruct` makes from the frontal DRR on top of
-      ``prior`` (default: the mean of ``train_volumes``, as the model file's prior is made);
+      ``prior`` (default: the mean of ``train_volumes``, as the model file's prior is made),
+      or, with ``use_prior`` False (a model whose validation found its prior no help), of
+      the imagined views alone, as ``infer`` then makes it;
+    * ``world_model_on_prior``: the volume on ``prior``, whether the model uses it or not;
     * ``world_model_fdk_only``: FDK of the same imagined views with no prior;
     * ``mean_ct``: the mean of ``train_volumes``;
     * ``copied_frontal_fdk``: FDK of the frontal view copied to every angle;
@@ -135,21 +173,18 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
     if prior is None:
         prior = VolumePrior.from_volumes(train_volumes, isocentric_geometry(sampling, [0.0]),
                                          n_fdk, source=f"mean of {len(train_volumes)} training CTs")
-    rows = {"world_model": [], "world_model_fdk_only": [], "mean_ct": [],
-            "copied_frontal_fdk": []}
+    rows = {"world_model": [], "world_model_on_prior": [], "world_model_fdk_only": [],
+            "mean_ct": [], "copied_frontal_fdk": []}
     mean_ct = None
     angles = np.arange(0.0, 360.0, sweep_step)
     g = isocentric_geometry(sampling, angles)
     for vol in volumes:
-        c = centred(vol)            # the CT centred on the isocentre, as at training time
-        frontal = DRRRenderer(c, "fast", "cpu", sampling.mu_water).render(
-            isocentric_geometry(sampling, [0.0]))[0]
-        x = torch.from_numpy(frontal)[None, None].to(dev)
-        state = model.encode(x, torch.zeros(1, device=dev))
-        pred = reconstruct(model, state, sampling, volume_size, sweep_step,
-                           refine_iterations=refine_iterations, prior=prior)
+        c, frontal, state = _encoded_frontal(model, vol, sampling, dev)
+        on_prior = reconstruct(model, state, sampling, volume_size, sweep_step,
+                               refine_iterations=refine_iterations, prior=prior)
         plain = reconstruct(model, state, sampling, volume_size, sweep_step,
                             refine_iterations=refine_iterations)
+        pred = on_prior if use_prior else plain
         true = resample_like(c, pred)
         mask = _cylinder(pred.shape)
         if mean_ct is None:
@@ -163,6 +198,7 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
         naive = resample_like(Volume(mu_to_hu(mu.array, sampling.mu_water).astype(np.float32),
                                      mu.affine), pred)
         rows["world_model"].append(volume_scores(pred.array, true, mask))
+        rows["world_model_on_prior"].append(volume_scores(on_prior.array, true, mask))
         rows["world_model_fdk_only"].append(volume_scores(plain.array, true, mask))
         rows["mean_ct"].append(volume_scores(mean_ct, true, mask))
         rows["copied_frontal_fdk"].append(volume_scores(naive, true, mask))
@@ -172,7 +208,8 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
         k: paired_difference([r[k] for r in rows["world_model"]], [r[k] for r in rows["mean_ct"]])
         for k in ("pearson_r", "ssim")}
     return out | {"n_ct": len(volumes), "volume_size": volume_size, "sweep_step": sweep_step,
-                  "refine_iterations": refine_iterations, "prior": prior.card_entry()}
+                  "refine_iterations": refine_iterations,
+                  "prior": {**prior.card_entry(), "used": bool(use_prior)}}
 
 
 def evaluate_model_volume(ref: ModelRef, data: str, limit: Optional[int] = None,
@@ -180,8 +217,10 @@ def evaluate_model_volume(ref: ModelRef, data: str, limit: Optional[int] = None,
                           baseline_source: Optional[str] = None,
                           cache_dir: Optional[str] = None, device="cpu") -> Dict:
     """``eval-volume``: :func:`evaluate_volumes` of ``ref``'s model on the CTs of ``data``,
-    on the model file's own volume prior (as ``infer`` uses it; a checkpoint has none and
-    starts from the mean of the baseline CTs), against the mean of the baseline CTs
+    reconstructed as ``infer`` would: on the model file's own volume prior when its card
+    marks it used. A checkpoint has none: its prior is the mean of the baseline CTs, used or
+    not as :func:`prior_validation` on :data:`PRIOR_VALIDATION_SOURCE` decides, which is how a
+    model file built from it would decide. Scored against the mean of the baseline CTs
     (:func:`baseline_volumes`)."""
     model, card, path = load_inference_model(ref.path, device)
     cfg = TrainConfig.from_dict(card["config"])
@@ -191,7 +230,16 @@ def evaluate_model_volume(ref: ModelRef, data: str, limit: Optional[int] = None,
         raise InputError(f"none of the CTs of {data!r} could be read")
     train = baseline_volumes(cfg, baseline_source, cache)
     what = baseline_source or f"training data {cfg.data.source}"
+    prior = VolumePrior.from_model_file(path, card, include_unused=True)
+    if prior is None:
+        prior = VolumePrior.from_volumes(train, isocentric_geometry(cfg.views, [0.0]),
+                                         min(volume_size, cfg.views.image_size),
+                                         source=f"mean of {len(train)} CTs of {what}")
+        validation = read_volumes(resolve_source(PRIOR_VALIDATION_SOURCE), cfg, cache)
+        prior.validation = prior_validation(model, cfg.views, prior, validation,
+                                            PRIOR_VALIDATION_SOURCE, volume_size, sweep_step)
+        prior.used = prior.validation["used"]
     result = evaluate_volumes(model, card, held_out, train, volume_size, sweep_step, refine,
-                              prior=VolumePrior.from_model_file(path, card))
+                              prior=prior, use_prior=prior.used)
     return {**ref.identity(), "data": data, **result,
             "mean_ct_source": {"source": what, "n_ct": len(train)}}

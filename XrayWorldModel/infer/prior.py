@@ -10,6 +10,14 @@ say otherwise. The residual is shrunk (``residual_weight`` < 1) and smoothed
 (``smoothing_voxels``), a Wiener-like damping of the decoder's errors; both were chosen on
 validation phantoms (seeds 7000-7015) that no reported figure uses.
 
+Whether a model reconstructs on its prior at all is decided when its file is built, on those
+validation phantoms (:func:`~XrayWorldModel.infer.evaluate.prior_validation`), and recorded in
+the card (``used`` and the two validation correlations). Why: the damping pays while the
+imagined views are poor (demo 1.x, phantoms only). Once a model has learnt real anatomy its
+views are good enough that FDK of them alone correlates better with the truth than the prior
+plus their residual, on validation phantoms and on held-out real patients alike (README,
+leave-one-patient-out), so such a model carries its prior unused.
+
 The prior travels inside the model file (tensor ``prior.hu``, float16, and ``volume_prior``
 in the card) on the reconstruction grid: ``grid``^3 voxels over the square that every view of
 the sweep sees (:func:`fov_grid`).
@@ -97,6 +105,10 @@ class VolumePrior:
     residual_weight: float = DEFAULT_RESIDUAL_WEIGHT
     smoothing_voxels: float = DEFAULT_SMOOTHING_VOXELS
     source: str = ""
+    #: False when validation found the views alone better (the card keeps the prior, unused).
+    used: bool = True
+    #: What decided ``used``: :func:`~XrayWorldModel.infer.evaluate.prior_validation`'s record.
+    validation: Optional[Dict] = None
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[Volume], geometry: ProjectionGeometry, n: int,
@@ -121,19 +133,26 @@ class VolumePrior:
     def card_entry(self) -> Dict:
         return {"grid": int(self.hu.shape[0]), "units": "HU", "n_volumes": int(self.n_volumes),
                 "residual_weight": float(self.residual_weight),
-                "smoothing_voxels": float(self.smoothing_voxels), "source": self.source}
+                "smoothing_voxels": float(self.smoothing_voxels), "source": self.source,
+                "used": bool(self.used),
+                **({"validation": self.validation} if self.validation is not None else {})}
 
     @classmethod
-    def from_model_file(cls, path, card: Mapping) -> Optional["VolumePrior"]:
-        """The prior stored in a model file, or None when its card has none."""
+    def from_model_file(cls, path, card: Mapping,
+                        include_unused: bool = False) -> Optional["VolumePrior"]:
+        """The prior a model file reconstructs on: None when its card has none, or when the
+        card marks it unused (unless ``include_unused``, for evaluation against it)."""
         hu = read_card_tensor(path, card, CARD_KEY, TENSOR_KEY)
         if hu is None:
             return None
         entry = card[CARD_KEY]
+        used = bool(entry.get("used", True))       # files before 2.0 always used theirs
+        if not used and not include_unused:
+            return None
         return cls(hu, int(entry.get("n_volumes", 0)),
                    float(entry.get("residual_weight", DEFAULT_RESIDUAL_WEIGHT)),
                    float(entry.get("smoothing_voxels", DEFAULT_SMOOTHING_VOXELS)),
-                   str(entry.get("source", "")))
+                   str(entry.get("source", "")), used, entry.get("validation"))
 
     # ------------------------------------------------------------------ reconstruction
     def reconstruct(self, views: np.ndarray, geometry: ProjectionGeometry, grid: Volume,
