@@ -3,6 +3,7 @@
 
     python Testing/benchmarks/bench_train.py                       # cpu-small on the CPU
     python Testing/benchmarks/bench_train.py --config paper --device cuda --steps 10
+    python Testing/benchmarks/bench_train.py --resolutions 64,128  # what a finer model costs
 
 Runs the trainer's own step (``Trainer._train_step``: on-the-fly DRRs of procedural phantoms,
 all losses, gradient clipping, AdamW, the schedule, EMA; bf16 autocast on CUDA when the
@@ -83,6 +84,22 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def resolution_overrides(n: int) -> list:
+    """Config overrides for ``n``-px views and model, one row band per image row."""
+    return [f"views.image_size={n}", f"model.image_size={n}", f"model.patch_width={n}"]
+
+
+def resolution_table(rows, budget_min: float) -> str:
+    """Each size's cost per step relative to the first row, and the steps it gets in budget."""
+    lines = ["| view size | s / step | cost vs first | steps in %.0f min |" % budget_min,
+             "|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['image_size']} px | {r['s_per_step']:.3f} | "
+                     f"{r['s_per_step'] / rows[0]['s_per_step']:.2f}x | "
+                     f"{budget_min * 60 / r['s_per_step']:,.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--config", default="cpu-small")
@@ -95,12 +112,31 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1,
                     help="measure this many times in a row and report each and the median")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--resolutions", default=None, metavar="N,N",
+                    help="measure the config at each view size (model and views resized, one "
+                         "row band per image row as cpu-small has), side by side with the cost "
+                         "ratio to the first: does a finer model fit the training budget?")
+    ap.add_argument("--budget-min", type=float, default=90.0,
+                    help="with --resolutions: the training budget the steps are counted in")
     args = ap.parse_args(argv)
 
     import numba
     import torch
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    if args.resolutions:
+        sizes = [int(v) for v in args.resolutions.split(",")]
+        rows = [measure(args.config, args.device, args.steps, args.warmup, args.batch_size,
+                        args.phantoms, resolution_overrides(n)) for n in sizes]
+        print(f"Training cost against view size: config {args.config}, device {rows[0]['device']}, "
+              f"{args.threads} threads, {args.steps} timed steps after {args.warmup}; "
+              f"{time.strftime('%Y-%m-%d %H:%M')}\n")
+        print(table(rows))
+        print()
+        print(resolution_table(rows, args.budget_min))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return 0
     rows = [measure(args.config, args.device, args.steps, args.warmup, args.batch_size,
                     args.phantoms) for _ in range(args.repeats)]
     r = rows[0]
