@@ -8,7 +8,7 @@ import torch
 
 from XrayWorldModel.data import ViewSampling
 from XrayWorldModel.drr.render import project
-from XrayWorldModel.infer.evaluate import paired_difference, volume_scores, _cylinder
+from XrayWorldModel.infer.evaluate import paired_difference, volume_scores, evaluation_cylinder
 from XrayWorldModel.infer.pipeline import isocentric_geometry
 from XrayWorldModel.infer.prior import (CARD_KEY, TENSOR_KEY, VolumePrior, centred, fov_grid,
                                         resample_like)
@@ -65,7 +65,7 @@ def test_views_that_agree_with_the_prior_leave_it_unchanged(prior):
 def test_true_views_move_the_prior_towards_the_truth(chests, prior):
     angles, g = _sweep()
     grid = fov_grid(g, N)
-    mask = _cylinder((N, N, N))
+    mask = evaluation_cylinder((N, N, N))
     for chest in chests[4:]:
         true_hu = resample_like(centred(chest), grid)
         views = project(torch.from_numpy(_mu(true_hu)), grid.affine, g).numpy()

@@ -87,7 +87,7 @@ def read_volumes(items, cfg: TrainConfig, cache: PreprocessedCache) -> List[Volu
     return [g[0] for g in got if g is not None]
 
 
-def _cylinder(shape) -> np.ndarray:
+def evaluation_cylinder(shape) -> np.ndarray:
     n = shape[0]
     c = (np.arange(n) - (n - 1) / 2) / n
     inside = (c[:, None] ** 2 + c[None, :] ** 2) <= 0.25
@@ -120,7 +120,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 2000
 PRIOR_VALIDATION_SOURCE = "phantom:16:7000"
 
 
-def _encoded_frontal(model, vol: Volume, sampling, dev):
+def encoded_frontal(model, vol: Volume, sampling, dev):
     """``vol`` centred on the isocentre, its frontal DRR, and the model's state from it."""
     c = centred(vol)            # the CT centred on the isocentre, as at training time
     frontal = DRRRenderer(c, "fast", "cpu", sampling.mu_water).render(
@@ -138,10 +138,10 @@ def prior_validation(model, sampling, prior: VolumePrior, volumes: Sequence[Volu
     dev = next(model.parameters()).device
     on_prior, alone = [], []
     for vol in volumes:
-        c, _, state = _encoded_frontal(model, vol, sampling, dev)
+        c, _, state = encoded_frontal(model, vol, sampling, dev)
         plain = reconstruct(model, state, sampling, volume_size, sweep_step)
         with_prior = reconstruct(model, state, sampling, volume_size, sweep_step, prior=prior)
-        true, mask = resample_like(c, plain), _cylinder(plain.shape)
+        true, mask = resample_like(c, plain), evaluation_cylinder(plain.shape)
         alone.append(volume_scores(plain.array, true, mask)["pearson_r"])
         on_prior.append(volume_scores(with_prior.array, true, mask)["pearson_r"])
     r_prior, r_alone = float(np.mean(on_prior)), float(np.mean(alone))
@@ -179,14 +179,14 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
     angles = np.arange(0.0, 360.0, sweep_step)
     g = isocentric_geometry(sampling, angles)
     for vol in volumes:
-        c, frontal, state = _encoded_frontal(model, vol, sampling, dev)
+        c, frontal, state = encoded_frontal(model, vol, sampling, dev)
         on_prior = reconstruct(model, state, sampling, volume_size, sweep_step,
                                refine_iterations=refine_iterations, prior=prior)
         plain = reconstruct(model, state, sampling, volume_size, sweep_step,
                             refine_iterations=refine_iterations)
         pred = on_prior if use_prior else plain
         true = resample_like(c, pred)
-        mask = _cylinder(pred.shape)
+        mask = evaluation_cylinder(pred.shape)
         if mean_ct is None:
             total = np.zeros(pred.shape, np.float64)
             for tv in train_volumes:
