@@ -224,3 +224,15 @@ def test_row_band_tokens_keep_rows_local():
     assert diff.nonzero().flatten().tolist() == [10, 11]
     with pytest.raises(InputError, match="patch_width"):
         WorldModelConfig(**{**TINY, "patch_width": 5})
+
+
+@pytest.mark.parametrize("bad", ["64,abc", "0,128", ""])
+def test_bench_train_refuses_bad_view_sizes_in_one_line(bad):
+    import subprocess
+    import sys
+    from pathlib import Path
+    bench = Path(__file__).resolve().parent / "benchmarks" / "bench_train.py"
+    out = subprocess.run([sys.executable, str(bench), "--resolutions", bad],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "expected sizes in pixels" in out.stderr
+    assert "expected sizes in pixels" in out.stderr.strip().splitlines()[-1]   # the reason, last

@@ -84,6 +84,17 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def view_sizes(text: str) -> list:
+    """``--resolutions``: comma-separated positive view sizes (a one-line usage error else)."""
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"expected sizes in pixels like 64,128, got {text!r}")
+    return sizes
+
+
 def resolution_overrides(n: int) -> list:
     """Config overrides for ``n``-px views and model, one row band per image row."""
     return [f"views.image_size={n}", f"model.image_size={n}", f"model.patch_width={n}"]
@@ -112,7 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1,
                     help="measure this many times in a row and report each and the median")
     ap.add_argument("--json", type=Path, help="also write the rows here")
-    ap.add_argument("--resolutions", default=None, metavar="N,N",
+    ap.add_argument("--resolutions", default=None, metavar="N,N", type=view_sizes,
                     help="measure the config at each view size (model and views resized, one "
                          "row band per image row as cpu-small has), side by side with the cost "
                          "ratio to the first: does a finer model fit the training budget?")
@@ -125,7 +136,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     if args.resolutions:
-        sizes = [int(v) for v in args.resolutions.split(",")]
+        sizes = args.resolutions
         rows = [measure(args.config, args.device, args.steps, args.warmup, args.batch_size,
                         args.phantoms, resolution_overrides(n)) for n in sizes]
         print(f"Training cost against view size: config {args.config}, device {rows[0]['device']}, "
