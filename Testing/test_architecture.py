@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: Dict[str, int] = {
     # 1: constants, errors, plain containers, console helpers and image metrics
     "errors": 1, "fileutil": 1, "volume": 1, "radiograph": 1, "console": 1, "metrics": 1,
+    "blocks": 1,
     "conventions": 1, "version": 1, "lazy": 1,
     # 2: geometry, networks, typed configs and file formats
     "geometry": 2, "models": 2, "typed_config": 2, "io": 2,

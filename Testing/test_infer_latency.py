@@ -156,3 +156,34 @@ def test_torch_column_renderer_matches_the_numba_kernel(case):
     want = DRRRenderer(vol, "fast", "cpu").render(tilted)
     got = DRRRenderer(vol, "fast", "cpu", engine="torch").render(tilted)
     assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, (4, 2), (1, 5), 8])
+def test_block_mean_equals_skimage_block_reduce_on_whole_blocks(block):
+    """The fast block means every radiograph reduction starts with (screen, scale estimate,
+    domain mapping) give skimage's ``block_reduce`` result on the whole blocks, for an image
+    whose sides are not multiples of the block, and leave the leftover edge out."""
+    from skimage.measure import block_reduce
+
+    from XrayWorldModel.blocks import block_mean
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 30.0, (101, 67)).astype(np.float32)
+    fr, fc = (block, block) if isinstance(block, int) else block
+    whole = image[: 101 // fr * fr, : 67 // fc * fc].astype(np.float64)
+    expected = block_reduce(whole, (fr, fc), np.mean)
+    got = block_mean(image, block)
+    assert got.dtype == np.float64 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-9)
+    # the leftover edge is dropped, not averaged in: a huge value there changes nothing
+    image[-1, :] = 1e9
+    image[:, -1] = 1e9
+    if 101 % fr and 67 % fc:
+        np.testing.assert_allclose(block_mean(image, block), expected, rtol=1e-12, atol=1e-9)
+
+
+def test_block_mean_refuses_what_has_no_whole_block():
+    from XrayWorldModel.blocks import block_mean
+    with pytest.raises(ValueError):
+        block_mean(np.ones((3, 40)), 4)
+    with pytest.raises(ValueError):
+        block_mean(np.ones((8, 8)), 0)

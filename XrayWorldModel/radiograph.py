@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .blocks import block_mean
 from .errors import NotARadiographError
 
 
@@ -40,8 +41,8 @@ def _neighbour_correlation(image: np.ndarray, max_side: int = 256) -> float:
     """Mean of the horizontal and vertical lag-1 correlations, on a block-mean reduction to at
     most ``max_side`` pixels (cheap; anatomy is smooth at that scale, noise is not)."""
     f = max(1, int(np.ceil(max(image.shape) / max_side)))
-    h, w = (image.shape[0] // f) * f, (image.shape[1] // f) * f
-    small = image[:h, :w].astype(np.float64).reshape(h // f, f, w // f, f).mean(axis=(1, 3))
+    f = max(1, min(f, min(image.shape) // 2))     # a very long, thin image keeps 2 lines
+    small = block_mean(image, f)
     corr = []
     for a, b in ((small[:, :-1], small[:, 1:]), (small[:-1], small[1:])):
         a, b = a - a.mean(), b - b.mean()

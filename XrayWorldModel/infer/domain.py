@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
-from skimage.measure import block_reduce
 from skimage.transform import resize
 
+from ..blocks import block_mean
 from ..config import TrainConfig
 from ..conventions import LATERAL_VIEW_POSITIONS
 from ..data import ViewSampling
@@ -127,13 +127,14 @@ def _resample(rad: Radiograph, sampling: ViewSampling, spacing=None):
     spacing = spacing or detector_spacing(rad)
     rows = max(1, int(round(rad.image.shape[0] * spacing[0] / pitch)))
     cols = max(1, int(round(rad.image.shape[1] * spacing[1] / pitch)))
-    img = rad.image.astype(np.float64)
+    img = rad.image
     # most of a large reduction as block means (fast, and itself an anti-aliasing filter),
     # the remaining fraction by an anti-aliased resize
     fr, fc = img.shape[0] // (2 * rows), img.shape[1] // (2 * cols)
     if fr >= 2 or fc >= 2:
-        fr, fc = max(fr, 1), max(fc, 1)     # whole blocks only: no zero padding at the edges
-        img = block_reduce(img[: img.shape[0] // fr * fr, : img.shape[1] // fc * fc], (fr, fc), np.mean)
+        img = block_mean(img, (max(fr, 1), max(fc, 1)))   # whole blocks: no padding at edges
+    else:
+        img = img.astype(np.float64)
     small = resize(img, (rows, cols), order=1, anti_aliasing=True, preserve_range=True)
     canvas = np.zeros((n, n))
     covered = np.zeros((n, n), dtype=bool)

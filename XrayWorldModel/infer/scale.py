@@ -38,10 +38,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import apply_hysteresis_threshold
-from skimage.measure import block_reduce
 from skimage.morphology import reconstruction
 from skimage.transform import resize
 
+from ..blocks import block_mean
 from ..data import ViewSampling
 from ..data.views import render_views
 from ..errors import InputError
@@ -142,11 +142,10 @@ class SpacingEstimate:
 def _working_copy(image: np.ndarray, to_domain: Optional[Callable]):
     """(image resized to about WORK_SIZE on its long side, in [0, 1] over its robust range;
     original column pixels per working pixel; original row pixels per working pixel)."""
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
     block = max(1, max(img.shape) // (2 * WORK_SIZE))    # most of a big reduction as block means
     rows, cols = img.shape[0] // block * block, img.shape[1] // block * block
-    if block > 1:
-        img = block_reduce(img[:rows, :cols], (block, block), np.mean)
+    img = block_mean(img, block) if block > 1 else img.astype(np.float64)
     f = WORK_SIZE / max(img.shape)
     shape = tuple(max(8, int(round(n * f))) for n in img.shape)
     small = resize(img, shape, order=1, anti_aliasing=f < 1, preserve_range=True)
@@ -171,7 +170,7 @@ def _body_and_lungs(small: np.ndarray):
     half the working size (the grey-level reconstruction is the costly step) and returned
     at the working size."""
     h, w = small.shape
-    half = block_reduce(np.pad(small, ((0, h % 2), (0, w % 2)), mode="edge"), (2, 2), np.mean)
+    half = block_mean(np.pad(small, ((0, h % 2), (0, w % 2)), mode="edge"), 2)
     body, lungs, why = _half_size_masks(half)
     full = lambda m: None if m is None else np.kron(m, np.ones((2, 2), bool))[:h, :w]
     return full(body), None if lungs is None else tuple(full(m) for m in lungs), why

@@ -179,6 +179,38 @@ def _voxel_offsets(grid: Volume, geometry: ProjectionGeometry) -> torch.Tensor:
     return aff[:3, :3] @ idx + centre[:, None]
 
 
+def _orbit_axis(grid: Volume, geometry: ProjectionGeometry, tol: float = 1e-9) -> Optional[int]:
+    """The grid axis the orbit turns about, when the backprojection separates along it: every
+    view's source direction and detector columns are perpendicular to that axis, and its
+    detector rows are perpendicular to the other two (an untilted orbit on a grid whose axes
+    follow the patient's). Then a voxel's detector column and magnification depend on its
+    in-plane position alone and its detector row on its slice alone. None otherwise."""
+    e, u, v = geometry.frames()
+    axes = np.asarray(grid.affine, np.float64)[:3, :3]
+    axes = axes / np.linalg.norm(axes, axis=0, keepdims=True)
+    for k in range(3):
+        others = [j for j in range(3) if j != k]
+        if (np.abs(e @ axes[:, k]).max() < tol and np.abs(u @ axes[:, k]).max() < tol
+                and np.abs(v @ axes[:, others]).max() < tol):
+            return k
+    return None
+
+
+def _axis_offsets(grid: Volume, geometry: ProjectionGeometry, k: int):
+    """For :func:`_orbit_axis` ``k``: the in-plane voxel centres relative to the isocentre
+    [3, P] (the other two axes, C order) and the offsets along axis ``k`` [3, K], float64;
+    a voxel's offset is the sum of its two parts."""
+    aff = np.asarray(grid.affine, np.float64)
+    others = [j for j in range(3) if j != k]
+    n = grid.shape
+    i, j = np.meshgrid(np.arange(n[others[0]]), np.arange(n[others[1]]), indexing="ij")
+    centre = aff[:3, 3] - np.asarray(geometry.isocenter, np.float64)
+    plane = (aff[:3, others[0], None] * i.reshape(-1) + aff[:3, others[1], None] * j.reshape(-1)
+             + centre[:, None])
+    along = aff[:3, k, None] * np.arange(n[k], dtype=np.float64)
+    return torch.as_tensor(plane), torch.as_tensor(along)
+
+
 def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 128, 128),
         spacing: Optional[Sequence[float]] = None, like: Optional[Volume] = None,
         filter: str = "hann", device=None, angles_per_chunk: int = 8,
@@ -218,34 +250,52 @@ def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 
     resp = ramp_filter(n_fft, tu, filter).to(dev, torch.float32)
     pre = pre.to(dev, torch.float32)
 
-    x = _voxel_offsets(grid, geometry).to(dev, torch.float32)     # [3, N]
     e, u, v = (torch.as_tensor(f, dtype=torch.float32, device=dev) for f in geometry.frames())
     # grid_sample's coordinate (align_corners) is (column - (W-1)/2) / ((W-1)/2), and the
     # column is U (x.u) / tu + (W-1)/2: the detector's scale folds into u (rows: into v)
     u = u * (2.0 / (tu * max(W - 1, 1)))
     v = v * (2.0 / (tv * max(H - 1, 1)))
     dphi = torch.as_tensor(_angle_weights(np.asarray(geometry.angles)), dtype=torch.float32, device=dev)
-    acc = torch.zeros(x.shape[1], dtype=torch.float32, device=dev)
+    k = _orbit_axis(grid, geometry)
+    if k is None:                   # any grid: every voxel's detector position on its own
+        x = _voxel_offsets(grid, geometry).to(dev, torch.float32)     # [3, N]
+        plane, along, n_along = x, None, 1
+    else:                           # separable: in-plane [3, P] and along-axis [3, K] parts
+        plane, along = (t.to(dev, torch.float32) for t in _axis_offsets(grid, geometry, k))
+        n_along = along.shape[1]
+    acc = torch.zeros(n_along, plane.shape[1], dtype=torch.float32, device=dev)
     bar = progress_bar(None, progress, total=A, desc="FDK", unit="view") if progress else None
     for lo in range(0, A, angles_per_chunk):
         hi = min(A, lo + angles_per_chunk)
         q = p[lo:hi].to(dev) * pre
         q = torch.fft.irfft(torch.fft.rfft(q, n=n_fft, dim=-1) * resp[: n_fft // 2 + 1], n=n_fft, dim=-1)[..., :W]
-        g = torch.stack([u[lo:hi] @ x, v[lo:hi] @ x], dim=-1)    # [a, N, 2], before U
         if geometry.beam == "cone":
-            U = geometry.sod / (geometry.sod - e[lo:hi] @ x)       # [a, N] magnification
-            g *= U[..., None]
-            w = U.square_().mul_(dphi[lo:hi, None] * 0.5)
+            U = geometry.sod / (geometry.sod - e[lo:hi] @ plane)   # [a, P] magnification
         else:
-            w = dphi[lo:hi, None].expand(hi - lo, x.shape[1]) * 0.5
-        vals = F.grid_sample(q[:, None], g[:, :, None, :], mode="bilinear", padding_mode="zeros",
-                             align_corners=True)[:, 0, :, 0]      # [a, N]
-        acc += (vals * w).sum(dim=0)
+            U = torch.ones(hi - lo, plane.shape[1], device=dev)
+        w = U.square() * (dphi[lo:hi, None] * 0.5)                 # [a, P]
+        if along is None:           # [a, N, 1, 2]
+            g = torch.stack([U * (u[lo:hi] @ plane), U * (v[lo:hi] @ plane)], dim=-1)[:, :, None]
+        else:                       # [a, K, P, 2]: the row from the slice, the column from the plane
+            g = torch.empty(hi - lo, n_along, plane.shape[1], 2, device=dev)
+            g[..., 0] = (U * (u[lo:hi] @ plane))[:, None, :]
+            g[..., 1] = U[:, None, :] * ((v[lo:hi] @ plane)[:, None, :] + (v[lo:hi] @ along)[:, :, None])
+        vals = F.grid_sample(q[:, None], g, mode="bilinear", padding_mode="zeros",
+                             align_corners=True)[:, 0]             # [a, K, P] or [a, N, 1]
+        if along is None:
+            acc += (vals[..., 0] * w).sum(dim=0)[None]
+        else:
+            acc += (vals * w[:, None, :]).sum(dim=0)
         if bar is not None:
             bar.update(hi - lo)
     if bar is not None:
         bar.close()
-    out = acc.reshape(grid.shape).cpu().numpy()
+    if k is None:
+        out = acc.reshape(grid.shape).cpu().numpy()
+    else:                           # [K, P] -> the grid's own axis order
+        others = [j for j in range(3) if j != k]
+        out = acc.reshape(n_along, grid.shape[others[0]], grid.shape[others[1]])
+        out = out.permute(*np.argsort([k] + others).tolist()).contiguous().cpu().numpy()
     meta = {"reconstruction": "fdk", "filter": filter, "n_projections": A}
     return Volume(out, grid.affine.copy(), meta)
 
