@@ -13,8 +13,9 @@ with OpenMP's spinning waits a busy machine multiplies them (6.6 s instead of 0.
 on 2 cores), and ``xray2xray infer`` sets PASSIVE for itself.
 
 Last the whole command, ``xray2xray infer`` on the real radiograph, from a fresh process:
-``--fresh`` runs (default 5) interleaved with as many of ``python -c "import torch"``, so both
-meet the same load; it prints the median wall time of each, their ratio, the peak RSS of the
+``--fresh`` runs (default 5) interleaved with as many of ``python -c "import torch"`` and of
+importing only the libraries ``infer`` needs (``INFER_LIBRARIES``: the floor under the ratio),
+so all meet the same load; it prints the median wall time of each, their ratio, the peak RSS of the
 command (``wait4`` of that child), its first run with an empty user cache, a stage timer of
 one more fresh run (Python start-up and exit, the imports, reading, each stage of the model,
 writing)
@@ -186,6 +187,14 @@ def _timed_child(cmd, env) -> tuple:
     return wall, usage.ru_maxrss / 1024.0, err.decode()
 
 
+#: The third-party imports ``infer`` cannot do without (torch; the scale estimate's
+#: scipy.ndimage and scikit-image, whose morphology package also loads scipy.spatial; SimpleITK
+#: to write NIfTI; pydicom and Pillow to read radiographs), timed with nothing run: the floor
+#: under the ratio whatever the package's own code does.
+INFER_LIBRARIES = ("import torch, numpy, scipy.ndimage, skimage.morphology, skimage.filters, "
+                   "skimage.transform, SimpleITK, pydicom, PIL.Image")
+
+
 def fresh_process_times(model_spec, volume_size: int, device: str, runs: int, work: Path):
     """Median wall of ``python -c "import torch"`` and of ``xray2xray infer`` (fresh
     processes, interleaved, the order alternating), the ratio, the command's peak RSS and
@@ -193,19 +202,23 @@ def fresh_process_times(model_spec, volume_size: int, device: str, runs: int, wo
     env = _fresh_env(work)
     out = str(work / "out")
     first, first_rss, _ = _timed_child(_infer_command(model_spec, volume_size, device, out), env)
-    torch_s, infer_s, rss = [], [], []
+    walls = {"torch": [], "libraries": [], "infer": []}
+    rss = []
     for k in range(runs):
-        pair = [("torch", [sys.executable, "-c", "import torch"]),
+        trio = [("torch", [sys.executable, "-c", "import torch"]),
+                ("libraries", [sys.executable, "-c", INFER_LIBRARIES]),
                 ("infer", _infer_command(model_spec, volume_size, device, out))]
-        for name, cmd in (pair if k % 2 == 0 else pair[::-1]):
+        for name, cmd in (trio if k % 2 == 0 else trio[::-1]):
             wall, peak, _ = _timed_child(cmd, env)
-            (torch_s if name == "torch" else infer_s).append(wall)
+            walls[name].append(wall)
             if name == "infer":
                 rss.append(peak)
-    t, i = statistics.median(torch_s), statistics.median(infer_s)
+    t, i = statistics.median(walls["torch"]), statistics.median(walls["infer"])
+    lib = statistics.median(walls["libraries"])
     return {"import_torch_s": t, "infer_s": i, "ratio": i / t, "peak_rss_mb": max(rss + [first_rss]),
-            "first_run_empty_cache_s": first, "import_torch_runs_s": torch_s,
-            "infer_runs_s": infer_s}
+            "first_run_empty_cache_s": first, "import_torch_runs_s": walls["torch"],
+            "infer_runs_s": walls["infer"], "import_libraries_s": lib, "libraries_ratio": lib / t,
+            "import_libraries_runs_s": walls["libraries"]}
 
 
 #: Run in a fresh process by ``--stage-child``: ``xray2xray infer`` itself (``cli.main``),
@@ -294,6 +307,8 @@ def print_fresh_tables(fresh, stages, imports) -> None:
     print(f"| `python -c \"import torch\"` | {fresh['import_torch_s']:.2f} |")
     print(f"| `xray2xray infer` | {fresh['infer_s']:.2f} |")
     print(f"| **ratio** | **{fresh['ratio']:.2f}x** |")
+    print(f"| importing only the libraries `infer` needs, nothing run (`python -c \"{INFER_LIBRARIES}\"`) "
+          f"| {fresh['import_libraries_s']:.2f} ({fresh['libraries_ratio']:.2f}x) |")
     print(f"| `xray2xray infer`, first run (empty user cache) | {fresh['first_run_empty_cache_s']:.2f} |")
     print(f"| peak RSS of `xray2xray infer` (MB) | {fresh['peak_rss_mb']:.0f} |")
     print("\nwhere one fresh `xray2xray infer` spends its time (stage timer)\n")
