@@ -177,6 +177,30 @@ def test_estimate_uncertainty_shapes_geometry_and_determinism(tiny):
             U.estimate_uncertainty(model, x, s, [90.0], vol, None, bad)
 
 
+def test_second_routes_pair_the_laterals_and_check_step_zero_against_the_input():
+    assert U.second_routes([90.0, 180.0, 270.0, 0.0, 45.0, 135.0, -90.0, 450.0]) == {
+        0: 270.0, 1: "input", 2: 90.0, 3: "input", 6: 90.0, 7: 270.0}
+
+
+def test_second_route_term_adds_only_where_a_second_route_exists(tiny, monkeypatch):
+    """The 0/180 views are checked against the input and the laterals against each other;
+    a 45-deg view has one route, so its std is TTA alone; the 90-deg view's std is the same
+    whether or not 270 deg was asked for (the opposite lateral is predicted either way)."""
+    model, s = tiny["model"], tiny["cfg"].views
+    x = torch.from_numpy(tiny["frontal"])[None, None]
+    angles = [45.0, 90.0, 180.0]
+    both = U.estimate_uncertainty(model, x, s, angles, None, None, 4).views_std
+    monkeypatch.setattr(U, "_route_disagreement", lambda means, view_angles, *a: np.zeros(
+        (len(view_angles),) + means.shape[1:]))
+    tta = U.estimate_uncertainty(model, x, s, angles, None, None, 4).views_std
+    monkeypatch.undo()
+    assert np.array_equal(both[0], tta[0])
+    for k in (1, 2):
+        assert (both[k] >= tta[k] - 1e-7).all() and both[k].mean() > 1.05 * tta[k].mean()
+    with_270 = U.estimate_uncertainty(model, x, s, [90.0, 270.0], None, None, 4).views_std
+    np.testing.assert_allclose(with_270[0], both[1], rtol=1e-5, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- files and CLI
 def test_std_files_have_the_geometry_of_their_outputs(tiny, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
