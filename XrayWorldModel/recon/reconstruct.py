@@ -211,6 +211,30 @@ def _axis_offsets(grid: Volume, geometry: ProjectionGeometry, k: int):
     return torch.as_tensor(plane), torch.as_tensor(along)
 
 
+def _detector_positions(U: torch.Tensor, u: torch.Tensor, v: torch.Tensor, plane: torch.Tensor,
+                        along: Optional[torch.Tensor]) -> torch.Tensor:
+    """grid_sample coordinates (column, row) of the voxels in ``a`` views: ``[a, N, 1, 2]``
+    for the voxels ``plane [3, N]``, or, separable, ``[a, K, P, 2]`` for the in-plane
+    positions ``plane [3, P]`` and the slices ``along [3, K]`` (the column and the
+    magnification ``U [a, P]`` from the plane, the row from the slice)."""
+    if along is None:
+        return torch.stack([U * (u @ plane), U * (v @ plane)], dim=-1)[:, :, None]
+    g = torch.empty(U.shape[0], along.shape[1], plane.shape[1], 2, device=U.device)
+    g[..., 0] = (U * (u @ plane))[:, None, :]
+    g[..., 1] = U[:, None, :] * ((v @ plane)[:, None, :] + (v @ along)[:, :, None])
+    return g
+
+
+def _in_grid_order(acc: torch.Tensor, shape: Sequence[int], k: Optional[int]) -> torch.Tensor:
+    """The backprojected sums ``[K, P]`` (slices along axis ``k``, in-plane voxels) as a
+    volume of the grid's ``shape``; ``k`` None: ``acc`` already holds the voxels in order."""
+    if k is None:
+        return acc.reshape(tuple(shape))
+    others = [j for j in range(3) if j != k]
+    out = acc.reshape(shape[k], shape[others[0]], shape[others[1]])
+    return out.permute(*np.argsort([k] + others).tolist()).contiguous()
+
+
 def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 128, 128),
         spacing: Optional[Sequence[float]] = None, like: Optional[Volume] = None,
         filter: str = "hann", device=None, angles_per_chunk: int = 8,
@@ -274,12 +298,7 @@ def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 
         else:
             U = torch.ones(hi - lo, plane.shape[1], device=dev)
         w = U.square() * (dphi[lo:hi, None] * 0.5)                 # [a, P]
-        if along is None:           # [a, N, 1, 2]
-            g = torch.stack([U * (u[lo:hi] @ plane), U * (v[lo:hi] @ plane)], dim=-1)[:, :, None]
-        else:                       # [a, K, P, 2]: the row from the slice, the column from the plane
-            g = torch.empty(hi - lo, n_along, plane.shape[1], 2, device=dev)
-            g[..., 0] = (U * (u[lo:hi] @ plane))[:, None, :]
-            g[..., 1] = U[:, None, :] * ((v[lo:hi] @ plane)[:, None, :] + (v[lo:hi] @ along)[:, :, None])
+        g = _detector_positions(U, u[lo:hi], v[lo:hi], plane, along)
         vals = F.grid_sample(q[:, None], g, mode="bilinear", padding_mode="zeros",
                              align_corners=True)[:, 0]             # [a, K, P] or [a, N, 1]
         if along is None:
@@ -290,12 +309,7 @@ def fdk(projections, geometry: ProjectionGeometry, shape: Sequence[int] = (128, 
             bar.update(hi - lo)
     if bar is not None:
         bar.close()
-    if k is None:
-        out = acc.reshape(grid.shape).cpu().numpy()
-    else:                           # [K, P] -> the grid's own axis order
-        others = [j for j in range(3) if j != k]
-        out = acc.reshape(n_along, grid.shape[others[0]], grid.shape[others[1]])
-        out = out.permute(*np.argsort([k] + others).tolist()).contiguous().cpu().numpy()
+    out = _in_grid_order(acc, grid.shape, k).cpu().numpy()
     meta = {"reconstruction": "fdk", "filter": filter, "n_projections": A}
     return Volume(out, grid.affine.copy(), meta)
 
