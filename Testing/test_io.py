@@ -824,3 +824,30 @@ def test_itk_failures_print_no_raw_library_lines(tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
     print("still printing")
     assert capfd.readouterr().out == "still printing\n"
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+@pytest.mark.parametrize("assumed", [True, False])
+def test_written_radiograph_reads_back_with_whether_its_spacing_was_assumed(tmp_path, suffix, assumed):
+    """A radiograph handed to a background job as a file keeps its pixels, its spacing and
+    whether that spacing was assumed: otherwise the job takes an assumed 0.143 mm for a
+    measured one and skips the scale estimate that `infer` on the original file makes."""
+    from XrayWorldModel.io import write_radiograph
+    from XrayWorldModel.radiograph import Radiograph
+    image = np.random.default_rng(2).random((40, 52)).astype(np.float32)
+    image[0, 0], image[-1, -1] = 0.0, 1.0
+    path = write_radiograph(Radiograph(image, (0.143, 0.2), spacing_is_default=assumed), tmp_path / f"r{suffix}")
+    back = read_cxr(path)
+    assert back.spacing_is_default is assumed and back.spacing == pytest.approx((0.143, 0.2))
+    np.testing.assert_allclose(back.image, image, atol=1e-6)
+
+
+def test_radiograph_written_elsewhere_has_measured_spacing_and_png_is_refused(tmp_path):
+    from XrayWorldModel.io import write_radiograph
+    from XrayWorldModel.radiograph import Radiograph
+    img = sitk.GetImageFromArray(np.ones((30, 30), np.float32))     # no key: a header's spacing
+    sitk.WriteImage(img, str(tmp_path / "plain.nrrd"))
+    assert read_cxr(tmp_path / "plain.nrrd").spacing_is_default is False
+    with pytest.raises(errors.UnreadableFileError, match="nrrd"):
+        write_radiograph(Radiograph(np.ones((30, 30), np.float32), (1.0, 1.0)), tmp_path / "r.png")
+    assert not (tmp_path / "r.png").exists()

@@ -875,6 +875,20 @@ def test_infer_job_bad_input(tmp_path):
     assert args[args.index("--views") + 1] == ""
 
 
+def test_background_job_file_keeps_an_assumed_spacing_assumed(scene, tmp_path):
+    """A PNG or a DICOM without spacing loaded in Slicer carries an assumed spacing; the file
+    the background `infer` reads must say so, or the job skips the scale estimate and answers
+    differently from `infer` on the original file."""
+    from XrayWorldModel.io import read_cxr
+    logic = Xray2XrayCoreLogic(scene)
+    image = np.random.default_rng(4).random((64, 60)).astype(np.float32)
+    for assumed in (True, False):
+        node = conv.radiographToVolumeNode(Radiograph(image=image, spacing=(0.143, 0.143), view_position="PA",
+                                                      spacing_is_default=assumed), scene, f"cxr{assumed}")
+        back = read_cxr(logic.writeRadiographFile(node, tmp_path / f"cxr{assumed}.nrrd"))
+        assert back.spacing_is_default is assumed and back.spacing == pytest.approx((0.143, 0.143))
+
+
 def test_write_radiograph_file_refuses_a_ct(scene, tmp_path):
     ct = conv.volumeToVolumeNode(_phantom(), scene, "CT")
     with pytest.raises(NotARadiographError, match="3D volume"):

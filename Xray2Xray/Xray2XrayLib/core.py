@@ -667,17 +667,13 @@ class Xray2XrayCoreLogic:
                 self._removeWithDisplay(outputs[key])
 
     def writeRadiographFile(self, cxrNode, path) -> Path:
-        """Write a radiograph node as a 2D image file ``xray2xray infer`` reads (NRRD, MHA or
-        NIfTI by the suffix; pixel spacing kept) for a background job. Validates the node
-        like :meth:`runInference`. The file holds no view position (checked here instead)."""
-        radiograph = self.radiographForInference(cxrNode)
-        import SimpleITK as sitk
-        p = Path(path).expanduser()
-        image = sitk.GetImageFromArray(np.ascontiguousarray(radiograph.image, dtype=np.float32))
-        image.SetSpacing((float(radiograph.spacing[1]), float(radiograph.spacing[0])))  # (x=col, y=row)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, str(p))
-        return p
+        """Write a radiograph node as a 2D image file ``xray2xray infer`` reads (NRRD or MHA,
+        by the suffix; pixel spacing kept, and whether it was assumed, so the job estimates the
+        scale from anatomy as ``infer`` on the original file would) for a background job.
+        Validates the node like :meth:`runInference`. The file holds no view position
+        (checked here instead)."""
+        from XrayWorldModel.io import write_radiograph
+        return write_radiograph(self.radiographForInference(cxrNode), path)
 
     def runInferenceForFolder(self, folder, model=None, views: Sequence[float] = (90,),
                               volumeSize: int = 128, device: str = "cpu", pattern: str = "*",

@@ -6,8 +6,8 @@ typed :mod:`XrayWorldModel.errors` exceptions naming the file.
 """
 from .ct import (MultipleSeriesWarning, NonUniformSliceWarning, SkippedDicomWarning,
                  VOLUME_EXTENSIONS, read_ct, write_volume)
-from .cxr import DEFAULT_CXR_SPACING_MM, DefaultSpacingWarning, read_cxr
+from .cxr import DEFAULT_CXR_SPACING_MM, DefaultSpacingWarning, read_cxr, write_radiograph
 
-__all__ = ["read_ct", "write_volume", "read_cxr", "DEFAULT_CXR_SPACING_MM", "VOLUME_EXTENSIONS",
+__all__ = ["read_ct", "write_volume", "read_cxr", "write_radiograph", "DEFAULT_CXR_SPACING_MM", "VOLUME_EXTENSIONS",
            "MultipleSeriesWarning", "NonUniformSliceWarning", "SkippedDicomWarning",
            "DefaultSpacingWarning"]

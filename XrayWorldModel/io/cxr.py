@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: Pixel pitch (mm) assumed when a radiograph has no usable spacing: a typical CR plate.
 DEFAULT_CXR_SPACING_MM = 0.143
+#: Key in a 2D NRRD/MHA header (ITK metadata) saying its pixel spacing was assumed, not read
+#: from the source: :func:`write_radiograph` records it, :func:`read_cxr` honours it, so a
+#: radiograph handed to a background ``infer`` still gets its scale estimated from anatomy.
+SPACING_ASSUMED_KEY = "xray2xray_spacing_is_default"
 
 #: DICOM modalities accepted besides true radiographs: OT is what secondary captures use.
 _ACCEPTED_MODALITIES = RADIOGRAPH_MODALITIES | {"OT", ""}
@@ -376,8 +380,30 @@ def _read_itk(p: Path) -> Radiograph:
     _check_finite(arr, p)
     lo, hi = float(arr.min()), float(arr.max())
     sp = img.GetSpacing()
+    assumed = img.HasMetaDataKey(SPACING_ASSUMED_KEY) and \
+        img.GetMetaData(SPACING_ASSUMED_KEY).strip() == "1"
     meta = {"source": str(p), "format": format_from_suffix(p), "window":
             {"kind": "minmax", "min": lo, "max": hi}, "photometric_interpretation": "MONOCHROME2",
             "inverted": False, "rows": int(size[1]), "columns": int(size[0]),
-            "spacing_source": "header", "view_position": None}
-    return Radiograph(_unit_range(arr, lo, hi), (sp[1], sp[0]), metadata=meta)
+            "spacing_source": "assumed (recorded in the file)" if assumed else "header",
+            "view_position": None}
+    return Radiograph(_unit_range(arr, lo, hi), (sp[1], sp[0]), metadata=meta,
+                      spacing_is_default=assumed)
+
+
+def write_radiograph(radiograph: Radiograph, path: PathLike) -> Path:
+    """Write ``radiograph`` as a 2D NRRD or MHA that :func:`read_cxr` reads back with the same
+    pixels (float32), pixel spacing and whether that spacing was assumed
+    (:data:`SPACING_ASSUMED_KEY`): what a background ``infer`` needs to treat it as the
+    original file would be treated."""
+    import SimpleITK as sitk
+    p = Path(path).expanduser()
+    if format_from_suffix(p) not in ("nrrd", "metaimage"):
+        raise UnreadableFileError("a radiograph is written as .nrrd or .mha (their headers keep "
+                                  "whether the pixel spacing was assumed)", p)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(radiograph.image, dtype=np.float32))
+    image.SetSpacing((float(radiograph.spacing[1]), float(radiograph.spacing[0])))  # (x=col, y=row)
+    image.SetMetaData(SPACING_ASSUMED_KEY, "1" if radiograph.spacing_is_default else "0")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(p))
+    return p
