@@ -264,12 +264,14 @@ def test_adjoint_is_the_transpose_of_the_projector(tilt):
     """<A x, y> == <x, A^T y>: the backward pass is the exact adjoint."""
     vol, g = _small_case(tilt=tilt)
     x = torch.tensor(vol.array, requires_grad=True)
-    y = torch.randn(g.n_angles, *g.detector_shape, dtype=torch.float64)
+    y = torch.randn(g.n_angles, *g.detector_shape, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(7))
     ax = project(x, vol.affine, g)
     (ax.double() * y).sum().backward()
     lhs = float((ax.detach().double() * y).sum())
     rhs = float((x.detach().double() * x.grad.double()).sum())
-    assert lhs == pytest.approx(rhs, rel=1e-5)
+    # float32 sums: an unseeded y once met a 1.5e-5 rounding difference; a wrong adjoint is O(1)
+    assert lhs == pytest.approx(rhs, rel=1e-4)
 
 
 def test_projection_is_linear_and_gradient_matches_finite_difference():
