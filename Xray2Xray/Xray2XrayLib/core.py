@@ -617,7 +617,7 @@ class Xray2XrayCoreLogic:
             volumeStdNode.SetNodeReferenceID(REF_STD_OF, volumeNode.GetID())
         if viewsStd is not None and viewsNode is not None and len(viewsStd):
             seqStd = self.addDRRSequence(viewsStd, geometry, sourceNode=sourceNode,
-                                         method="world model, test-time augmentation std",
+                                         method="world model, test-time augmentation and two-route std",
                                          name=f"{name} predicted views std",
                                          kind=KIND_PREDICTED_VIEWS_STD, itemKind=KIND_PREDICTED_VIEW_STD,
                                          sourceReference=REF_SOURCE_CXR)
