@@ -238,6 +238,27 @@ def test_lopo_dry_run_prints_each_fold_on_the_mixed_source_syntax(tmp_path):
     assert out.stdout.count("--baseline-source") == 6
 
 
+def test_lopo_re_evaluation_keeps_the_fold_s_training_record(tmp_path):
+    """Re-evaluating a fold's own run (--skip-train --model WORK/ID/run) keeps how it was
+    trained; evaluating another model, or training anew, records this run's settings."""
+    lopo = _lopo()
+    run = tmp_path / "chest_ct" / "run"
+    previous = {"model": str(run), "commands": {"train": "xray2xray train ...", "views": "old"},
+                "train_s": 4200.0, "settings": {"steps": 4000}}
+    settings = {"steps": None}
+    again = lopo.keep_training_record(previous, {"model": str(tmp_path / "chest_ct" / "." / "run"),
+                                                 "commands": {"views": "new"}}, settings)
+    assert again["commands"] == {"train": "xray2xray train ...", "views": "new"}
+    assert again["train_s"] == 4200.0 and again["settings"] == {"steps": 4000} and again["re_evaluated"]
+    other = lopo.keep_training_record(previous, {"model": "xray2xray-demo", "commands": {"views": "new"}},
+                                      settings)
+    assert "train" not in other["commands"] and other["settings"] == settings
+    retrained = lopo.keep_training_record(previous, {"model": str(run), "commands": {"train": "t2"}},
+                                          settings)
+    assert retrained["commands"] == {"train": "t2"} and retrained["settings"] == settings
+    assert lopo.keep_training_record(None, {"model": str(run), "commands": {}}, settings)["settings"] == settings
+
+
 @pytest.mark.slow
 def test_lopo_evaluation_half_on_phantom_patients(work, tmp_path):
     """--skip-train --model on three phantom CTs saved under the real CTs' names: the

@@ -4,6 +4,8 @@ the other two (augmented) plus synthetic phantoms, then score the model on the h
     python tools/lopo.py --work runs/lopo [--steps N] [--config cpu-small] [--resume]
                          [--folds chest_ct,lidc_idri_0314] [--phantoms 512] [--augment 64]
     python tools/lopo.py --work DIR --skip-train --model xray2xray-demo    # evaluation only
+    python tools/lopo.py --work DIR --skip-train --model DIR/ID/run --folds ID
+                         # re-evaluate a fold's own run; its training record is kept
     python tools/lopo.py --work DIR --dry-run                               # print the plan
 
 Per fold, under ``WORK/<held-out id>/``:
@@ -214,6 +216,20 @@ def run_fold(fold: Fold, args) -> Optional[Dict]:
             "raw": out}
 
 
+def keep_training_record(previous: Optional[Dict], got: Dict, settings: Dict) -> Dict:
+    """``got`` (a fold evaluated now) with how its model was trained: this run's
+    ``settings`` after training, or, when only evaluating (no train command) the model an
+    earlier run of this fold trained, that run's train command, time and settings, so a
+    re-evaluation (after the evaluation changed) does not lose them."""
+    same_model = previous is not None and \
+        Path(str(previous.get("model", ""))).resolve() == Path(str(got["model"])).resolve()
+    if "train" in got["commands"] or not same_model or "train" not in previous.get("commands", {}):
+        return dict(got, settings=settings)
+    return dict(got, commands={"train": previous["commands"]["train"], **got["commands"]},
+                train_s=previous.get("train_s"), settings=previous.get("settings", settings),
+                re_evaluated=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/lopo", help="folder for the folds (default runs/lopo)")
@@ -249,8 +265,9 @@ def main(argv=None) -> int:
     for fold in folds:
         got = run_fold(fold, args)
         if got is not None:
-            got["settings"] = {"config": args.config, "steps": args.steps,
-                               "phantoms": args.phantoms, "augment": args.augment, "set": args.set}
+            settings = {"config": args.config, "steps": args.steps,
+                        "phantoms": args.phantoms, "augment": args.augment, "set": args.set}
+            got = keep_training_record(results["folds"].get(fold.held_out), got, settings)
             results["folds"][fold.held_out] = got
             (work / "lopo.json").write_text(json.dumps(results, indent=1))
     if args.dry_run:
