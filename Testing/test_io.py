@@ -851,3 +851,8 @@ def test_radiograph_written_elsewhere_has_measured_spacing_and_png_is_refused(tm
     with pytest.raises(errors.UnreadableFileError, match="nrrd"):
         write_radiograph(Radiograph(np.ones((30, 30), np.float32), (1.0, 1.0)), tmp_path / "r.png")
     assert not (tmp_path / "r.png").exists()
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(errors.UnreadableFileError, match="could not write the radiograph") as caught:
+        write_radiograph(Radiograph(np.ones((30, 30), np.float32), (1.0, 1.0)),
+                         tmp_path / "a_file" / "r.nrrd")
+    assert "\n" not in str(caught.value)

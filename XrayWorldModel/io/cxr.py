@@ -404,6 +404,10 @@ def write_radiograph(radiograph: Radiograph, path: PathLike) -> Path:
     image = sitk.GetImageFromArray(np.ascontiguousarray(radiograph.image, dtype=np.float32))
     image.SetSpacing((float(radiograph.spacing[1]), float(radiograph.spacing[0])))  # (x=col, y=row)
     image.SetMetaData(SPACING_ASSUMED_KEY, "1" if radiograph.spacing_is_default else "0")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(p))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(p))
+    except (RuntimeError, OSError) as exc:
+        reason = itk_reason(exc) if isinstance(exc, RuntimeError) else (exc.strerror or str(exc))
+        raise UnreadableFileError(f"could not write the radiograph: {reason}", p) from exc
     return p
