@@ -19,8 +19,9 @@ Not drawn here: cardiomegaly, atelectasis and calcium. They need the heart's out
 lobes and the coronary paths, which thresholds do not give; the anatomy augmentation's
 heart growth changes the heart's size without a label.
 
-Each finding changes HU only inside its mask (returned), and every mask lies inside the
-input's lungs; the draw is deterministic per seed. Like the anatomy augmentation it is meant
+Each finding changes HU only inside its mask (returned), and every mask lies inside what
+the thresholds call lungs (on a CT without a chest, such as an abdomen, that can be bowel
+gas: the caller must know it gives a chest CT); the draw is deterministic per seed. Like the anatomy augmentation it is meant
 for the preprocessed training cube (it holds every voxel's coordinates: 12 bytes a voxel).
 """
 from __future__ import annotations
@@ -104,11 +105,11 @@ def _effusion(hu: np.ndarray, chest: _Chest, f: CTFinding) -> np.ndarray:
     the height above the lung base; filled with fluid."""
     mask = np.zeros(hu.shape, bool)
     fluid = 8.0 + 10.0 * f.place[0]
+    depth = chest.lps[..., 1] - (chest.lps[..., 2] - chest.lung_bottom) / 3.0
     for s in (SIDES if f.side == "both" else (f.side,)):
         lung = chest.lungs[s]
         if not lung.any():
             continue
-        depth = chest.lps[..., 1] - (chest.lps[..., 2] - chest.lung_bottom) / 3.0
         level = np.quantile(depth[lung], 1.0 - 0.35 * f.severity)
         mask |= lung & (depth >= level)
     hu[mask] = fluid
