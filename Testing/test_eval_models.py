@@ -373,3 +373,21 @@ def test_stopping_a_release_tool_stops_its_training_child_with_a_checkpoint(tmp_
     assert marker.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)
+
+
+def test_body_offset_measures_how_far_a_body_lies_from_its_scan_centre():
+    """tools/body_offset.py: a chest moved 4 voxels posterior inside its grid is reported
+    that much further posterior; a CT with no body is refused with exit 2."""
+    from XrayWorldModel.phantom import procedural_chest
+    from XrayWorldModel.volume import Volume
+    tool = _tool("body_offset")
+    chest = procedural_chest(2, (48, 48, 40), 7.0)
+    axis = int(np.argmax(np.abs(chest.direction[1])))          # the array axis along LPS y
+    step = float(chest.affine[1, axis])                         # mm per voxel along +y
+    moved = Volume(np.roll(chest.array, 4, axis=axis), chest.affine.copy())
+    a, b = tool.body_offset(chest), tool.body_offset(moved)
+    assert b["posterior_mm"] - a["posterior_mm"] == pytest.approx(4 * step, abs=0.5)
+    assert abs(b["left_mm"] - a["left_mm"]) < 0.5 and b["ap_extent_mm"] == pytest.approx(a["ap_extent_mm"])
+    air = Volume(np.full((8, 8, 8), -1000.0, np.float32), np.eye(4))
+    with pytest.raises(Exception, match="no body"):
+        tool.body_offset(air)

@@ -1,0 +1,63 @@
+"""Where each CT's body lies in its scan: the centroid of the body (thresholded, table left
+out) relative to the isocentre the training views are rendered around, on the training cube.
+
+A frontal view says nothing about depth along the beam, so a patient lying far from where
+the training patients lay gets a lateral drawn in the wrong place; this shows how far.
+
+    python tools/body_offset.py ../shared/data/chest_ct.nii.gz ../shared/data/real_ct/*.nii.gz
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from XrayWorldModel.config import load_config  # noqa: E402
+from XrayWorldModel.data.anatomy import body_mask  # noqa: E402
+from XrayWorldModel.data.cache import preprocess  # noqa: E402
+from XrayWorldModel.errors import InputError  # noqa: E402
+from XrayWorldModel.infer.prior import centred  # noqa: E402
+from XrayWorldModel.io import read_ct  # noqa: E402
+from XrayWorldModel.volume import Volume  # noqa: E402
+
+
+def body_offset(volume: Volume) -> Dict[str, float]:
+    """The body's centroid (mm, LPS: +x left, +y posterior, +z superior) relative to the
+    centre of ``volume``'s grid, and its extent along each axis."""
+    vol = centred(volume)
+    mask = body_mask(vol)
+    if not mask.any():
+        raise InputError("no body found (nothing above -500 HU)")
+    lps = vol.index_to_lps(np.argwhere(mask))
+    c, extent = lps.mean(axis=0), np.ptp(lps, axis=0)
+    return {"left_mm": float(c[0]), "posterior_mm": float(c[1]), "superior_mm": float(c[2]),
+            "lr_extent_mm": float(extent[0]), "ap_extent_mm": float(extent[1])}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cts", nargs="+", help="CT files or DICOM folders")
+    ap.add_argument("--config", default="cpu-small", help="whose training cube (default cpu-small)")
+    args = ap.parse_args(argv)
+    grid = load_config(args.config).data.preprocessing()
+    print("| CT | left (mm) | posterior (mm) | superior (mm) | LR extent (mm) | AP extent (mm) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for path in args.cts:
+        try:
+            o = body_offset(preprocess(read_ct(path), grid))
+        except InputError as exc:
+            print(f"body_offset: {exc}", file=sys.stderr)
+            return 2
+        print(f"| {Path(path).name} | {o['left_mm']:.1f} | {o['posterior_mm']:.1f} | "
+              f"{o['superior_mm']:.1f} | {o['lr_extent_mm']:.1f} | {o['ap_extent_mm']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
