@@ -172,6 +172,26 @@ def undo_perturbations(views: np.ndarray, angles: Sequence[float], p: Perturbati
     return t.numpy() / p.gain[:, None, None, None].astype(np.float32)
 
 
+def _wrapped(angle):
+    """``angle`` (degrees; a number or an array) in [-180, 180)."""
+    return (np.asarray(angle, dtype=np.float64) + 180.0) % 360.0 - 180.0
+
+
+def _same_angle(a: float, b: float) -> bool:
+    return bool(abs(_wrapped(a - b)) < 1e-9)
+
+
+def _is_mirrored(angle):
+    """Whether :func:`imagine_batch` gives the view at ``angle`` as the opposite step's view
+    mirrored (beyond +-90 deg)."""
+    return np.abs(_wrapped(angle)) > 90.0
+
+
+def _near_step(angle):
+    """The model step (degrees, within +-90) whose decoded view gives the view at ``angle``."""
+    return np.where(_is_mirrored(angle), _wrapped(np.asarray(angle) + 180.0), _wrapped(angle))
+
+
 @torch.no_grad()
 def imagine_batch(model, states: torch.Tensor, angles: Sequence[float]) -> np.ndarray:
     """Decoded views ``[B, A, H, W]`` at ``angles`` (degrees) from ``B`` states of 0-deg views.
@@ -183,9 +203,8 @@ def imagine_batch(model, states: torch.Tensor, angles: Sequence[float]) -> np.nd
     if angles.size == 0:
         size = model.config.image_size
         return np.zeros((states.shape[0], 0, size, size), np.float32)
-    deltas = (angles + 180.0) % 360.0 - 180.0
-    far = np.abs(deltas) > 90.0
-    near = np.where(far, (deltas + 360.0) % 360.0 - 180.0, deltas)
+    far = _is_mirrored(angles)
+    near = _near_step(angles)
     steps, which = np.unique(near, return_inverse=True)
     b, u = states.shape[0], len(steps)
     z = states.repeat_interleave(u, dim=0)
@@ -287,24 +306,6 @@ class _VolumeDeviation:
         return total / (n - 1), kept
 
 
-def _wrapped(angle: float) -> float:
-    """``angle`` (degrees) in [-180, 180)."""
-    return (angle + 180.0) % 360.0 - 180.0
-
-
-def _same_angle(a: float, b: float) -> bool:
-    return abs(_wrapped(a - b)) < 1e-9
-
-
-def _is_mirrored(angle: float) -> bool:
-    """Whether :func:`imagine_batch` gives the view at ``angle`` as the opposite step's view
-    mirrored (beyond +-90 deg)."""
-    return abs(_wrapped(angle)) > 90.0
-
-
-def _near_step(angle: float) -> float:
-    """The model step (degrees, within +-90) whose decoded view gives the view at ``angle``."""
-    return _wrapped(angle + 180.0) if _is_mirrored(angle) else _wrapped(angle)
 
 
 def second_routes(view_angles: Sequence[float]) -> Dict[int, object]:
