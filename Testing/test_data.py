@@ -61,12 +61,16 @@ def test_bad_sources_are_clear_errors(tmp_path):
         resolve_source(str(man))
 
 
-def test_preprocess_keeps_anatomy_in_place_and_clips():
+@pytest.mark.parametrize("centre_on", ["scan", "body"])
+def test_preprocess_keeps_anatomy_in_place_and_clips(centre_on):
+    """The cube moves (to the ball, the "body", left-right and front-back), the anatomy stays
+    where it is in LPS."""
     ct = _ball_ct()
-    prep = Preprocessing(size=64, spacing=2.0, hu_clip=(-1024.0, 500.0))
+    prep = Preprocessing(size=64, spacing=2.0, hu_clip=(-1024.0, 500.0), centre_on=centre_on)
     out = preprocess(ct, prep)
     assert out.shape == (64, 64, 64) and np.allclose(out.spacing, 2.0)
-    np.testing.assert_allclose(out.center, ct.center, atol=1e-6)
+    expected = ct.center if centre_on == "scan" else (30.0, -20.0, ct.center[2])
+    np.testing.assert_allclose(out.center, expected, atol=1e-6 if centre_on == "scan" else 0.5)
     assert out.array.max() <= 500.0 + 1e-3 and out.array.min() >= -1024.0 - 1e-3
     w = np.clip(out.array + 1000.0, 0, None)
     idx = np.stack(np.meshgrid(*[np.arange(64)] * 3, indexing="ij"), -1).reshape(-1, 3)
@@ -180,3 +184,41 @@ def test_rendered_view_set_is_a_view_source_that_skips_unreadable_cts(tmp_path):
         assert len(cts.true_views(0.0, [90.0])) == 1
     batch = cts.batch([0, 1], np.random.default_rng(0))                 # training replaces it
     assert batch.ids == ["good", "good"]
+
+
+def _moved_in_scan(volume: Volume, voxels: int, axis: int) -> Volume:
+    """``volume`` with its content moved ``voxels`` along array ``axis`` inside the same grid
+    (air comes in behind): a patient lying elsewhere in the same field of view."""
+    arr = np.full_like(volume.array, -1000.0)
+    src = [slice(None)] * 3
+    dst = [slice(None)] * 3
+    src[axis], dst[axis] = slice(0, -voxels), slice(voxels, None)
+    arr[tuple(dst)] = volume.array[tuple(src)]
+    return Volume(arr, volume.affine.copy())
+
+
+def test_body_centring_gives_every_patient_the_same_cube_wherever_they_lay():
+    """A chest moved 30 mm back in its scan: centred on the body, its training cube (and so
+    its lateral view) is the unmoved one's; centred on the scan, the cube keeps the offset,
+    which a frontal view cannot reveal to the model."""
+    from XrayWorldModel.data.anatomy import body_centre
+    from XrayWorldModel.phantom import procedural_chest
+    chest = procedural_chest(3, (80, 80, 40), (6.0, 6.0, 8.0))
+    axis = int(np.argmax(np.abs(chest.direction[1])))           # array axis along LPS y
+    moved = _moved_in_scan(chest, 5, axis)
+    shift_mm = 5 * float(chest.affine[1, axis])
+    s = ViewSampling(image_size=32, field_of_view_mm=400.0)
+    lateral = {}
+    for centre_on in ("scan", "body"):
+        prep = Preprocessing(size=64, spacing=6.0, centre_on=centre_on)
+        a, b = preprocess(chest, prep), preprocess(moved, prep)
+        offset = [body_centre(v)[:2] - v.center[:2] for v in (a, b)]
+        if centre_on == "body":
+            assert np.abs(offset).max() < 0.5 * prep.spacing
+        else:
+            assert offset[1][1] - offset[0][1] == pytest.approx(shift_mm, abs=1.0)
+        views = render_views([a, b], s, [90.0])[:, 0]
+        lateral[centre_on] = float(np.abs(views[0] - views[1]).mean() / views[0].mean())
+    assert lateral["body"] < 0.02 and lateral["scan"] > 5 * lateral["body"]
+    with pytest.raises(InputError, match="centre_on"):
+        Preprocessing(centre_on="table")

@@ -377,6 +377,27 @@ def test_resume_keeps_the_recorded_step_budget(tmp_path):
     assert plan.done and "nothing to do" in plan.notes[-1]
 
 
+def test_resuming_a_run_recorded_before_body_centring_keeps_scan_centring(tmp_path):
+    """A run whose config predates ``data.centre_on`` trained on scan-centred cubes; resumed,
+    it must keep them (not switch to the new default mid-run), while a recorded value and an
+    override given now are honoured."""
+    from XrayWorldModel.train.preflight import prepare_run
+    out, cfg = _recorded_run(tmp_path)
+    legacy = cfg.to_dict()
+    del legacy["data"]["centre_on"]
+    save_checkpoint(out / "checkpoints", 12, {"w": torch.zeros(1)}, {"config": legacy},
+                    {"x": torch.zeros(1)})
+    assert cfg.data.centre_on == "body"                  # the default for new runs
+    assert prepare_run(cfg, [], "auto").config.data.centre_on == "scan"
+    plan = prepare_run(cfg, ["data.centre_on=body"], "auto")
+    assert plan.config.data.centre_on == "body"
+    save_checkpoint(out / "checkpoints", 14, {"w": torch.zeros(1)}, {"config": cfg.to_dict()},
+                    {"x": torch.zeros(1)})
+    assert prepare_run(cfg, [], "auto").config.data.centre_on == "body"
+    with pytest.raises(InputError, match="centre_on"):
+        load_config(str(_config(tmp_path)), ["data.centre_on=table"]).validate()
+
+
 def test_training_into_an_existing_run_needs_resume(tmp_path):
     from XrayWorldModel.train.preflight import prepare_run
     out, cfg = _recorded_run(tmp_path)

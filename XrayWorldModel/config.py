@@ -32,10 +32,12 @@ class DataConfig:
     grid_spacing: float = 3.5           # mm
     hu_min: float = -1024.0
     hu_max: float = 3071.0
+    centre_on: str = "body"             # training cube centred on the body, or "scan" (grid centre)
     max_volumes_in_memory: int = 512    # CT volumes, or DRR stacks in stack mode
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.grid_size, self.grid_spacing, (self.hu_min, self.hu_max))
+        return Preprocessing(self.grid_size, self.grid_spacing, (self.hu_min, self.hu_max),
+                             self.centre_on)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class TrainConfig:
             raise InputError("optim.batch_size and optim.steps must be >= 1")
         if self.data.val_count < 0:
             raise InputError("data.val_count must be >= 0")
+        self.data.preprocessing()                   # data.centre_on: body or scan
         return self
 
     def to_dict(self) -> Dict[str, Any]:

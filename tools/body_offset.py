@@ -1,8 +1,9 @@
 """Where each CT's body lies in its scan: the centroid of the body (thresholded, table left
-out) relative to the isocentre the training views are rendered around, on the training cube.
+out) relative to the scan's centre, on the training cube.
 
 A frontal view says nothing about depth along the beam, so a patient lying far from where
-the training patients lay gets a lateral drawn in the wrong place; this shows how far.
+the training patients lay gets a lateral drawn in the wrong place; this shows how far, and
+so why training cubes are now centred on the body (``data.centre_on``, data/cache.py).
 
     python tools/body_offset.py ../shared/data/chest_ct.nii.gz ../shared/data/real_ct/*.nii.gz
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict
 
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     ap.add_argument("cts", nargs="+", help="CT files or DICOM folders")
     ap.add_argument("--config", default="cpu-small", help="whose training cube (default cpu-small)")
     args = ap.parse_args(argv)
-    grid = load_config(args.config).data.preprocessing()
+    grid = replace(load_config(args.config).data.preprocessing(), centre_on="scan")
     print("| CT | left (mm) | posterior (mm) | superior (mm) | LR extent (mm) | AP extent (mm) |")
     print("|---|---:|---:|---:|---:|---:|")
     for path in args.cts:

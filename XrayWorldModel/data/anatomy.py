@@ -105,6 +105,15 @@ def body_mask(volume: Volume) -> np.ndarray:
     return _fill_slices(tissue, si_axis(volume))
 
 
+def body_centre(volume: Volume) -> Optional[np.ndarray]:
+    """The centroid (LPS mm) of :func:`body_mask`: where the patient lies in the scan,
+    whatever the field of view was centred on. None when nothing is above -500 HU."""
+    body = body_mask(volume)
+    if not body.any():
+        return None
+    return volume.index_to_lps(np.argwhere(body).mean(axis=0))
+
+
 def lung_mask(volume: Volume, body: Optional[np.ndarray] = None) -> np.ndarray:
     """Aerated lung: air (< -400 HU) inside the body, large components only (no bowel gas
     bubbles)."""

@@ -19,7 +19,7 @@ from ..errors import InputError, UnreadableFileError, XrayWorldModelError
 from ..fileutil import atomic_path, sha256_of
 from ..version import __version__
 from ..volume import Volume
-from .anatomy import ANATOMY_VERSION
+from .anatomy import ANATOMY_VERSION, body_centre
 from .sources import is_anatomy_source, parse_anatomy_source
 
 CACHE_FORMAT = 1
@@ -30,14 +30,28 @@ def default_cache_dir() -> Path:
     return preprocessed_cache_dir()
 
 
+#: where the training cube is centred: on the patient's body, or on the scan's own grid
+CENTRE_ON = ("body", "scan")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a CT becomes a training volume: an axis-aligned LPS cube of ``size``^3 voxels of
-    ``spacing`` mm centred on the CT's centre, HU clipped to ``hu_clip``."""
+    ``spacing`` mm, HU clipped to ``hu_clip``. ``centre_on="body"`` (default) centres it
+    left-right and front-back on the body's centroid, so every patient turns about their own
+    middle: a frontal view says nothing about depth, and a patient lying far from the scan's
+    centre would otherwise ask the model for a lateral shifted by an amount it cannot see.
+    ``"scan"`` keeps the CT grid's centre (studies pinned to it)."""
 
     size: int = 128
     spacing: float = 2.5
     hu_clip: Tuple[float, float] = (-1024.0, 3071.0)
+    centre_on: str = "body"
+
+    def __post_init__(self):
+        if self.centre_on not in CENTRE_ON:
+            raise InputError(f"centre_on must be one of {', '.join(CENTRE_ON)}, "
+                             f"not {self.centre_on!r}")
 
     def key(self, source_digest: str) -> str:
         params = json.dumps({"format": CACHE_FORMAT, **asdict(self)}, sort_keys=True)
@@ -67,19 +81,32 @@ def _to_sitk(volume: Volume) -> sitk.Image:
 
 def preprocess(volume: Volume, prep: Preprocessing) -> Volume:
     """Clip, low-pass (Gaussian, sigma half the new spacing where the grid gets coarser, so
-    thin bone is not aliased away) and resample trilinearly onto the training cube."""
+    thin bone is not aliased away) and resample trilinearly onto the training cube, centred
+    as ``prep.centre_on`` says (the body is found on a first cube about the scan's centre)."""
     img = _to_sitk(Volume(np.clip(volume.array, *prep.hu_clip).astype(np.float32), volume.affine))
     sigma = [0.5 * np.sqrt(max(prep.spacing ** 2 - s ** 2, 0.0)) for s in volume.spacing]
     if max(sigma) > 0:
         img = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-3) for s in sigma])
+    cube = _resample(img, volume.center, prep, volume.metadata)
+    if prep.centre_on == "body":
+        body = body_centre(cube)
+        if body is not None:
+            offset = np.array([body[0], body[1], 0.0]) - np.append(cube.center[:2], 0.0)
+            if np.abs(offset).max() > 0.25 * prep.spacing:
+                cube = _resample(img, volume.center + offset, prep, volume.metadata)
+    return cube
+
+
+def _resample(img: sitk.Image, centre: np.ndarray, prep: Preprocessing, metadata) -> Volume:
+    """``img`` on the ``prep`` cube whose centre is ``centre`` (LPS mm)."""
     n = prep.size
-    origin = volume.center - (n - 1) / 2 * prep.spacing
+    origin = np.asarray(centre, np.float64) - (n - 1) / 2 * prep.spacing
     ref = sitk.Image([n, n, n], sitk.sitkFloat32)
     ref.SetSpacing([prep.spacing] * 3)
     ref.SetOrigin(tuple(float(o) for o in origin))
     out = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, float(prep.hu_clip[0]))
     arr = np.clip(sitk.GetArrayFromImage(out).transpose(2, 1, 0), *prep.hu_clip)  # filter overshoot
-    meta = dict(volume.metadata, preprocessing=asdict(prep))
+    meta = dict(metadata, preprocessing=asdict(prep))
     return Volume.from_spacing(np.ascontiguousarray(arr, np.float32), [prep.spacing] * 3, origin,
                                metadata=meta)
 

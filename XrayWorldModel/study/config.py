@@ -23,6 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ..config import override_value
 from ..data import ViewSampling
+from ..data.cache import CENTRE_ON
 from ..errors import InputError
 from ..models import WorldModelConfig
 from ..typed_config import build_section, coerce
@@ -55,6 +56,9 @@ class CohortSection:
 class DataSection:
     grid_size: int = 96                  # preprocessed cube, voxels per side
     grid_spacing: float = 3.5            # mm
+    # the cohort's phantoms lie about their scan's centre already; "scan" keeps the published
+    # tables reproducible ("body": centre each CT on its body, as training does by default)
+    centre_on: str = "scan"
     cache_dir: Optional[str] = None      # None: OUT/cache
 
 
@@ -186,6 +190,9 @@ class StudyConfig:
                              f"model.image_size ({self.model.image_size})")
         if self.data.grid_size < 8 or self.data.grid_spacing <= 0:
             raise InputError("config: data.grid_size must be >= 8 and data.grid_spacing > 0")
+        if self.data.centre_on not in CENTRE_ON:
+            raise InputError(f"config: data.centre_on must be one of {', '.join(CENTRE_ON)}, "
+                             f"not {self.data.centre_on!r}")
         if self.budget.encoder_samples < 1:
             raise InputError("config: budget.encoder_samples must be >= 1")
         for name in ("world_model", "supervised", "mae"):

@@ -147,7 +147,8 @@ class VolumeStore:
     def __init__(self, cohort: Cohort, cfg, cache_dir: Path):
         self.cohort = cohort
         self.cache = PreprocessedCache(cache_dir)
-        self.prep = Preprocessing(cfg.data.grid_size, cfg.data.grid_spacing)
+        self.prep = Preprocessing(cfg.data.grid_size, cfg.data.grid_spacing,
+                                  centre_on=cfg.data.centre_on)
 
     def get(self, row: int):
         return self.cache.get(self.cohort.items[int(row)], self.prep)

@@ -32,7 +32,8 @@ def train_config(cfg, manifest: Path, out_dir: Path, cache_dir: Path, device: st
     return TrainConfig(
         model=cfg.model, views=cfg.views,
         data=DataConfig(source=str(manifest), val_count=0, cache_dir=str(cache_dir),
-                        grid_size=cfg.data.grid_size, grid_spacing=cfg.data.grid_spacing),
+                        grid_size=cfg.data.grid_size, grid_spacing=cfg.data.grid_spacing,
+                        centre_on=cfg.data.centre_on),
         optim=OptimConfig(batch_size=w.batch_size, steps=steps, lr=w.lr,
                           weight_decay=w.weight_decay, warmup_steps=w.warmup_steps,
                           grad_clip=w.grad_clip),

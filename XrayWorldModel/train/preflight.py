@@ -40,6 +40,15 @@ def _new_run(cfg: TrainConfig, out: Path, found: List[Path], notes: List[str]) -
     return RunPlan(cfg, None, notes)
 
 
+def _as_trained(recorded: dict) -> dict:
+    """A recorded config with the settings it trained under made explicit: runs recorded
+    before ``data.centre_on`` existed trained on cubes centred on the scan, and a resumed run
+    must go on seeing the same data (evaluation, by contrast, centres on the body)."""
+    data = dict(recorded.get("data") or {})
+    data.setdefault("centre_on", "scan")
+    return {**recorded, "data": data}
+
+
 def prepare_run(cfg: TrainConfig, overrides: Sequence[str], resume: Optional[str]) -> RunPlan:
     """Check the run ``cfg`` describes and settle what ``--resume`` (None, ``"auto"`` or a
     checkpoint/run folder) continues; reads nothing heavier than a checkpoint's card."""
@@ -54,7 +63,7 @@ def prepare_run(cfg: TrainConfig, overrides: Sequence[str], resume: Optional[str
     recorded = card.get("config")
     if not isinstance(recorded, dict):
         raise InputError("the checkpoint's card records no config to resume with", weights)
-    merged = TrainConfig.from_dict(apply_overrides(recorded, overrides))
+    merged = TrainConfig.from_dict(apply_overrides(_as_trained(recorded), overrides))
     merged.run.out_dir = cfg.run.out_dir     # where the run is now, wherever it was before
     step = int(card.get("step", 0))
     notes = [f"resuming {out} from step {step} of {merged.optim.steps} ({weights.name})"]
