@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .data import Preprocessing, ViewSampling
+from .data.cache import CENTRE_ON
 from .errors import InputError
 from .typed_config import build_section
 from .models import WorldModelConfig
@@ -82,7 +83,9 @@ class TrainConfig:
             raise InputError("optim.batch_size and optim.steps must be >= 1")
         if self.data.val_count < 0:
             raise InputError("data.val_count must be >= 0")
-        self.data.preprocessing()                   # data.centre_on: body or scan
+        if self.data.centre_on not in CENTRE_ON:
+            raise InputError(f"data.centre_on must be one of {', '.join(CENTRE_ON)}, "
+                             f"not {self.data.centre_on!r}")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
