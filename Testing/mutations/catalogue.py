@@ -242,4 +242,9 @@ MUTATIONS = (
              "    return volume",
              ("Testing/test_uncertainty.py",),
              "output volumes are stored in whole HU as int16"),
+    Mutation("radiograph-placed-by-its-own-centre", "XrayWorldModel/infer/domain.py",
+             '    canvas, covered, scale = _resample(rad, sampling, spacing, centring["shift_px"])',
+             '    canvas, covered, scale = _resample(rad, sampling, spacing)',
+             ("Testing/test_scale.py",),
+             "an off-centre chest reaches the model centred on its lung fields, as it trained"),
 )

@@ -18,6 +18,10 @@ model saw. Two widths are measured, on a working copy of about ``WORK_SIZE`` pix
   the same percentile; not measurable when the body reaches the image's side edges
   (collimated or cropped), as in most clinical radiographs.
 
+The same lateral lung edges also give the **midline**: the median over those rows of the
+point halfway between them, where the chest's middle lies in the image (:mod:`.domain`
+centres the radiograph on it, as every training chest is centred on its body).
+
 The lung-field width is used when found (the body's width depends more on habitus and is
 usually cut off); the thorax width otherwise. The reference widths are measured on frontal
 DRRs of the training CTs at the model's detector (:func:`anatomy_reference`), stored in the
@@ -90,10 +94,13 @@ FALLBACK_REFERENCE: Dict = {
 
 @dataclass
 class AnatomyWidths:
-    """Widths measured on one image, in the image's own column pixels (None: not found)."""
+    """Widths measured on one image, in the image's own column pixels (None: not found),
+    and the lung fields' midline: the column (from the image's left edge, pixel centres at
+    0, 1, ...) halfway between their lateral edges."""
 
     lung_px: Optional[float] = None
     thorax_px: Optional[float] = None
+    midline_px: Optional[float] = None
     rows: int = 0                       # rows (of the original image) the widths come from
     reason: Optional[str] = None        # why the lung fields were not measured
 
@@ -220,18 +227,20 @@ def _extent(mask: np.ndarray):
 
 
 def _row_widths(small, body, a, b):
-    """Per row with both lungs: (lung-field widths, body widths, body cut at a side edge)."""
+    """Per row with both lungs: (lung-field widths, their midpoints, body widths, body cut
+    at a side edge)."""
     rows = np.nonzero(a.any(1) & b.any(1))[0]
     profiles = ndi.gaussian_filter(small, (ROW_SMOOTHING * small.shape[0], 1.0))[rows]
     (a0, a1), (b0, b1), (c0, c1) = (_extent(m[rows]) for m in (a, b, body))
-    lung = []
+    lung, mid = [], []
     for k in range(rows.size):
         left = _lateral_edge(profiles[k], int(a0[k] + a1[k]) // 2, int(a0[k]), int(c0[k]))
         right = _lateral_edge(profiles[k], int(b0[k] + b1[k]) // 2, int(b1[k]), int(c1[k]))
         if left is not None and right is not None:
             lung.append(right - left)
+            mid.append(0.5 * (left + right))
     cut = np.count_nonzero(body[rows, 0] | body[rows, -1]) > 0.1 * max(rows.size, 1)
-    return np.asarray(lung), (c1 - c0 + 1).astype(np.float64), bool(cut)
+    return np.asarray(lung), np.asarray(mid), (c1 - c0 + 1).astype(np.float64), bool(cut)
 
 
 def measure_widths(image: np.ndarray, to_domain: Optional[Callable] = None) -> AnatomyWidths:
@@ -246,13 +255,15 @@ def measure_widths(image: np.ndarray, to_domain: Optional[Callable] = None) -> A
     body, lungs, why = _body_and_lungs(small)
     if lungs is None:
         return AnatomyWidths(reason=why)
-    lung, thorax, cut = _row_widths(small, body, *lungs)
+    lung, mid, thorax, cut = _row_widths(small, body, *lungs)
     need = max(4, int(MIN_ROW_FRACTION * small.shape[0]))
     out = AnatomyWidths(rows=int(round(len(thorax) * fr)))
     if len(thorax) >= need and not cut:
         out.thorax_px = float(np.percentile(thorax, WIDTH_PERCENTILE) * fc)
     if len(lung) >= need:
         out.lung_px = float(np.percentile(lung, WIDTH_PERCENTILE) * fc)
+        # a working pixel spans fc original columns: its centre sits at (k + 0.5) fc - 0.5
+        out.midline_px = float((np.median(mid) + 0.5) * fc - 0.5)
     else:
         out.reason = (f"lung edges found on {len(lung)} rows of the working copy, fewer than "
                       f"the {need} needed")
