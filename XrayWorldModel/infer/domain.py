@@ -10,7 +10,7 @@ in all of these, so :func:`to_model_input` does three things, in order:
    that matches the reference better mirrored than as is gets a warning (a flipped export).
 2. **Geometry**: the image is resampled from its own pixel spacing at the detector (DICOM
    ImagerPixelSpacing when present, since PixelSpacing may be calibrated at the patient) to
-   the model's detector pitch and centred in the model's field of view, padded with air. The
+   the model's detector pitch and placed in the model's field of view, padded with air. The
    physical scale is thus kept. The anatomy checks it (:mod:`.scale`: the lung fields' width
    against the training chests'): a note when the header disagrees by over 30 %, and the
    anatomy's estimate instead of a missing spacing or of one that is implausible (2.5x off).
