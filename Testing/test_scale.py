@@ -30,10 +30,10 @@ SAMPLING = ViewSampling()          # the demo model's detector: SDD 1800, SOD 15
 MAGNIFICATION = SAMPLING.sdd / SAMPLING.sod
 
 
-def _drr(volume, pitch: float, width_mm: float, aside_mm: float = 0.0) -> np.ndarray:
-    """The frontal DRR of ``volume``, its centre ``aside_mm`` off the beam's axis (LR)."""
+def _drr(volume, pitch: float, width_mm: float, moved_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """The frontal DRR of ``volume``, the beam's axis ``moved_mm`` (LPS) from its centre."""
     n = int(round(width_mm / pitch))
-    centre = np.asarray(volume.center, dtype=np.float64) + (aside_mm, 0.0, 0.0)
+    centre = np.asarray(volume.center, dtype=np.float64) + np.asarray(moved_mm, dtype=np.float64)
     g = ProjectionGeometry(angles=(0.0,), detector_shape=(n, n), pixel_spacing=(pitch, pitch),
                            sdd=SAMPLING.sdd, sod=SAMPLING.sod, isocenter=tuple(centre))
     return DRRRenderer(volume, "fast", "cpu", SAMPLING.mu_water).render(g)[0]
@@ -143,43 +143,54 @@ def test_no_chest_no_estimate():
     assert any("0.143 mm assumed" in n and "no spacing estimate" in n for n in mi.notes)
 
 
-def test_midline_follows_the_chest(held_out_drrs):
+def test_midline_and_centre_row_follow_the_chest(held_out_drrs):
     """The lung fields' midline of a centred phantom lies within the centring tolerance of
-    the image's centre (one model pixel: a chest's lungs are not quite symmetric), and moves
-    with the chest: the same phantom 30 mm aside (36 mm at the detector, magnified 1.2)
-    moves it 36 mm, to 2 mm."""
+    the image's centre (one model pixel: a chest's lungs are not quite symmetric), and their
+    centre row is the one the reference measures on the model's detector (to 2 mm); both
+    move with the chest: the beam 30 mm to the patient's left or 30 mm higher moves them
+    36 mm (magnified 1.2), to 2 mm."""
     seed = HELD_OUT_SEEDS[0]
     pitch, drr = held_out_drrs[seed][1]
     centre = (drr.shape[1] - 1) / 2
-    here = measure_widths(drr).midline_px
-    assert abs(here - centre) * pitch < CENTRE_TOLERANCE_PX * SAMPLING.pixel_spacing
-    moved = measure_widths(_drr(procedural_chest(seed), pitch, 470.0, aside_mm=30.0)).midline_px
-    assert abs(abs(moved - here) * pitch - 30.0 * MAGNIFICATION) < 2.0, (here, moved)
+    here = measure_widths(drr)
+    assert abs(here.midline_px - centre) * pitch < CENTRE_TOLERANCE_PX * SAMPLING.pixel_spacing
+    vol = procedural_chest(seed)
+    ref = anatomy_reference(*reference_frontals([vol], SAMPLING), MAGNIFICATION)
+    assert abs((here.lung_centre_row_px - centre) * pitch - ref["lung_centre_mm"]) < 2.0
+    aside = measure_widths(_drr(vol, pitch, 470.0, (30.0, 0.0, 0.0)))
+    higher = measure_widths(_drr(vol, pitch, 470.0, (0.0, 0.0, 30.0)))
+    assert abs(abs(aside.midline_px - here.midline_px) * pitch - 36.0) < 2.0
+    assert abs((higher.lung_centre_row_px - here.lung_centre_row_px) * pitch - 36.0) < 2.0
 
 
-def test_off_centre_chest_is_centred_for_the_model(held_out_drrs):
-    """A patient standing 30 mm aside gives the model the input a centred one gives (NCC >=
-    0.99 where both are covered; as it is, without the move, 0.9 or less); the move is
+@pytest.mark.parametrize("moved_mm, axis", [((30.0, 0.0, 0.0), 1), ((0.0, 0.0, 30.0), 0),
+                                            ((-20.0, 0.0, -25.0), None)],
+                         ids=["aside", "higher", "both"])
+def test_off_centre_chest_is_placed_as_the_training_chests(held_out_drrs, moved_mm, axis):
+    """A chest framed aside, high or both gives the model the input a centred one gives (NCC
+    >= 0.99 where both are covered; placed by its own centre, 0.9 or less); the move is
     recorded and noted. A centred chest is not moved."""
     seed = HELD_OUT_SEEDS[1]
     pitch, drr = held_out_drrs[seed][1]
-    aside = _drr(procedural_chest(seed), pitch, 470.0, aside_mm=30.0)
-    as_input = lambda img: to_model_input(
-        Radiograph(img, (pitch, pitch), "PA", {"units": LINE_INTEGRAL}), SAMPLING)
-    centred, moved = as_input(drr), as_input(aside)
-    assert centred.centring["source"] == "lung fields" and centred.centring["shift_px"] == 0
-    assert not any("chest centred" in n for n in centred.notes)
-    expected = 30.0 * MAGNIFICATION / SAMPLING.pixel_spacing
-    assert abs(abs(moved.centring["shift_px"]) - expected) <= 1.0, moved.centring
-    assert any("chest centred" in n for n in moved.notes)
+    off = _drr(procedural_chest(seed), pitch, 470.0, moved_mm)
+    rad = lambda img: Radiograph(img, (pitch, pitch), "PA", {"units": LINE_INTEGRAL})
+    centred, moved = to_model_input(rad(drr), SAMPLING), to_model_input(rad(off), SAMPLING)
+    assert centred.centring["source"] == "lung fields" and centred.centring["shift_px"] == [0, 0]
+    assert not any("chest placed" in n for n in centred.notes)
+    # the beam moved +x (to the patient's left, the image's right in a PA view) shows the
+    # chest left of centre: moved right (-); moved +z (to the head) shows it lower: moved up
+    expected = np.asarray([moved_mm[2], -moved_mm[0]]) * MAGNIFICATION / SAMPLING.pixel_spacing
+    assert np.all(np.abs(np.asarray(moved.centring["shift_px"]) - expected) <= 1.0), moved.centring
+    if axis is not None:
+        assert moved.centring["shift_px"][1 - axis] == 0
+    assert any("chest placed" in n for n in moved.notes)
 
     def ncc(a, b):
         both = a.covered & b.covered
         x, y = a.image[both] - a.image[both].mean(), b.image[both] - b.image[both].mean()
         return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
     assert ncc(centred, moved) >= 0.99
-    unmoved = Radiograph(aside, (pitch, pitch), "PA", {"units": LINE_INTEGRAL})
-    assert ncc(centred, to_model_input(unmoved, SAMPLING, check_spacing=False)) <= 0.9
+    assert ncc(centred, to_model_input(rad(off), SAMPLING, place=False)) <= 0.9
 
 
 def test_real_cr_gets_a_plausible_spacing(shared_data):

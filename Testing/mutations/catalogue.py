@@ -247,4 +247,9 @@ MUTATIONS = (
              '    canvas, covered, scale = _resample(rad, sampling, spacing)',
              ("Testing/test_scale.py",),
              "an off-centre chest reaches the model centred on its lung fields, as it trained"),
+    Mutation("radiograph-height-kept", "XrayWorldModel/infer/domain.py",
+             "    r_off = first(small.shape[0]) + int(shift[0])",
+             "    r_off = first(small.shape[0])",
+             ("Testing/test_scale.py",),
+             "a chest framed high or low reaches the model at the training chests' height"),
 )

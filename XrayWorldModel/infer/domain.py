@@ -14,12 +14,15 @@ in all of these, so :func:`to_model_input` does three things, in order:
    physical scale is thus kept. The anatomy checks it (:mod:`.scale`: the lung fields' width
    against the training chests'): a note when the header disagrees by over 30 %, and the
    anatomy's estimate instead of a missing spacing or of one that is implausible (2.5x off).
-   **Position**: every training chest is centred on its body (``data.centre_on``), so the
-   radiograph is placed with the midline of its lung fields (:mod:`.scale`) at the centre of
-   the field, not its own centre, when the two differ by more than ``CENTRE_TOLERANCE_PX``:
-   a patient standing off the detector's middle then meets the model where it was trained.
-   The move is recorded (``ModelInput.centring``); the views and volume are of the centred
-   chest. Without lung fields the image stays as it is, and a note says so.
+   **Position**: every training chest is centred left-right on its body
+   (``data.centre_on``), and its lung fields lie at some height in the field, so the
+   radiograph is placed by its chest, not its own centre (:mod:`.scale` finds the lung
+   fields): their midline at the field's centre, their centre row where the training
+   chests' lies (the card's ``domain.anatomy.lung_centre_mm``, else the phantoms'), each
+   axis moved when it is more than ``CENTRE_TOLERANCE_PX`` off. A patient standing aside,
+   or a radiograph framed high or low, then meets the model where it was trained. The move
+   is recorded (``ModelInput.centring``); the views and volume are of the moved chest.
+   Without lung fields the image stays as it is, and a note says so.
 3. **Intensity**: display values are not line integrals (a DRR given as a Radiograph with
    ``metadata["units"] == "line_integral"`` keeps its values). Inside the body (above 5 % of
    the image's range, the rule the training DRRs' statistics used), the radiograph's
@@ -47,7 +50,7 @@ from ..data import ViewSampling
 from ..errors import InputError
 from ..radiograph import Radiograph
 from .scale import (PA_MAGNIFICATION, SpacingEstimate, card_reference, compare_spacing,
-                    estimate_spacing)
+                    estimate_spacing, lung_centre_target)
 
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
 LATERAL_POSITIONS = LATERAL_VIEW_POSITIONS
@@ -58,14 +61,14 @@ LINE_INTEGRAL = "line_integral"
 #: Fraction of the image's range above its air level where the body starts: the rule
 #: :func:`domain_reference` applies to the training DRRs (5 % of their maximum).
 BODY_FRACTION = 0.05
-#: Largest offset (model pixels) of the lung fields' midline from the field's centre left
-#: as it is: the midlines of centred chests lie within 0.65 px of it (body-centred DRRs of
-#: the three shared real CTs, 16 training phantoms, ``Testing/test_scale.py``'s held-out
-#: one), and a one-pixel move cost the first leave-one-patient-out model 0.07 dB at 90 deg
-#: on its held-out patient.
+#: Largest offset (model pixels) of the chest from where the training chests lie that is
+#: left as it is: the midlines of centred chests lie within 0.65 px of the centre
+#: (body-centred DRRs of the three shared real CTs, 16 training phantoms,
+#: ``Testing/test_scale.py``'s held-out one), and a one-pixel move aside cost the first
+#: leave-one-patient-out model 0.07 dB at 90 deg on its held-out patient.
 CENTRE_TOLERANCE_PX = 1.0
-#: A midline farther off than this fraction of the field is more likely a mistaken lung
-#: finding than a patient that far aside: the image is then left as it is.
+#: An offset larger than this fraction of the field is more likely a mistaken lung finding
+#: than a chest that far off: the image is then left as it is.
 MAX_CENTRING_FRACTION = 0.25
 
 
@@ -138,9 +141,9 @@ def detector_spacing(rad: Radiograph):
     return rad.spacing
 
 
-def _resample(rad: Radiograph, sampling: ViewSampling, spacing=None, shift: int = 0):
+def _resample(rad: Radiograph, sampling: ViewSampling, spacing=None, shift=(0, 0)):
     """The radiograph at the model's detector pitch, centred on an image_size canvas, then
-    moved ``shift`` model pixels towards the image's left (negative: right);
+    moved ``shift`` = (rows up, columns left) model pixels (negative: down, right);
     ``spacing``: (row, column) mm at the detector (default :func:`detector_spacing`)."""
     n = sampling.image_size
     pitch = sampling.pixel_spacing
@@ -160,12 +163,13 @@ def _resample(rad: Radiograph, sampling: ViewSampling, spacing=None, shift: int 
     return canvas, covered, cols / rad.image.shape[1]
 
 
-def _place(small: np.ndarray, n: int, shift: int = 0):
+def _place(small: np.ndarray, n: int, shift=(0, 0)):
     """(canvas, covered) ``n`` x ``n``: ``small`` centred on it (cropped where larger, air
-    around where smaller), then moved ``shift`` pixels to the left."""
+    around where smaller), then moved ``shift`` = (rows up, columns left) pixels."""
     def first(size):        # source index of canvas index 0, centred
         return (size - n) // 2 if size >= n else -((n - size) // 2)
-    r_off, c_off = first(small.shape[0]), first(small.shape[1]) + int(shift)
+    r_off = first(small.shape[0]) + int(shift[0])
+    c_off = first(small.shape[1]) + int(shift[1])
     i0, i1 = max(0, -r_off), min(n, small.shape[0] - r_off)
     j0, j1 = max(0, -c_off), min(n, small.shape[1] - c_off)
     canvas = np.zeros((n, n))
@@ -177,33 +181,52 @@ def _place(small: np.ndarray, n: int, shift: int = 0):
 
 
 def centring_shift(rad: Radiograph, sampling: ViewSampling, spacing,
-                   estimate: Optional[SpacingEstimate], notes: list) -> Dict:
-    """How far to move the radiograph so that its lung fields' midline lies at the centre of
-    the model's field: ``{"source", "midline_offset_mm", "shift_px", "shift_mm"}`` (offsets
-    at the detector, positive towards the image's right; ``shift_px`` model pixels to the
-    left, 0 within ``CENTRE_TOLERANCE_PX``)."""
-    record = {"source": "none", "midline_offset_mm": None, "shift_px": 0, "shift_mm": 0.0}
-    midline = estimate.widths.midline_px if estimate is not None else None
-    if midline is None:
+                   estimate: Optional[SpacingEstimate], reference: Optional[Dict],
+                   notes: list) -> Dict:
+    """How far to move the radiograph so that its chest lies where the training chests lie:
+    the lung fields' midline at the field's centre, their centre row at the reference's
+    (:func:`.scale.lung_centre_target`). ``{"source", "midline_offset_mm",
+    "lung_centre_offset_mm", "lung_centre_target_mm", "shift_px", "shift_mm"}``: offsets in
+    mm at the detector from the image's centre (positive: right, down); ``shift_px`` = (rows
+    up, columns left) in model pixels, 0 on an axis within ``CENTRE_TOLERANCE_PX``."""
+    target, target_source = lung_centre_target(reference)
+    record = {"source": "none", "midline_offset_mm": None, "lung_centre_offset_mm": None,
+              "lung_centre_target_mm": target, "lung_centre_target_source": target_source,
+              "shift_px": [0, 0], "shift_mm": [0.0, 0.0]}
+    widths = estimate.widths if estimate is not None else None
+    if widths is None or widths.lung_centre_row_px is None:
         if estimate is not None:
             notes.append("lung fields not found: the image is placed by its own centre, "
                          "not the chest's")
         return record
+    rows, cols = rad.image.shape
+    down = (widths.lung_centre_row_px - (rows - 1) / 2) * float(spacing[0])
+    right = (None if widths.midline_px is None
+             else (widths.midline_px - (cols - 1) / 2) * float(spacing[1]))
+    record.update(source="lung fields", lung_centre_offset_mm=round(float(down), 2),
+                  midline_offset_mm=None if right is None else round(float(right), 2))
     pitch = sampling.pixel_spacing
-    offset_mm = (midline - (rad.image.shape[1] - 1) / 2) * float(spacing[1])
-    offset_px = offset_mm / pitch
-    record.update(source="lung fields", midline_offset_mm=round(float(offset_mm), 2))
-    if abs(offset_px) > MAX_CENTRING_FRACTION * sampling.image_size:
-        notes.append(f"the lung fields' midline seems {offset_mm:+.0f} mm from the image's "
-                     f"centre, too far to trust: the image is not moved")
+    offsets = (down - target, right or 0.0)          # mm from where the training chests lie
+    if max(abs(v) for v in offsets) > MAX_CENTRING_FRACTION * sampling.image_size * pitch:
+        notes.append(f"the chest seems {offsets[0]:+.0f} mm down and {offsets[1]:+.0f} mm "
+                     f"right of where the training chests lie, too far to trust: the image "
+                     f"is not moved")
         return record
-    if abs(offset_px) > CENTRE_TOLERANCE_PX:
-        shift = int(round(offset_px))
-        record.update(shift_px=shift, shift_mm=round(shift * pitch, 2))
-        notes.append(f"chest centred: the lung fields' midline lay {abs(offset_mm):.0f} mm "
-                     f"{'right' if offset_mm > 0 else 'left'} of the image's centre (at the "
-                     f"detector); the image was moved {abs(shift)} px "
-                     f"({abs(shift) * pitch:.0f} mm), as the training chests lie centred")
+    shift = [int(round(v / pitch)) if abs(v / pitch) > CENTRE_TOLERANCE_PX else 0
+             for v in offsets]
+    record.update(shift_px=shift, shift_mm=[round(v * pitch, 2) for v in shift])
+    said = []
+    if shift[1]:
+        said.append(f"the lung fields' midline lay {abs(offsets[1]):.0f} mm "
+                    f"{'right' if offsets[1] > 0 else 'left'} of the centre: moved "
+                    f"{abs(shift[1])} px {'left' if shift[1] > 0 else 'right'}")
+    if shift[0]:
+        said.append(f"the lung fields' centre lay {abs(offsets[0]):.0f} mm "
+                    f"{'lower' if offsets[0] > 0 else 'higher'} than the training chests': "
+                    f"moved {abs(shift[0])} px {'up' if shift[0] > 0 else 'down'}")
+    if said:
+        notes.append("chest placed where the training chests lie (mm at the detector): "
+                     + "; ".join(said))
     return record
 
 
@@ -265,23 +288,26 @@ def _laterality(image: np.ndarray, reference: Optional[Dict], notes: list,
 
 
 def to_model_input(rad: Radiograph, sampling: ViewSampling,
-                   reference: Optional[Dict] = None, check_spacing: bool = True) -> ModelInput:
+                   reference: Optional[Dict] = None, check_spacing: bool = True,
+                   place: bool = True) -> ModelInput:
     """The radiograph as the model's frontal DRR-like input (see the module docstring).
-    ``check_spacing=False`` trusts a header spacing without measuring the anatomy, and so
-    places the image by its own centre: for simulated acquisitions, whose spacing and
-    position are exact by construction (saves ~50 ms each)."""
+    ``check_spacing=False`` uses a header spacing without checking it against the anatomy:
+    for simulated acquisitions, whose spacing is exact by construction. ``place=False``
+    places the image by its own centre, not by its chest (for comparisons; ``infer`` and
+    ``probe`` place it). With both off the anatomy is not measured (~50 ms saved)."""
     if not np.all(np.isfinite(rad.image)):
         raise InputError("the radiograph holds NaN or infinite values")
     notes: list = []
     _check_orientation(rad, notes)
-    estimate = None
     if check_spacing or rad.spacing_is_default:
         spacing, spacing_record, estimate = choose_spacing(rad, sampling, reference, notes)
     else:
         spacing = detector_spacing(rad)
         spacing_record = {"source": "header", "used_mm": [float(v) for v in spacing],
                           "header_mm": [float(v) for v in spacing], "estimate": None}
-    centring = centring_shift(rad, sampling, spacing, estimate, notes)
+        estimate = anatomy_estimate(rad, sampling, reference) if place else None
+    centring = centring_shift(rad, sampling, spacing, estimate if place else None,
+                              reference, notes)
     canvas, covered, scale = _resample(rad, sampling, spacing, centring["shift_px"])
     if rad.metadata.get("units") == LINE_INTEGRAL:
         # already a DRR (e.g. the demo's phantom): its values are the model's units
@@ -295,6 +321,21 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
     return ModelInput(image, covered, scale, notes, problems, spacing_record, centring)
 
 
+def anatomy_estimate(rad: Radiograph, sampling: ViewSampling,
+                     reference: Optional[Dict]) -> SpacingEstimate:
+    """The anatomy measured on ``rad`` (:mod:`.scale`): the spacing it implies, its lung
+    fields' midline and centre row; in DRR units through the card's mapping, at the model's
+    magnification for a DRR and a PA chest's for a radiograph."""
+    drr = rad.metadata.get("units") == LINE_INTEGRAL
+    to_domain = None if drr else (lambda img: _match_intensity(img, np.ones(img.shape, bool),
+                                                               reference))
+    magnification = sampling.sdd / sampling.sod if drr else PA_MAGNIFICATION
+    try:
+        return estimate_spacing(rad.image, card_reference(reference), to_domain, magnification)
+    except InputError as exc:     # too small or blank to measure; the mapping says if it matters
+        return SpacingEstimate.failed(str(exc), magnification=magnification)
+
+
 def choose_spacing(rad: Radiograph, sampling: ViewSampling, reference: Optional[Dict],
                    notes: list):
     """((row, column) detector spacing to resample with, a record of the choice, the
@@ -303,14 +344,7 @@ def choose_spacing(rad: Radiograph, sampling: ViewSampling, reference: Optional[
     30 %); the anatomy's estimate when the header has no spacing or one that makes the chest
     implausibly sized (over 2.5x off); the default when neither is there."""
     header = detector_spacing(rad)
-    drr = rad.metadata.get("units") == LINE_INTEGRAL
-    to_domain = None if drr else (lambda img: _match_intensity(img, np.ones(img.shape, bool),
-                                                               reference))
-    magnification = sampling.sdd / sampling.sod if drr else PA_MAGNIFICATION
-    try:
-        est = estimate_spacing(rad.image, card_reference(reference), to_domain, magnification)
-    except InputError as exc:     # too small or blank to measure; the mapping says if it matters
-        est = SpacingEstimate.failed(str(exc), magnification=magnification)
+    est = anatomy_estimate(rad, sampling, reference)
     verdict = None if rad.spacing_is_default else compare_spacing(header[1], est)
     used, source = header, "default" if rad.spacing_is_default else "header"
     if rad.spacing_is_default and est.spacing_mm is None:

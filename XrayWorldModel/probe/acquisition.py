@@ -12,8 +12,8 @@ reference are fitted on *acquisitions*: each CT is rendered as a frontal radiogr
 * on a detector of random pitch (1.0-2.5 mm) and field (380-480 mm at the detector);
 * given to :func:`~XrayWorldModel.infer.domain.to_model_input` either as line integrals
   (a DRR) or as display values under a random gamma (0.7-1.4, a radiograph's look-up
-  table), so it goes through the same resampling and intensity mapping as a file given to
-  ``xray2xray infer``.
+  table), so it goes through the same resampling, placement by its lung fields and
+  intensity mapping as a file given to ``xray2xray infer``.
 
 Each acquisition is drawn from ``SeedSequence([seed, ct_index, view_index])``: the same
 CTs, count and seed give the same images. ``n_views=0`` means the old behaviour: the one
