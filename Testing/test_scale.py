@@ -143,10 +143,10 @@ def test_no_chest_no_estimate():
     assert any("0.143 mm assumed" in n and "no spacing estimate" in n for n in mi.notes)
 
 
-def test_midline_and_centre_row_follow_the_chest(held_out_drrs):
+def test_midline_and_apices_follow_the_chest(held_out_drrs):
     """The lung fields' midline of a centred phantom lies within the centring tolerance of
     the image's centre (one model pixel: a chest's lungs are not quite symmetric), and their
-    centre row is the one the reference measures on the model's detector (to 2 mm); both
+    apices' row is the one the reference measures on the model's detector (to 2 mm); both
     move with the chest: the beam 30 mm to the patient's left or 30 mm higher moves them
     36 mm (magnified 1.2), to 2 mm."""
     seed = HELD_OUT_SEEDS[0]
@@ -156,20 +156,21 @@ def test_midline_and_centre_row_follow_the_chest(held_out_drrs):
     assert abs(here.midline_px - centre) * pitch < CENTRE_TOLERANCE_PX * SAMPLING.pixel_spacing
     vol = procedural_chest(seed)
     ref = anatomy_reference(*reference_frontals([vol], SAMPLING), MAGNIFICATION)
-    assert abs((here.lung_centre_row_px - centre) * pitch - ref["lung_centre_mm"]) < 2.0
+    assert abs((here.lung_top_row_px - centre) * pitch - ref["lung_top_mm"]) < 2.0
     aside = measure_widths(_drr(vol, pitch, 470.0, (30.0, 0.0, 0.0)))
     higher = measure_widths(_drr(vol, pitch, 470.0, (0.0, 0.0, 30.0)))
     assert abs(abs(aside.midline_px - here.midline_px) * pitch - 36.0) < 2.0
-    assert abs((higher.lung_centre_row_px - here.lung_centre_row_px) * pitch - 36.0) < 2.0
+    assert abs((higher.lung_top_row_px - here.lung_top_row_px) * pitch - 36.0) < 2.0
 
 
-@pytest.mark.parametrize("moved_mm, axis", [((30.0, 0.0, 0.0), 1), ((0.0, 0.0, 30.0), 0),
+@pytest.mark.parametrize("moved_mm, axis", [((30.0, 0.0, 0.0), 1), ((0.0, 0.0, -30.0), 0),
                                             ((-20.0, 0.0, -25.0), None)],
-                         ids=["aside", "higher", "both"])
+                         ids=["aside", "high", "both"])
 def test_off_centre_chest_is_placed_as_the_training_chests(held_out_drrs, moved_mm, axis):
-    """A chest framed aside, high or both gives the model the input a centred one gives (NCC
-    >= 0.99 where both are covered; placed by its own centre, 0.9 or less); the move is
-    recorded and noted. A centred chest is not moved."""
+    """A chest framed aside, high or both is brought back: its lung fields' midline to the
+    centre, its apices down to the training chests' (upper quartile), so the model gets
+    nearly the input a centred one gives (NCC >= 0.95 where both are covered; placed by its
+    own centre, 0.9 or less); the move is recorded and noted. A centred chest is not moved."""
     seed = HELD_OUT_SEEDS[1]
     pitch, drr = held_out_drrs[seed][1]
     off = _drr(procedural_chest(seed), pitch, 470.0, moved_mm)
@@ -178,9 +179,12 @@ def test_off_centre_chest_is_placed_as_the_training_chests(held_out_drrs, moved_
     assert centred.centring["source"] == "lung fields" and centred.centring["shift_px"] == [0, 0]
     assert not any("chest placed" in n for n in centred.notes)
     # the beam moved +x (to the patient's left, the image's right in a PA view) shows the
-    # chest left of centre: moved right (-); moved +z (to the head) shows it lower: moved up
+    # chest left of centre: moved right (-); moved -z (to the feet) shows it higher: moved
+    # down (-)
     expected = np.asarray([moved_mm[2], -moved_mm[0]]) * MAGNIFICATION / SAMPLING.pixel_spacing
-    assert np.all(np.abs(np.asarray(moved.centring["shift_px"]) - expected) <= 1.0), moved.centring
+    # the centred chest may itself lie up to the tolerance off its target, then rounding
+    slack = CENTRE_TOLERANCE_PX + 0.5
+    assert np.all(np.abs(np.asarray(moved.centring["shift_px"]) - expected) <= slack), moved.centring
     if axis is not None:
         assert moved.centring["shift_px"][1 - axis] == 0
     assert any("chest placed" in n for n in moved.notes)
@@ -189,8 +193,32 @@ def test_off_centre_chest_is_placed_as_the_training_chests(held_out_drrs, moved_
         both = a.covered & b.covered
         x, y = a.image[both] - a.image[both].mean(), b.image[both] - b.image[both].mean()
         return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
-    assert ncc(centred, moved) >= 0.99
+    # the moved chest's apices now lie no higher than the reference's (to rounding); the
+    # centred one may lie up to a quartile band lower, so the two inputs agree to within
+    # a pixel or two of height (one pixel: NCC about 0.976)
+    c = moved.centring
+    after = c["lung_top_offset_mm"] - c["shift_px"][0] * SAMPLING.pixel_spacing
+    assert after >= c["lung_top_target_mm"] - 0.5 * SAMPLING.pixel_spacing, c
+    assert ncc(centred, moved) >= 0.95
     assert ncc(centred, to_model_input(rad(off), SAMPLING, place=False)) <= 0.9
+
+
+def test_chest_is_never_moved_up(held_out_drrs):
+    """A radiograph whose top edge cuts 60 mm into the lungs finds its apices far too low
+    (the lung near the edge spills into it): moving the chest up would move it away from
+    where it lies. It is not moved up; nor is a chest framed low."""
+    pitch, drr = held_out_drrs[HELD_OUT_SEEDS[1]][1]
+    top = measure_widths(drr).lung_top_row_px
+    cut = drr[int(top + 60 / pitch):]
+    mi = to_model_input(Radiograph(cut, (pitch, pitch), "PA", {"units": LINE_INTEGRAL}),
+                        SAMPLING)
+    c = mi.centring
+    assert c["lung_top_offset_mm"] - c["lung_top_target_mm"] > SAMPLING.pixel_spacing
+    assert c["shift_px"][0] == 0, c
+    low = _drr(procedural_chest(HELD_OUT_SEEDS[1]), pitch, 470.0, (0.0, 0.0, 30.0))
+    mi = to_model_input(Radiograph(low, (pitch, pitch), "PA", {"units": LINE_INTEGRAL}),
+                        SAMPLING)
+    assert mi.centring["shift_px"][0] == 0 and not any("chest placed" in n for n in mi.notes)
 
 
 def test_real_cr_gets_a_plausible_spacing(shared_data):

@@ -251,5 +251,10 @@ MUTATIONS = (
              "    r_off = first(small.shape[0]) + int(shift[0])",
              "    r_off = first(small.shape[0])",
              ("Testing/test_scale.py",),
-             "a chest framed high or low reaches the model at the training chests' height"),
+             "a chest framed high reaches the model at the training chests' height"),
+    Mutation("chest-moved-up-by-its-apices", "XrayWorldModel/infer/domain.py",
+             "    offsets = (min(down - target, 0.0), right or 0.0)",
+             "    offsets = (down - target, right or 0.0)",
+             ("Testing/test_scale.py",),
+             "apices found low (perhaps cut off) never move the chest up"),
 )

@@ -17,9 +17,10 @@ in all of these, so :func:`to_model_input` does three things, in order:
    **Position**: every training chest is centred left-right on its body
    (``data.centre_on``), and its lung fields lie at some height in the field, so the
    radiograph is placed by its chest, not its own centre (:mod:`.scale` finds the lung
-   fields): their midline at the field's centre, their centre row where the training
-   chests' lies (the card's ``domain.anatomy.lung_centre_mm``, else the phantoms'), each
-   axis moved when it is more than ``CENTRE_TOLERANCE_PX`` off. A patient standing aside,
+   fields): their midline at the field's centre, and their apices no higher than those of
+   three quarters of the training chests (the card's ``domain.anatomy``, else the
+   phantoms'), each axis moved when it is more than ``CENTRE_TOLERANCE_PX`` off. Never up:
+   apices cut off by the image's top edge are found too low. A patient standing aside,
    or a radiograph framed high or low, then meets the model where it was trained. The move
    is recorded (``ModelInput.centring``); the views and volume are of the moved chest.
    Without lung fields the image stays as it is, and a note says so.
@@ -50,7 +51,7 @@ from ..data import ViewSampling
 from ..errors import InputError
 from ..radiograph import Radiograph
 from .scale import (PA_MAGNIFICATION, SpacingEstimate, card_reference, compare_spacing,
-                    estimate_spacing, lung_centre_target)
+                    estimate_spacing, lung_top_target)
 
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
 LATERAL_POSITIONS = LATERAL_VIEW_POSITIONS
@@ -184,29 +185,33 @@ def centring_shift(rad: Radiograph, sampling: ViewSampling, spacing,
                    estimate: Optional[SpacingEstimate], reference: Optional[Dict],
                    notes: list) -> Dict:
     """How far to move the radiograph so that its chest lies where the training chests lie:
-    the lung fields' midline at the field's centre, their centre row at the reference's
-    (:func:`.scale.lung_centre_target`). ``{"source", "midline_offset_mm",
-    "lung_centre_offset_mm", "lung_centre_target_mm", "shift_px", "shift_mm"}``: offsets in
+    the lung fields' midline at the field's centre, their apices down to the reference's
+    height (:func:`.scale.lung_top_target`; down only: cut-off apices are found low). ``{"source",
+    "midline_offset_mm", "lung_top_offset_mm", "lung_top_target_mm", "shift_px",
+    "shift_mm"}``: offsets in
     mm at the detector from the image's centre (positive: right, down); ``shift_px`` = (rows
     up, columns left) in model pixels, 0 on an axis within ``CENTRE_TOLERANCE_PX``."""
-    target, target_source = lung_centre_target(reference)
-    record = {"source": "none", "midline_offset_mm": None, "lung_centre_offset_mm": None,
-              "lung_centre_target_mm": target, "lung_centre_target_source": target_source,
+    target, target_source = lung_top_target(reference)
+    record = {"source": "none", "midline_offset_mm": None, "lung_top_offset_mm": None,
+              "lung_top_target_mm": target, "lung_top_target_source": target_source,
               "shift_px": [0, 0], "shift_mm": [0.0, 0.0]}
     widths = estimate.widths if estimate is not None else None
-    if widths is None or widths.lung_centre_row_px is None:
+    if widths is None or widths.lung_top_row_px is None:
         if estimate is not None:
             notes.append("lung fields not found: the image is placed by its own centre, "
                          "not the chest's")
         return record
     rows, cols = rad.image.shape
-    down = (widths.lung_centre_row_px - (rows - 1) / 2) * float(spacing[0])
+    down = (widths.lung_top_row_px - (rows - 1) / 2) * float(spacing[0])
     right = (None if widths.midline_px is None
              else (widths.midline_px - (cols - 1) / 2) * float(spacing[1]))
-    record.update(source="lung fields", lung_centre_offset_mm=round(float(down), 2),
+    record.update(source="lung fields", lung_top_offset_mm=round(float(down), 2),
                   midline_offset_mm=None if right is None else round(float(right), 2))
     pitch = sampling.pixel_spacing
-    offsets = (down - target, right or 0.0)          # mm from where the training chests lie
+    # mm from where the training chests lie. Apices found low may be cut off by the image's
+    # top edge (found too low, never too high), and lower apices are within the training
+    # chests' range anyway: a chest is moved down, never up.
+    offsets = (min(down - target, 0.0), right or 0.0)
     if max(abs(v) for v in offsets) > MAX_CENTRING_FRACTION * sampling.image_size * pitch:
         notes.append(f"the chest seems {offsets[0]:+.0f} mm down and {offsets[1]:+.0f} mm "
                      f"right of where the training chests lie, too far to trust: the image "
@@ -221,8 +226,8 @@ def centring_shift(rad: Radiograph, sampling: ViewSampling, spacing,
                     f"{'right' if offsets[1] > 0 else 'left'} of the centre: moved "
                     f"{abs(shift[1])} px {'left' if shift[1] > 0 else 'right'}")
     if shift[0]:
-        said.append(f"the lung fields' centre lay {abs(offsets[0]):.0f} mm "
-                    f"{'lower' if offsets[0] > 0 else 'higher'} than the training chests': "
+        said.append(f"the lung apices lay {abs(offsets[0]):.0f} mm "
+                    f"higher than three quarters of the training chests': "
                     f"moved {abs(shift[0])} px {'up' if shift[0] > 0 else 'down'}")
     if said:
         notes.append("chest placed where the training chests lie (mm at the detector): "
@@ -264,8 +269,11 @@ def _match_intensity(canvas: np.ndarray, covered: np.ndarray, reference: Optiona
     return out.astype(np.float32)
 
 
-def _laterality(image: np.ndarray, reference: Optional[Dict], notes: list,
-                problems: list) -> None:
+def _laterality(image: np.ndarray, covered: np.ndarray, reference: Optional[Dict],
+                notes: list, problems: list) -> None:
+    """A problem when ``image`` matches the reference's asymmetry better mirrored. Only
+    pixels covered on both sides of the midline count: padding on one side (a chest moved
+    by its placement, an image narrower than the field) is not anatomy."""
     if not reference or "mean_frontal" not in reference:
         return
     ref = np.asarray(reference["mean_frontal"], dtype=np.float64)
@@ -276,7 +284,8 @@ def _laterality(image: np.ndarray, reference: Optional[Dict], notes: list,
         a, b = a - a.mean(), b - b.mean()
         return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
     # asymmetric parts only: the heart, the aortic knob, the liver
-    asym = lambda x: x - x[:, ::-1]
+    both_sides = covered & covered[:, ::-1]
+    asym = lambda x: (x - x[:, ::-1]) * both_sides
     as_is, mirrored = ncc(asym(image), asym(ref)), ncc(asym(image[:, ::-1]), asym(ref))
     if mirrored > as_is + 0.2:
         msg = (f"the radiograph looks mirrored (asymmetry correlates {mirrored:.2f} with the "
@@ -317,14 +326,14 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
         if reference is None:
             notes.append("the model card has no domain statistics: plain range mapping used")
     problems: list = []
-    _laterality(image, reference, notes, problems)
+    _laterality(image, covered, reference, notes, problems)
     return ModelInput(image, covered, scale, notes, problems, spacing_record, centring)
 
 
 def anatomy_estimate(rad: Radiograph, sampling: ViewSampling,
                      reference: Optional[Dict]) -> SpacingEstimate:
     """The anatomy measured on ``rad`` (:mod:`.scale`): the spacing it implies, its lung
-    fields' midline and centre row; in DRR units through the card's mapping, at the model's
+    fields' midline and apices; in DRR units through the card's mapping, at the model's
     magnification for a DRR and a PA chest's for a radiograph."""
     drr = rad.metadata.get("units") == LINE_INTEGRAL
     to_domain = None if drr else (lambda img: _match_intensity(img, np.ones(img.shape, bool),

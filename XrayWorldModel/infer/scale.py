@@ -21,9 +21,12 @@ model saw. Two widths are measured, on a working copy of about ``WORK_SIZE`` pix
 The same lateral lung edges also give the **midline**: the median over those rows of the
 point halfway between them, where the chest's middle lies in the image (:mod:`.domain`
 centres the radiograph on it, as every training chest is centred on its body); and the lung
-fields' rows give their **height in the image**: the row halfway between the apices and
-the lowest lung row (:mod:`.domain` brings it to where the training chests' lie, which the
-reference stores as ``lung_centre_mm``).
+fields give their **height in the image**: the row of their apices (the 1st percentile of
+their pixels' rows). Not their centroid or extent: the lower lungs, behind the heart and the
+diaphragm domes, are found less completely on a processed radiograph than on a DRR, which
+put the real CR's lung centroid 38 mm higher than the phantoms' while its apices lie 8 mm
+from theirs. :mod:`.domain` brings the apices to where the training chests' lie, which the
+reference stores as ``lung_top_mm``.
 
 The lung-field width is used when found (the body's width depends more on habitus and is
 usually cut off); the thorax width otherwise. The reference widths are measured on frontal
@@ -81,17 +84,17 @@ PA_MAGNIFICATION = 1800.0 / (1800.0 - 135.0)
 REFERENCE_IMAGE_SIZE = 256
 
 #: The reference for model cards without ``domain.anatomy``: widths and the lung fields'
-#: centre row (mm at the detector of the demo model's geometry: SDD 1800, SOD 1500, 400 mm
+#: apices (mm at the detector of the demo model's geometry: SDD 1800, SOD 1500, 400 mm
 #: field at the isocentre) measured by ``python tools/scale_reference.py --phantoms 64`` on
 #: frontal DRRs of the first 64 training phantoms of ``cpu-small`` (``phantom:264``,
 #: preprocessed 96^3 at 3.5 mm). The three shared real CTs, body-centred, give lung fields
-#: of 283, 259 and 313 mm the same way, centred -48.8, -3.8 and +26.2 mm from the field's
-#: centre (their thorax widths, 415-443 mm, are those of the CT's field of view or the
+#: of 283, 259 and 313 mm the same way, their apices -150.9, -119.1 and -70.3 mm from the
+#: field's centre (their thorax widths, 415-443 mm, are those of the CT's field of view or the
 #: training cube, not of the body, which both cut).
 FALLBACK_REFERENCE: Dict = {
     "lung_width_mm": 306.6, "lung_width_quartiles_mm": [294.4, 315.0],
     "thorax_width_mm": 390.0, "thorax_width_quartiles_mm": [382.5, 397.5],
-    "lung_centre_mm": -16.9, "lung_centre_quartiles_mm": [-20.6, -13.1],
+    "lung_top_mm": -135.9, "lung_top_quartiles_mm": [-139.7, -130.3],
     "n_views": 64, "n_lungs_found": 64, "pixel_spacing_mm": 1.875, "magnification": 1.2,
     "source": "fallback: 64 procedural phantoms (tools/scale_reference.py --phantoms 64)",
 }
@@ -101,13 +104,15 @@ FALLBACK_REFERENCE: Dict = {
 class AnatomyWidths:
     """Widths measured on one image, in the image's own column pixels (None: not found),
     the lung fields' midline: the column (from the image's left edge, pixel centres at 0, 1,
-    ...) halfway between their lateral edges, and their centre row: halfway between the
-    first and the last row either lung field reaches (image rows, from the top)."""
+    ...) halfway between their lateral edges, and the row of their apices: the 1st
+    percentile of the two lung fields' pixels' rows (image rows, from the top). Apices cut
+    off by the image's top edge are found too low (lung near an edge spills into it and is
+    lost), never too high."""
 
     lung_px: Optional[float] = None
     thorax_px: Optional[float] = None
     midline_px: Optional[float] = None
-    lung_centre_row_px: Optional[float] = None
+    lung_top_row_px: Optional[float] = None
     rows: int = 0                       # rows (of the original image) the widths come from
     reason: Optional[str] = None        # why the lung fields were not measured
 
@@ -265,9 +270,9 @@ def measure_widths(image: np.ndarray, to_domain: Optional[Callable] = None) -> A
     lung, mid, thorax, cut = _row_widths(small, body, *lungs)
     need = max(4, int(MIN_ROW_FRACTION * small.shape[0]))
     out = AnatomyWidths(rows=int(round(len(thorax) * fr)))
-    lung_rows = np.nonzero(lungs[0].any(1) | lungs[1].any(1))[0]
     # a working pixel spans fr original rows: its centre sits at (k + 0.5) fr - 0.5
-    out.lung_centre_row_px = float((0.5 * (lung_rows[0] + lung_rows[-1]) + 0.5) * fr - 0.5)
+    lung_rows = np.nonzero(lungs[0] | lungs[1])[0]
+    out.lung_top_row_px = float((np.percentile(lung_rows, 1) + 0.5) * fr - 0.5)
     if len(thorax) >= need and not cut:
         out.thorax_px = float(np.percentile(thorax, WIDTH_PERCENTILE) * fc)
     if len(lung) >= need:
@@ -295,8 +300,8 @@ def anatomy_reference(frontal_drrs: np.ndarray, pixel_spacing_mm: float,
     """The reference widths (mm at the detector) of frontal DRRs ``[N, H, W]`` rendered at
     ``pixel_spacing_mm`` with ``magnification`` (``sdd / sod``) at the isocentre: medians
     and quartiles over the views, for the model card's ``domain.anatomy``; and where the
-    lung fields' centre row lies (``lung_centre_mm``: mm at the detector below the image's
-    centre, negative above)."""
+    lung fields' apices lie (``lung_top_mm``: mm at the detector below the image's centre,
+    negative above)."""
     d = np.asarray(frontal_drrs)
     if d.ndim != 3 or d.shape[0] < 1 or not pixel_spacing_mm > 0:
         raise InputError(f"frontal DRRs must be [N, H, W] with a positive spacing, got shape "
@@ -304,10 +309,10 @@ def anatomy_reference(frontal_drrs: np.ndarray, pixel_spacing_mm: float,
     widths = [measure_widths(view) for view in d]
     lung = [w.lung_px * pixel_spacing_mm if w.lung_px else None for w in widths]
     thorax = [w.thorax_px * pixel_spacing_mm if w.thorax_px else None for w in widths]
-    centre = [(w.lung_centre_row_px - (d.shape[1] - 1) / 2) * pixel_spacing_mm
-              if w.lung_centre_row_px is not None else None for w in widths]
+    top = [(w.lung_top_row_px - (d.shape[1] - 1) / 2) * pixel_spacing_mm
+           if w.lung_top_row_px is not None else None for w in widths]
     return {**_summary(lung, "lung_width"), **_summary(thorax, "thorax_width"),
-            **_summary(centre, "lung_centre"),
+            **_summary(top, "lung_top"),
             "n_views": int(d.shape[0]), "n_lungs_found": sum(v is not None for v in lung),
             "pixel_spacing_mm": float(pixel_spacing_mm), "magnification": float(magnification),
             "source": source}
@@ -328,14 +333,16 @@ def volumes_reference(volumes, sampling: ViewSampling, source: str) -> Dict:
     return anatomy_reference(drrs, spacing, sampling.sdd / sampling.sod, source)
 
 
-def lung_centre_target(domain: Optional[Dict]):
-    """(mm at the detector below the field's centre where the training chests' lung fields
-    are centred, where that figure comes from): the model card's reference, else the
-    phantoms' of :data:`FALLBACK_REFERENCE` (cards written before it was measured)."""
+def lung_top_target(domain: Optional[Dict]):
+    """(mm at the detector below the field's centre that a chest's lung apices should lie at
+    least, where that figure comes from): the upper quartile of the training chests' apices
+    (three quarters of them lie lower), from the model card's reference, else the phantoms'
+    of :data:`FALLBACK_REFERENCE` (cards written before it was measured). Apices higher than
+    that are framed as few training chests were."""
     ref = (domain or {}).get("anatomy")
-    if isinstance(ref, dict) and ref.get("lung_centre_mm") is not None:
-        return float(ref["lung_centre_mm"]), "model card"
-    return float(FALLBACK_REFERENCE["lung_centre_mm"]), "fallback: procedural phantoms"
+    if isinstance(ref, dict) and ref.get("lung_top_quartiles_mm"):
+        return float(ref["lung_top_quartiles_mm"][0]), "model card"
+    return float(FALLBACK_REFERENCE["lung_top_quartiles_mm"][0]), "fallback: procedural phantoms"
 
 
 def card_reference(domain: Optional[Dict]) -> Dict:
