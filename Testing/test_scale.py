@@ -236,6 +236,29 @@ def test_real_cr_gets_a_plausible_spacing(shared_data):
     assert mi.spacing["source"] == "anatomy" and 0.10 < mi.spacing["used_mm"][1] < 0.20
 
 
+def test_moved_real_cr_is_not_taken_for_mirrored(shared_data):
+    """The real CR with 100 px cropped off its left side is moved 2 px to bring its chest
+    to the centre, leaving air down one side: that padding is not anatomy, so the
+    mirrored-image check stays quiet, while the same image flipped is still caught."""
+    from XrayWorldModel.infer.domain import FlippedImageWarning
+    from XrayWorldModel.io import read_cxr
+    from XrayWorldModel.weights import load_world_model
+    _, card = load_world_model("xray2xray-demo")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rad = read_cxr(shared_data / "chest_cr_pa.dcm")
+    spacing = to_model_input(rad, SAMPLING, card["domain"]).spacing["used_mm"]
+    cropped = rad.image[:, 100:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlippedImageWarning)
+        mi = to_model_input(Radiograph(cropped, tuple(spacing), "PA"), SAMPLING, card["domain"])
+    assert mi.centring["shift_px"][1] != 0 and not mi.problems
+    with pytest.warns(FlippedImageWarning):
+        flipped = to_model_input(Radiograph(cropped[:, ::-1], tuple(spacing), "PA"), SAMPLING,
+                                 card["domain"])
+    assert any("mirrored" in p for p in flipped.problems)
+
+
 @pytest.mark.slow
 def test_real_ct_drr_scale_is_consistent_across_pitches(shared_data):
     """A real CT's DRR at 1.0 and 2.0 mm: the two estimates agree to 3 % and are within

@@ -257,4 +257,9 @@ MUTATIONS = (
              "    offsets = (down - target, right or 0.0)",
              ("Testing/test_scale.py",),
              "apices found low (perhaps cut off) never move the chest up"),
+    Mutation("padding-read-as-asymmetry", "XrayWorldModel/infer/domain.py",
+             "    both_sides = covered & covered[:, ::-1]",
+             "    both_sides = np.ones_like(covered)",
+             ("Testing/test_scale.py",),
+             "air beside a moved radiograph does not make it look mirrored"),
 )
