@@ -186,11 +186,11 @@ def centring_shift(rad: Radiograph, sampling: ViewSampling, spacing,
                    notes: list) -> Dict:
     """How far to move the radiograph so that its chest lies where the training chests lie:
     the lung fields' midline at the field's centre, their apices down to the reference's
-    height (:func:`.scale.lung_top_target`; down only: cut-off apices are found low). ``{"source",
-    "midline_offset_mm", "lung_top_offset_mm", "lung_top_target_mm", "shift_px",
-    "shift_mm"}``: offsets in
-    mm at the detector from the image's centre (positive: right, down); ``shift_px`` = (rows
-    up, columns left) in model pixels, 0 on an axis within ``CENTRE_TOLERANCE_PX``."""
+    height (:func:`.scale.lung_top_target`; down only: cut-off apices are found low).
+    ``{"source", "midline_offset_mm", "lung_top_offset_mm", "lung_top_target_mm",
+    "shift_px", "shift_mm"}``: offsets in mm at the detector from the image's centre
+    (positive: right, down); ``shift_px`` = (rows up, columns left) in model pixels, 0 on an
+    axis within ``CENTRE_TOLERANCE_PX``."""
     target, target_source = lung_top_target(reference)
     record = {"source": "none", "midline_offset_mm": None, "lung_top_offset_mm": None,
               "lung_top_target_mm": target, "lung_top_target_source": target_source,
@@ -226,9 +226,8 @@ def centring_shift(rad: Radiograph, sampling: ViewSampling, spacing,
                     f"{'right' if offsets[1] > 0 else 'left'} of the centre: moved "
                     f"{abs(shift[1])} px {'left' if shift[1] > 0 else 'right'}")
     if shift[0]:
-        said.append(f"the lung apices lay {abs(offsets[0]):.0f} mm "
-                    f"higher than three quarters of the training chests': "
-                    f"moved {abs(shift[0])} px {'up' if shift[0] > 0 else 'down'}")
+        said.append(f"the lung apices lay {abs(offsets[0]):.0f} mm higher than three "
+                    f"quarters of the training chests': moved {abs(shift[0])} px down")
     if said:
         notes.append("chest placed where the training chests lie (mm at the detector): "
                      + "; ".join(said))
