@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     print("$ " + shlex.join(cmd), file=sys.stderr, flush=True)
     if run_child(cmd, cwd=ROOT) != 0:
         raise SystemExit("train_demo: training failed or was interrupted (rerun with --resume)")
-    print(f"next: python tools/build_demo.py {work / 'run'} --version VERSION --work {work / 'build'}", file=sys.stderr)
+    print(f"next: python tools/build_demo.py {work / 'run'} --version VERSION "
+          f"--work {work / 'build'}", file=sys.stderr)
     return 0
 
 
