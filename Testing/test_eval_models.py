@@ -377,7 +377,8 @@ def test_stopping_a_release_tool_stops_its_training_child_with_a_checkpoint(tmp_
 
 def test_body_offset_measures_how_far_a_body_lies_from_its_scan_centre():
     """tools/body_offset.py: a chest moved 4 voxels posterior inside its grid is reported
-    that much further posterior; a CT with no body is refused with exit 2."""
+    that much further posterior, one moved 3 voxels up has its lungs reported that much
+    higher; a CT with no body is refused with exit 2."""
     from XrayWorldModel.phantom import procedural_chest
     from XrayWorldModel.volume import Volume
     tool = _tool("body_offset")
@@ -388,6 +389,15 @@ def test_body_offset_measures_how_far_a_body_lies_from_its_scan_centre():
     a, b = tool.body_offset(chest), tool.body_offset(moved)
     assert b["posterior_mm"] - a["posterior_mm"] == pytest.approx(4 * step, abs=0.5)
     assert abs(b["left_mm"] - a["left_mm"]) < 0.5 and b["ap_extent_mm"] == pytest.approx(a["ap_extent_mm"])
+    si = int(np.argmax(np.abs(chest.direction[2])))             # the array axis along LPS z
+    up = 3 * float(chest.affine[2, si])                          # mm moved along +z (superior)
+    pad = [(6, 6) if k == si else (0, 0) for k in range(3)]      # air above and below: no apex lost
+    tall = np.pad(chest.array, pad, constant_values=-1000.0)
+    level, raised = (tool.body_offset(Volume(np.roll(tall, r, axis=si), chest.affine.copy()))
+                     for r in (0, 3))
+    assert level["lung_top_mm"] > level["lung_bottom_mm"]
+    assert raised["lung_top_mm"] - level["lung_top_mm"] == pytest.approx(up, abs=0.5)
+    assert raised["lung_bottom_mm"] - level["lung_bottom_mm"] == pytest.approx(up, abs=0.5)
     air = Volume(np.full((8, 8, 8), -1000.0, np.float32), np.eye(4))
     with pytest.raises(Exception, match="no body"):
         tool.body_offset(air)

@@ -1,9 +1,12 @@
 """Where each CT's body lies in its scan: the centroid of the body (thresholded, table left
-out) relative to the scan's centre, on the training cube.
+out) relative to the scan's centre, on the training cube, and how high its lungs reach.
 
 A frontal view says nothing about depth along the beam, so a patient lying far from where
 the training patients lay gets a lateral drawn in the wrong place; this shows how far, and
 so why training cubes are now centred on the body (``data.centre_on``, data/cache.py).
+Body centring moves a cube across and front to back only; the lung columns show how far
+apart the patients' lungs then lie cranio-caudally, which a radiograph placed by its apices
+(infer/domain.py) is matched against.
 
     python tools/body_offset.py ../shared/data/chest_ct.nii.gz ../shared/data/real_ct/*.nii.gz
 """
@@ -21,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import load_config  # noqa: E402
-from XrayWorldModel.data.anatomy import body_mask  # noqa: E402
+from XrayWorldModel.data.anatomy import body_mask, lung_mask  # noqa: E402
 from XrayWorldModel.data.cache import preprocess  # noqa: E402
 from XrayWorldModel.errors import InputError  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
@@ -31,15 +34,20 @@ from XrayWorldModel.volume import Volume  # noqa: E402
 
 def body_offset(volume: Volume) -> Dict[str, float]:
     """The body's centroid (mm, LPS: +x left, +y posterior, +z superior) relative to the
-    centre of ``volume``'s grid, and its extent along each axis."""
+    centre of ``volume``'s grid, its extent along each axis, and the lungs' top and bottom
+    (99th and 1st percentile of the aerated lung's height; NaN where no lung is found)."""
     vol = centred(volume)
     mask = body_mask(vol)
     if not mask.any():
         raise InputError("no body found (nothing above -500 HU)")
     lps = vol.index_to_lps(np.argwhere(mask))
     c, extent = lps.mean(axis=0), np.ptp(lps, axis=0)
+    lungs = lung_mask(vol, mask)
+    height = vol.index_to_lps(np.argwhere(lungs))[:, 2] if lungs.any() else np.full(1, np.nan)
     return {"left_mm": float(c[0]), "posterior_mm": float(c[1]), "superior_mm": float(c[2]),
-            "lr_extent_mm": float(extent[0]), "ap_extent_mm": float(extent[1])}
+            "lr_extent_mm": float(extent[0]), "ap_extent_mm": float(extent[1]),
+            "lung_top_mm": float(np.percentile(height, 99)),
+            "lung_bottom_mm": float(np.percentile(height, 1))}
 
 
 def main(argv=None) -> int:
@@ -48,8 +56,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="cpu-small", help="whose training cube (default cpu-small)")
     args = ap.parse_args(argv)
     grid = replace(load_config(args.config).data.preprocessing(), centre_on="scan")
-    print("| CT | left (mm) | posterior (mm) | superior (mm) | LR extent (mm) | AP extent (mm) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| CT | left (mm) | posterior (mm) | superior (mm) | LR extent (mm) | AP extent (mm) "
+          "| lung top (mm) | lung bottom (mm) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for path in args.cts:
         try:
             o = body_offset(preprocess(read_ct(path), grid))
@@ -57,7 +66,8 @@ def main(argv=None) -> int:
             print(f"body_offset: {exc}", file=sys.stderr)
             return 2
         print(f"| {Path(path).name} | {o['left_mm']:.1f} | {o['posterior_mm']:.1f} | "
-              f"{o['superior_mm']:.1f} | {o['lr_extent_mm']:.1f} | {o['ap_extent_mm']:.1f} |")
+              f"{o['superior_mm']:.1f} | {o['lr_extent_mm']:.1f} | {o['ap_extent_mm']:.1f} | "
+              f"{o['lung_top_mm']:.1f} | {o['lung_bottom_mm']:.1f} |")
     return 0
 
 

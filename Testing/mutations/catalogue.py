@@ -262,4 +262,8 @@ MUTATIONS = (
              "    both_sides = np.ones_like(covered)",
              ("Testing/test_scale.py",),
              "air beside a moved radiograph does not make it look mirrored"),
+    Mutation("lung-height-read-front-to-back", "tools/body_offset.py",
+             "np.argwhere(lungs))[:, 2]", "np.argwhere(lungs))[:, 1]",
+             ("Testing/test_eval_models.py",),
+             "a CT's lung top and bottom are read along its height, not front to back"),
 )
