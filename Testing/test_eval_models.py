@@ -401,3 +401,5 @@ def test_body_offset_measures_how_far_a_body_lies_from_its_scan_centre():
     air = Volume(np.full((8, 8, 8), -1000.0, np.float32), np.eye(4))
     with pytest.raises(Exception, match="no body"):
         tool.body_offset(air)
+    with pytest.raises(Exception, match="no lungs found"):               # solid tissue, no air
+        tool.body_offset(Volume(np.full((8, 8, 8), 40.0, np.float32), np.eye(4)))

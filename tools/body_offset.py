@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import load_config  # noqa: E402
-from XrayWorldModel.data.anatomy import body_mask, lung_mask  # noqa: E402
+from XrayWorldModel.data.anatomy import body_mask, find_landmarks  # noqa: E402
 from XrayWorldModel.data.cache import preprocess  # noqa: E402
 from XrayWorldModel.errors import InputError  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
@@ -35,19 +35,17 @@ from XrayWorldModel.volume import Volume  # noqa: E402
 def body_offset(volume: Volume) -> Dict[str, float]:
     """The body's centroid (mm, LPS: +x left, +y posterior, +z superior) relative to the
     centre of ``volume``'s grid, its extent along each axis, and the lungs' top and bottom
-    (99th and 1st percentile of the aerated lung's height; NaN where no lung is found)."""
+    as the anatomy augmentation finds them (a CT without lungs is refused)."""
     vol = centred(volume)
     mask = body_mask(vol)
     if not mask.any():
         raise InputError("no body found (nothing above -500 HU)")
     lps = vol.index_to_lps(np.argwhere(mask))
     c, extent = lps.mean(axis=0), np.ptp(lps, axis=0)
-    lungs = lung_mask(vol, mask)
-    height = vol.index_to_lps(np.argwhere(lungs))[:, 2] if lungs.any() else np.full(1, np.nan)
+    lm = find_landmarks(vol)
     return {"left_mm": float(c[0]), "posterior_mm": float(c[1]), "superior_mm": float(c[2]),
             "lr_extent_mm": float(extent[0]), "ap_extent_mm": float(extent[1]),
-            "lung_top_mm": float(np.percentile(height, 99)),
-            "lung_bottom_mm": float(np.percentile(height, 1))}
+            "lung_top_mm": lm.lung_top, "lung_bottom_mm": lm.lung_bottom}
 
 
 def main(argv=None) -> int:

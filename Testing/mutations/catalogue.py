@@ -263,7 +263,8 @@ MUTATIONS = (
              ("Testing/test_scale.py",),
              "air beside a moved radiograph does not make it look mirrored"),
     Mutation("lung-height-read-front-to-back", "tools/body_offset.py",
-             "np.argwhere(lungs))[:, 2]", "np.argwhere(lungs))[:, 1]",
+             '"lung_top_mm": lm.lung_top, "lung_bottom_mm": lm.lung_bottom}',
+             '"lung_top_mm": lm.body_center[1], "lung_bottom_mm": lm.body_center[1]}',
              ("Testing/test_eval_models.py",),
              "a CT's lung top and bottom are read along its height, not front to back"),
 )
