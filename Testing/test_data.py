@@ -222,3 +222,56 @@ def test_body_centring_gives_every_patient_the_same_cube_wherever_they_lay():
     assert lateral["body"] < 0.02 and lateral["scan"] > 5 * lateral["body"]
     with pytest.raises(InputError, match="centre_on"):
         Preprocessing(centre_on="table")
+
+
+def _padded(volume: Volume, axis: int, before: int, after: int) -> Volume:
+    """``volume`` with ``before``/``after`` slices of air added along array ``axis``: the same
+    patient, in a scan that reached further."""
+    pad = [(0, 0)] * 3
+    pad[axis] = (before, after)
+    affine = volume.affine.copy()
+    affine[:3, 3] -= before * affine[:3, axis]
+    return Volume(np.pad(volume.array, pad, constant_values=-1000.0), affine)
+
+
+def test_chest_centring_puts_the_apices_at_one_height_wherever_the_scan_starts():
+    """One chest in two scans whose fields reach 24 mm further one way or the other (one starts
+    at the neck, one lower down): centred on the chest, both cubes have their apices
+    ``lung_top_mm`` above the centre and the same lateral; centred on the body, the cubes keep
+    the scans' 24 mm between them."""
+    from XrayWorldModel.data.anatomy import lung_extent
+    from XrayWorldModel.phantom import procedural_chest
+    chest = procedural_chest(3, (80, 80, 40), (6.0, 6.0, 8.0))
+    axis = int(np.argmax(np.abs(chest.direction[2])))           # array axis along LPS z
+    low, high = (_padded(chest, axis, k, 3 - k) for k in (0, 3))
+    s = ViewSampling(image_size=32, field_of_view_mm=400.0)
+    tops, lateral = {}, {}
+    for centre_on in ("body", "chest"):
+        prep = Preprocessing(size=64, spacing=6.0, centre_on=centre_on)
+        a, b = preprocess(low, prep), preprocess(high, prep)
+        tops[centre_on] = [lung_extent(v)[0] - v.center[2] for v in (a, b)]
+        views = render_views([a, b], s, [90.0])[:, 0]
+        lateral[centre_on] = float(np.abs(views[0] - views[1]).mean() / views[0].mean())
+    assert abs(tops["body"][0] - tops["body"][1]) == pytest.approx(24.0, abs=6.0)
+    np.testing.assert_allclose(tops["chest"], 130.0, atol=6.0)
+    assert lateral["chest"] < 0.02 and lateral["body"] > 5 * lateral["chest"]
+
+
+def test_chest_centring_keeps_the_height_of_a_volume_without_lungs():
+    """No lungs (a solid limb-like cylinder of water, 40 mm off the scan's axis): nothing to
+    place by, so the cube keeps the scan's height and says so, while still moving across
+    onto the body."""
+    x, y, z = np.meshgrid(*[np.arange(48) * 4.0 - 94.0] * 3, indexing="ij")
+    ct = Volume.from_spacing(np.where((x - 40.0) ** 2 + y ** 2 < 50.0 ** 2, 0.0, -1000.0),
+                             [4.0] * 3, (-94.0, -94.0, -60.0))
+    with pytest.warns(UserWarning, match="no lungs found"):
+        out = preprocess(ct, Preprocessing(size=32, spacing=6.0, centre_on="chest"))
+    np.testing.assert_allclose(out.center, (40.0, 0.0, ct.center[2]), atol=3.0)   # half a voxel
+
+
+def test_lung_height_is_part_of_the_cache_key_only_where_it_is_used():
+    """Two apex heights are two caches under chest centring; under body centring the field
+    is not read, so earlier caches keep their keys."""
+    chest = [Preprocessing(centre_on="chest", lung_top_mm=h).key("d") for h in (120.0, 130.0)]
+    body = [Preprocessing(centre_on="body", lung_top_mm=h).key("d") for h in (120.0, 130.0)]
+    assert chest[0] != chest[1] and body[0] == body[1]

@@ -171,7 +171,7 @@ def test_bad_config_key_is_one_line_exit_2(tmp_path):
     ("run.methods=[\"xray2xray\",\"vae\"]", "run.methods must list distinct methods"),
     ("model.embed_dim=30", "embed_dim"),
     ("nosection=1", "must look like section.key=value"),
-    ("data.centre_on=table", "data.centre_on must be one of body, scan"),
+    ("data.centre_on=table", "data.centre_on must be one of body, chest, scan"),
 ])
 def test_bad_config_values_one_line(tmp_path, capsys, override, message):
     from XrayWorldModel.cli import main

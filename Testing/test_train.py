@@ -394,7 +394,7 @@ def test_resuming_a_run_recorded_before_body_centring_keeps_scan_centring(tmp_pa
     save_checkpoint(out / "checkpoints", 14, {"w": torch.zeros(1)}, {"config": cfg.to_dict()},
                     {"x": torch.zeros(1)})
     assert prepare_run(cfg, [], "auto").config.data.centre_on == "body"
-    with pytest.raises(InputError, match="data.centre_on must be one of body, scan"):
+    with pytest.raises(InputError, match="data.centre_on must be one of body, chest, scan"):
         load_config(str(_config(tmp_path)), ["data.centre_on=table"]).validate()
 
 

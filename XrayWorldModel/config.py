@@ -33,7 +33,8 @@ class DataConfig:
     grid_spacing: float = 3.5           # mm
     hu_min: float = -1024.0
     hu_max: float = 3071.0
-    centre_on: str = "body"             # training cube centred on the body, or "scan" (grid centre)
+    centre_on: str = "body"             # cube on the body; "chest": apices at one height too;
+    #                                     "scan": the CT grid's centre (data/cache.py)
     max_volumes_in_memory: int = 512    # CT volumes, or DRR stacks in stack mode
 
     def preprocessing(self) -> Preprocessing:

@@ -176,19 +176,38 @@ def _heart(volume: Volume, lungs: np.ndarray, axis: int) -> Tuple[np.ndarray, fl
     return _centroid_lps(volume, core), 1.25 * float(depth.max())
 
 
+def _lungs_found(body: np.ndarray, lungs: np.ndarray) -> bool:
+    """Enough aerated lung (1 % of the body) to call the volume a chest."""
+    return bool(body.any()) and lungs.sum() >= 0.01 * body.sum()
+
+
+def _lung_top_bottom(volume: Volume, lungs: np.ndarray) -> Tuple[float, float]:
+    """z (LPS mm) of the apices and of the lowest lung, as robust percentiles (a stray
+    voxel of airway or bowel gas does not move them)."""
+    zs = volume.index_to_lps(np.argwhere(lungs))[:, 2]
+    return float(np.percentile(zs, 99.5)), float(np.percentile(zs, 0.5))
+
+
+def lung_extent(volume: Volume) -> Optional[Tuple[float, float]]:
+    """(top, bottom) z of the lungs (LPS mm), as :func:`find_landmarks` finds them; None
+    when the volume holds no lungs (not a chest)."""
+    body = body_mask(volume)
+    lungs = lung_mask(volume, body)
+    return _lung_top_bottom(volume, lungs) if _lungs_found(body, lungs) else None
+
+
 def find_landmarks(volume: Volume) -> ChestLandmarks:
     """Body centre, lung extent along z and the heart (centre, size) of a chest CT; fails
     with :class:`InputError` when no lungs are found (not a chest CT)."""
     axis = si_axis(volume)
     body = body_mask(volume)
     lungs = lung_mask(volume, body)
-    if not body.any() or lungs.sum() < 0.01 * body.sum():
+    if not _lungs_found(body, lungs):
         raise InputError("anatomy augmentation needs a chest CT: no lungs found (air inside "
                          "the body below -400 HU)")
-    zs = volume.index_to_lps(np.argwhere(lungs))[:, 2]
     heart_center, heart_radius = _heart(volume, lungs, axis)
     return ChestLandmarks(tuple(float(c) for c in _centroid_lps(volume, body)),
-                          float(np.percentile(zs, 99.5)), float(np.percentile(zs, 0.5)),
+                          *_lung_top_bottom(volume, lungs),
                           tuple(float(c) for c in heart_center), heart_radius)
 
 

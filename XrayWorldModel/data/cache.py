@@ -19,7 +19,7 @@ from ..errors import InputError, UnreadableFileError, XrayWorldModelError
 from ..fileutil import atomic_path, sha256_of
 from ..version import __version__
 from ..volume import Volume
-from .anatomy import ANATOMY_VERSION, body_centre
+from .anatomy import ANATOMY_VERSION, body_centre, lung_extent
 from .sources import is_anatomy_source, parse_anatomy_source
 
 CACHE_FORMAT = 1
@@ -30,8 +30,9 @@ def default_cache_dir() -> Path:
     return preprocessed_cache_dir()
 
 
-#: where the training cube is centred: on the patient's body, or on the scan's own grid
-CENTRE_ON = ("body", "scan")
+#: where the training cube is centred: on the patient's body, on the body with the lung
+#: apices at a fixed height ("chest"), or on the scan's own grid
+CENTRE_ON = ("body", "chest", "scan")
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,18 @@ class Preprocessing:
     left-right and front-back on the body's centroid, so every patient turns about their own
     middle: a frontal view says nothing about depth, and a patient lying far from the scan's
     centre would otherwise ask the model for a lateral shifted by an amount it cannot see.
-    ``"scan"`` keeps the CT grid's centre (studies pinned to it)."""
+    ``"chest"`` also moves it cranio-caudally so the lung apices lie ``lung_top_mm`` above
+    its centre, where the procedural phantoms' apices lie (124-138 mm) and where a radiograph
+    is placed by its apices (infer/domain.py): patients whose scans start at the neck or at
+    the shoulders then meet the model at one height. ``"scan"`` keeps the CT grid's centre
+    (studies pinned to it)."""
 
     size: int = 128
     spacing: float = 2.5
     hu_clip: Tuple[float, float] = (-1024.0, 3071.0)
     centre_on: str = "body"
+    lung_top_mm: float = 130.0
+
 
     def __post_init__(self):
         if self.centre_on not in CENTRE_ON:
@@ -54,7 +61,10 @@ class Preprocessing:
                              f"not {self.centre_on!r}")
 
     def key(self, source_digest: str) -> str:
-        params = json.dumps({"format": CACHE_FORMAT, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if self.centre_on != "chest":       # only chest placement reads it: keys stay as they were
+            del fields["lung_top_mm"]
+        params = json.dumps({"format": CACHE_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(f"{source_digest}|{params}".encode()).hexdigest()[:32]
 
 
@@ -82,19 +92,37 @@ def _to_sitk(volume: Volume) -> sitk.Image:
 def preprocess(volume: Volume, prep: Preprocessing) -> Volume:
     """Clip, low-pass (Gaussian, sigma half the new spacing where the grid gets coarser, so
     thin bone is not aliased away) and resample trilinearly onto the training cube, centred
-    as ``prep.centre_on`` says (the body is found on a first cube about the scan's centre)."""
+    as ``prep.centre_on`` says (body and lungs are found on a first cube about the scan's
+    centre)."""
     img = _to_sitk(Volume(np.clip(volume.array, *prep.hu_clip).astype(np.float32), volume.affine))
     sigma = [0.5 * np.sqrt(max(prep.spacing ** 2 - s ** 2, 0.0)) for s in volume.spacing]
     if max(sigma) > 0:
         img = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-3) for s in sigma])
     cube = _resample(img, volume.center, prep, volume.metadata)
-    if prep.centre_on == "body":
-        body = body_centre(cube)
-        if body is not None:
-            offset = np.array([body[0], body[1], 0.0]) - np.append(cube.center[:2], 0.0)
-            if np.abs(offset).max() > 0.25 * prep.spacing:
-                cube = _resample(img, volume.center + offset, prep, volume.metadata)
+    if prep.centre_on == "scan":
+        return cube
+    offset = _placement_offset(cube, prep)
+    if np.abs(offset).max() > 0.25 * prep.spacing:
+        cube = _resample(img, volume.center + offset, prep, volume.metadata)
     return cube
+
+
+def _placement_offset(cube: Volume, prep: Preprocessing) -> np.ndarray:
+    """How far (LPS mm) the cube's centre moves: across and front to back onto the body's
+    centroid; for ``"chest"`` also up or down to put the apices ``prep.lung_top_mm`` above
+    it (a volume without lungs keeps its height, with a warning)."""
+    offset = np.zeros(3)
+    body = body_centre(cube)
+    if body is not None:
+        offset[:2] = np.asarray(body[:2]) - cube.center[:2]
+    if prep.centre_on == "chest":
+        extent = lung_extent(cube)
+        if extent is None:
+            warnings.warn("no lungs found: the cube keeps the scan's height (centre_on=chest)",
+                          stacklevel=3)
+        else:
+            offset[2] = extent[0] - prep.lung_top_mm - cube.center[2]
+    return offset
 
 
 def _resample(img: sitk.Image, centre: np.ndarray, prep: Preprocessing, metadata) -> Volume:
