@@ -403,3 +403,23 @@ def test_body_offset_measures_how_far_a_body_lies_from_its_scan_centre():
         tool.body_offset(air)
     with pytest.raises(Exception, match="no lungs found"):               # solid tissue, no air
         tool.body_offset(Volume(np.full((8, 8, 8), 40.0, np.float32), np.eye(4)))
+
+
+def test_body_offset_reads_lungs_where_the_chosen_training_cube_puts_them(tmp_path, capsys):
+    """``--centre-on chest``: the CT file's lung apices are reported 130 mm above the cube's
+    centre (the placement rule), while ``--centre-on scan`` reports where the scan had them."""
+    from XrayWorldModel.io import write_volume
+    from XrayWorldModel.phantom import procedural_chest
+    tool = _tool("body_offset")
+    chest = procedural_chest(2, (48, 48, 40), 7.0)
+    si = int(np.argmax(np.abs(chest.direction[2])))
+    pad = [(0, 8) if k == si else (0, 0) for k in range(3)]       # a scan reaching 56 mm further
+    write_volume(type(chest)(np.pad(chest.array, pad, constant_values=-1000.0), chest.affine),
+                 tmp_path / "ct.nii.gz")
+    tops = {}
+    for where in ("scan", "chest"):
+        assert tool.main(["--centre-on", where, str(tmp_path / "ct.nii.gz")]) == 0
+        row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+        tops[where] = float(row[7])
+    assert tops["chest"] == pytest.approx(130.0, abs=7.0)
+    assert abs(tops["scan"] - 130.0) > 14.0

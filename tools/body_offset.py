@@ -9,6 +9,7 @@ apart the patients' lungs then lie cranio-caudally, which a radiograph placed by
 (infer/domain.py) is matched against.
 
     python tools/body_offset.py ../shared/data/chest_ct.nii.gz ../shared/data/real_ct/*.nii.gz
+    python tools/body_offset.py --centre-on chest ...    # where the lungs lie in chest-centred cubes
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import load_config  # noqa: E402
 from XrayWorldModel.data.anatomy import body_mask, find_landmarks  # noqa: E402
-from XrayWorldModel.data.cache import preprocess  # noqa: E402
+from XrayWorldModel.data.cache import CENTRE_ON, preprocess  # noqa: E402
 from XrayWorldModel.errors import InputError  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
 from XrayWorldModel.io import read_ct  # noqa: E402
@@ -52,8 +53,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cts", nargs="+", help="CT files or DICOM folders")
     ap.add_argument("--config", default="cpu-small", help="whose training cube (default cpu-small)")
+    ap.add_argument("--centre-on", default="scan", choices=CENTRE_ON,
+                    help="where the cube is centred before measuring (default scan: where each "
+                         "body lies in its scan; body or chest: where it lies in its training cube)")
     args = ap.parse_args(argv)
-    grid = replace(load_config(args.config).data.preprocessing(), centre_on="scan")
+    grid = replace(load_config(args.config).data.preprocessing(), centre_on=args.centre_on)
     print("| CT | left (mm) | posterior (mm) | superior (mm) | LR extent (mm) | AP extent (mm) "
           "| lung top (mm) | lung bottom (mm) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
