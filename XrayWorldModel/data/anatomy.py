@@ -105,10 +105,11 @@ def body_mask(volume: Volume) -> np.ndarray:
     return _fill_slices(tissue, si_axis(volume))
 
 
-def body_centre(volume: Volume) -> Optional[np.ndarray]:
-    """The centroid (LPS mm) of :func:`body_mask`: where the patient lies in the scan,
-    whatever the field of view was centred on. None when nothing is above -500 HU."""
-    body = body_mask(volume)
+def body_centre(volume: Volume, body: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """The centroid (LPS mm) of :func:`body_mask` (or of ``body``, already found): where the
+    patient lies in the scan, whatever the field of view was centred on. None when nothing
+    is above -500 HU."""
+    body = body_mask(volume) if body is None else body
     if not body.any():
         return None
     return volume.index_to_lps(np.argwhere(body).mean(axis=0))
@@ -188,10 +189,10 @@ def _lung_top_bottom(volume: Volume, lungs: np.ndarray) -> Tuple[float, float]:
     return float(np.percentile(zs, 99.5)), float(np.percentile(zs, 0.5))
 
 
-def lung_extent(volume: Volume) -> Optional[Tuple[float, float]]:
+def lung_extent(volume: Volume, body: Optional[np.ndarray] = None) -> Optional[Tuple[float, float]]:
     """(top, bottom) z of the lungs (LPS mm), as :func:`find_landmarks` finds them; None
-    when the volume holds no lungs (not a chest)."""
-    body = body_mask(volume)
+    when the volume holds no lungs (not a chest). ``body``: its :func:`body_mask`, if found."""
+    body = body_mask(volume) if body is None else body
     lungs = lung_mask(volume, body)
     return _lung_top_bottom(volume, lungs) if _lungs_found(body, lungs) else None
 

@@ -19,7 +19,7 @@ from ..errors import InputError, UnreadableFileError, XrayWorldModelError
 from ..fileutil import atomic_path, sha256_of
 from ..version import __version__
 from ..volume import Volume
-from .anatomy import ANATOMY_VERSION, body_centre, lung_extent
+from .anatomy import ANATOMY_VERSION, body_centre, body_mask, lung_extent
 from .sources import is_anatomy_source, parse_anatomy_source
 
 CACHE_FORMAT = 1
@@ -53,7 +53,6 @@ class Preprocessing:
     hu_clip: Tuple[float, float] = (-1024.0, 3071.0)
     centre_on: str = "body"
     lung_top_mm: float = 130.0
-
 
     def __post_init__(self):
         if self.centre_on not in CENTRE_ON:
@@ -112,11 +111,12 @@ def _placement_offset(cube: Volume, prep: Preprocessing) -> np.ndarray:
     centroid; for ``"chest"`` also up or down to put the apices ``prep.lung_top_mm`` above
     it (a volume without lungs keeps its height, with a warning)."""
     offset = np.zeros(3)
-    body = body_centre(cube)
-    if body is not None:
-        offset[:2] = np.asarray(body[:2]) - cube.center[:2]
+    body = body_mask(cube)                  # found once, for the centroid and the lungs
+    centroid = body_centre(cube, body)
+    if centroid is not None:
+        offset[:2] = np.asarray(centroid[:2]) - cube.center[:2]
     if prep.centre_on == "chest":
-        extent = lung_extent(cube)
+        extent = lung_extent(cube, body)
         if extent is None:
             warnings.warn("no lungs found: the cube keeps the scan's height (centre_on=chest)",
                           stacklevel=3)
