@@ -423,3 +423,6 @@ def test_body_offset_reads_lungs_where_the_chosen_training_cube_puts_them(tmp_pa
         tops[where] = float(row[7])
     assert tops["chest"] == pytest.approx(130.0, abs=7.0)
     assert abs(tops["scan"] - 130.0) > 14.0
+    with pytest.raises(SystemExit) as bad:                          # a placement that does not exist
+        tool.main(["--centre-on", "table", str(tmp_path / "ct.nii.gz")])
+    assert bad.value.code == 2 and "invalid choice: 'table'" in capsys.readouterr().err
