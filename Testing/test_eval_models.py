@@ -426,3 +426,19 @@ def test_body_offset_reads_lungs_where_the_chosen_training_cube_puts_them(tmp_pa
     with pytest.raises(SystemExit) as bad:                          # a placement that does not exist
         tool.main(["--centre-on", "table", str(tmp_path / "ct.nii.gz")])
     assert bad.value.code == 2 and "invalid choice: 'table'" in capsys.readouterr().err
+
+
+def test_self_redraw_scores_how_closely_a_model_redraws_its_input(tmp_path, capsys):
+    """tools/self_redraw.py: NCC ignores gain and offset (1 for a rescaled copy, -1 for an
+    inverted one), and the built-in model redraws a procedural chest's frontal DRR (its
+    training kind) almost exactly, more closely than another chest's DRR matches it."""
+    from XrayWorldModel.io import write_volume
+    from XrayWorldModel.phantom import procedural_chest
+    tool = _tool("self_redraw")
+    a = np.random.default_rng(0).random((16, 16))
+    assert tool.ncc(3.0 * a + 2.0, a) == pytest.approx(1.0)
+    assert tool.ncc(-a, a) == pytest.approx(-1.0)
+    write_volume(procedural_chest(5001, (64, 64, 48), (5.6, 5.6, 7.0)), tmp_path / "ct.nii.gz")
+    assert tool.main(["--ct", str(tmp_path / "ct.nii.gz")]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "ct.nii.gz (DRR)" and float(row[3]) > 0.99    # another chest: 0.98

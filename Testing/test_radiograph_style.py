@@ -260,3 +260,55 @@ def test_tiny_training_run_with_the_style_on(tmp_path):
     assert losses and all(np.isfinite(losses))
     _, card, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000004.safetensors")
     assert card["config"]["views"]["radiograph_style"] == 0.5
+
+
+# ------------------------------------------------------------------------ a narrower field
+def test_narrowed_field_keeps_one_rectangle_and_puts_air_around_it(drr):
+    """What ``to_model_input`` does to a radiograph framed tighter than the model's field:
+    inside a rectangle the view is untouched, outside it is air (0); the sides lose more
+    than the top and bottom, within the stated ranges, and the same seed cuts the same."""
+    h, w = drr.shape
+    sides = []
+    for seed in range(40):
+        out, (t, b, l, r) = rs.narrow_field(drr, _rng(seed))
+        inside = np.zeros_like(drr, bool)
+        inside[t:h - b, l:w - r] = True
+        np.testing.assert_array_equal(out[inside], drr[inside])
+        assert not out[~inside].any()
+        assert all(0 <= c <= round(rs.FIELD_CUT_SI[1] * h) for c in (t, b))
+        assert all(round(rs.FIELD_CUT_LR[0] * w) <= c <= round(rs.FIELD_CUT_LR[1] * w)
+                   for c in (l, r))
+        sides.append((t + b, l + r))
+    assert np.mean([lr for _, lr in sides]) > np.mean([si for si, _ in sides])
+    np.testing.assert_array_equal(rs.narrow_field(drr, _rng(3))[0], rs.narrow_field(drr, _rng(3))[0])
+
+
+def test_field_narrowing_reaches_the_context_only_and_is_off_by_default(chest):
+    """On: the training context is cut (air at its edges), targets and angles are the same
+    as without it; off (the default), nothing more is drawn, so existing recipes draw what
+    they drew; a probability outside [0, 1] is refused, and evaluation never narrows."""
+    from XrayWorldModel.data import clean_sampling
+    from XrayWorldModel.errors import InputError
+    assert ViewSampling().field_narrowing == 0.0
+    cut_body = 0
+    for seed in range(6):
+        off = ViewRenderer(SAMPLING).render([chest], [_rng(seed)])
+        on = ViewRenderer(replace(SAMPLING, field_narrowing=1.0)).render([chest], [_rng(seed)])
+        assert torch.equal(on.targets, off.targets)
+        assert torch.equal(on.context_angle, off.context_angle)
+        ctx, full = on.context[0, 0].numpy(), off.context[0, 0].numpy()
+        kept = ctx != 0
+        np.testing.assert_array_equal(ctx[kept], full[kept])     # only ever set to air
+        cut_body += int((full[~kept] > 0).sum() > 0)
+    assert cut_body >= 3                                          # and mostly cut the chest
+    view = torch.from_numpy(full.astype(np.float32))
+    for seed in range(4):           # off: the style chain draws exactly what it drew before
+        used, ref = _rng(seed), _rng(seed)
+        got = rs.style_context(view, 0.5, used, 0.0).numpy()
+        effects = rs.draw_effects(0.5, ref)
+        want = rs.radiograph_style(full, effects, ref) if effects else full
+        np.testing.assert_array_equal(got, want)
+        assert used.random() == ref.random()
+    with pytest.raises(InputError, match="field_narrowing"):
+        ViewSampling(field_narrowing=1.5)
+    assert clean_sampling(ViewSampling(field_narrowing=0.5)).field_narrowing == 0.0

@@ -40,6 +40,11 @@ EFFECTS = ("scatter", "noise", "blur", "gamma", "unsharp", "equalise", "collimat
 #: inference's domain reference uses).
 BODY_FRACTION = 0.05
 N_QUANTILES = 101
+#: Fractions of the image each side of a narrowed field loses (:func:`narrow_field`): the
+#: sides more than the top and bottom, as a chest radiograph is framed. The real CR of
+#: ``../shared/data`` lands 12-16 % in from each edge of the model's field.
+FIELD_CUT_LR = (0.05, 0.22)
+FIELD_CUT_SI = (0.0, 0.15)
 
 #: A 3x5 bitmap font (rows top to bottom, '#' lit) for side markers and burned-in text.
 _FONT_ROWS = {
@@ -250,14 +255,39 @@ def draw_effects(probability: float, rng: np.random.Generator) -> Tuple[str, ...
     return tuple(e for e, keep in zip(EFFECTS, picks) if keep)
 
 
-def style_context(context: torch.Tensor, probability: float,
-                  rng: np.random.Generator) -> torch.Tensor:
+def narrow_field(line_integrals: np.ndarray, rng: np.random.Generator
+                 ) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """(the view with only a rectangle of it kept and air (0) outside, the cuts (top,
+    bottom, left, right) in pixels). A radiograph is framed to the thorax, often tighter
+    than the body, and ``to_model_input`` pads it with air to the model's field, so the
+    model meets a chest cut off by the image's edges that no training DRR showed. Each side
+    is cut by a fraction drawn from :data:`FIELD_CUT_SI` (top, bottom) or
+    :data:`FIELD_CUT_LR` (left, right); a 35 x 43 cm detector alone covers about 73 x 90 %
+    of the model's 48 cm field, collimation less."""
+    out = np.array(line_integrals, copy=True)
+    h, w = out.shape
+    cuts = [int(round(rng.uniform(*FIELD_CUT_SI) * h)) for _ in range(2)]
+    cuts += [int(round(rng.uniform(*FIELD_CUT_LR) * w)) for _ in range(2)]
+    t, b, l, r = cuts
+    out[:t] = 0.0
+    out[h - b:] = 0.0
+    out[:, :l] = 0.0
+    out[:, w - r:] = 0.0
+    return out, (t, b, l, r)
+
+
+def style_context(context: torch.Tensor, probability: float, rng: np.random.Generator,
+                  field_probability: float = 0.0) -> torch.Tensor:
     """The context view ``[H, W]`` (a tensor on any device) with radiograph effects, each
-    with ``probability``; returned unchanged, and no random number drawn, when it is 0."""
-    if probability <= 0:
+    with ``probability``, then, with ``field_probability``, a narrower field
+    (:func:`narrow_field`). Returned unchanged, and no random number drawn, for a
+    probability of 0 (so runs without one draw what they always drew)."""
+    effects = draw_effects(probability, rng) if probability > 0 else ()
+    narrow = field_probability > 0 and rng.random() < field_probability
+    if not effects and not narrow:
         return context
-    effects = draw_effects(probability, rng)
-    if not effects:
-        return context
-    styled = radiograph_style(context.detach().cpu().numpy(), effects, rng)
-    return torch.from_numpy(styled).to(device=context.device, dtype=context.dtype)
+    view = context.detach().cpu().numpy()
+    view = radiograph_style(view, effects, rng) if effects else view
+    view = narrow_field(view, rng)[0] if narrow else view
+    return torch.from_numpy(np.ascontiguousarray(view, dtype=np.float32)).to(
+        device=context.device, dtype=context.dtype)

@@ -387,8 +387,9 @@ class DRRStackSet:
         if s.noise_std:
             img = img + torch.from_numpy(
                 rng.normal(0.0, s.noise_std, size=tuple(img.shape)).astype(np.float32))
-        if s.radiograph_style:     # the input view only: targets stay clean DRRs
-            img = torch.cat([style_context(img[0], s.radiograph_style, rng)[None], img[1:]])
+        if s.radiograph_style or s.field_narrowing:     # the input view only
+            img = torch.cat([style_context(img[0], s.radiograph_style, rng,
+                                           s.field_narrowing)[None], img[1:]])
         return StackSample(img[:1], img[1:, None], float(angles[ci]),
                            wrap_deg(angles[ti] - angles[ci]), item.tilt, item.id, ci, ti)
 
