@@ -442,3 +442,23 @@ def test_self_redraw_scores_how_closely_a_model_redraws_its_input(tmp_path, caps
     assert tool.main(["--ct", str(tmp_path / "ct.nii.gz")]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
     assert row[1].strip() == "ct.nii.gz (DRR)" and float(row[3]) > 0.99    # another chest: 0.98
+
+
+def test_self_redraw_refuses_no_input_and_a_missing_file_in_one_line(tmp_path, capsys):
+    """tools/self_redraw.py with nothing to score, or a radiograph that is not there: exit 2
+    and one line saying why, no traceback."""
+    tool = _tool("self_redraw")
+    with pytest.raises(SystemExit) as none:
+        tool.main([])
+    assert none.value.code == 2 and "give at least one --cxr or --ct" in capsys.readouterr().err
+    assert tool.main(["--cxr", str(tmp_path / "missing.dcm")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("self_redraw: ") and "missing.dcm" in err[0]
+
+
+def test_self_redraw_reports_how_far_in_the_radiograph_edges_lie():
+    """The edges column: a radiograph covering rows 8-53 and columns 16-47 of a 64-px field
+    lies 12.5 and 15.6 % in from top and bottom, 25 % from left and right."""
+    covered = np.zeros((64, 64), bool)
+    covered[8:54, 16:48] = True
+    assert _tool("self_redraw")._edges(covered) == "12, 16, 25, 25"

@@ -25,19 +25,13 @@ sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import TrainConfig  # noqa: E402
 from XrayWorldModel.data.cache import preprocess  # noqa: E402
-from XrayWorldModel.infer.domain import radiograph_input  # noqa: E402
+from XrayWorldModel.errors import XrayWorldModelError  # noqa: E402
+from XrayWorldModel.infer.domain import BODY_FRACTION, radiograph_input  # noqa: E402
 from XrayWorldModel.infer.evaluate import encoded_frontal  # noqa: E402
+from XrayWorldModel.infer.pipeline import ncc  # noqa: E402  (the consistency score's own)
 from XrayWorldModel.io import read_ct  # noqa: E402
 from XrayWorldModel.io.cxr import read_cxr  # noqa: E402
 from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
-
-#: A DRR pixel is body above this fraction of the view's maximum (the training rule).
-BODY_FRACTION = 0.05
-
-
-def ncc(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
 
 
 @torch.no_grad()
@@ -48,6 +42,14 @@ def redraw(model, image: np.ndarray) -> np.ndarray:
     return model.predict_view(x, zero, zero).float().numpy()[0, 0]
 
 
+def _edges(covered: np.ndarray) -> str:
+    """How far in from each edge of the model's field the radiograph's own edges lie."""
+    rows, cols = np.flatnonzero(covered.any(1)), np.flatnonzero(covered.any(0))
+    h, w = covered.shape
+    cuts = (rows[0] / h, (h - 1 - rows[-1]) / h, cols[0] / w, (w - 1 - cols[-1]) / w)
+    return ", ".join(f"{100 * c:.0f}" for c in cuts)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model name, file, checkpoint or run folder "
@@ -55,9 +57,21 @@ def main(argv=None) -> int:
     ap.add_argument("--cxr", action="append", default=[], help="a radiograph (repeatable)")
     ap.add_argument("--ct", action="append", default=[], help="a CT (repeatable)")
     args = ap.parse_args(argv)
+    if not args.cxr and not args.ct:
+        ap.error("give at least one --cxr or --ct")
+    try:
+        _table(args)
+    except XrayWorldModelError as exc:
+        print(f"self_redraw: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _table(args) -> None:
     model, card = load_world_model(args.model)
     cfg = TrainConfig.from_dict(card["config"])
-    print("| input | pixels | NCC | NCC without the outer ring |\n|---|---:|---:|---:|")
+    print("| input | pixels | NCC | NCC without the outer ring | image edges in from top, "
+          "bottom, left, right (% of the field) |\n|---|---:|---:|---:|---|")
     for path in args.cxr:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")     # a missing spacing is reported by infer
@@ -66,14 +80,13 @@ def main(argv=None) -> int:
         inner = ndi.binary_erosion(mi.covered)
         print(f"| {Path(path).name} | {int(mi.covered.sum())} | "
               f"{ncc(drawn[mi.covered], mi.image[mi.covered]):.3f} | "
-              f"{ncc(drawn[inner], mi.image[inner]):.3f} |")
+              f"{ncc(drawn[inner], mi.image[inner]):.3f} | {_edges(mi.covered)} |")
     for path in args.ct:
         _, frontal, _ = encoded_frontal(model, preprocess(read_ct(path), cfg.data.preprocessing()),
                                         cfg.views, "cpu")
         body = frontal > BODY_FRACTION * frontal.max()
         print(f"| {Path(path).name} (DRR) | {int(body.sum())} | "
-              f"{ncc(redraw(model, frontal)[body], frontal[body]):.3f} | |")
-    return 0
+              f"{ncc(redraw(model, frontal)[body], frontal[body]):.3f} | | |")
 
 
 if __name__ == "__main__":

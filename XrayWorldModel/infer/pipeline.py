@@ -65,7 +65,8 @@ def wrap_delta(target, source=0.0):
     return (np.asarray(target, dtype=np.float64) - source + 180.0) % 360.0 - 180.0
 
 
-def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two equal-length arrays (0 when one is constant)."""
     a = a.astype(np.float64) - a.mean()
     b = b.astype(np.float64) - b.mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())
@@ -145,7 +146,7 @@ def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSam
     drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water, engine="torch").render(
         isocentric_geometry(sampling, [0.0]))[0]
     m = model_input.covered
-    return _ncc(drr[m], model_input.image[m])
+    return ncc(drr[m], model_input.image[m])
 
 
 def apply_card_heads(model, card: Dict, image: torch.Tensor) -> Dict:
