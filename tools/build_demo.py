@@ -118,6 +118,15 @@ def frontals(cfg: TrainConfig, n: int = 64):
     return render_views(training_volumes(cfg, n), cfg.views, [0.0])[:, 0]
 
 
+def training_domain(cfg: TrainConfig) -> dict:
+    """The card's ``domain``: what the inference's input path matches a radiograph to
+    (:mod:`XrayWorldModel.infer.domain`), from the training data of ``cfg``: the frontal
+    DRRs' body quantiles, and the spacing estimator's lung-field widths and apex heights."""
+    return {**domain_reference(frontals(cfg)),
+            "anatomy": volumes_reference(training_volumes(cfg), cfg.views,
+                                         f"64 training CTs ({cfg.data.source})")}
+
+
 def add_volume_prior(model_file, out_path, version: str = None, n_volumes: int = 64,
                      card_updates: dict = None) -> Path:
     """A copy of ``model_file`` carrying the volume prior built from its own training data
@@ -184,9 +193,7 @@ def build(run_dir, version: str, work, n_cohort: int = 480, n_heldout: int = 600
     cfg = TrainConfig.from_dict(ck["config"])
     real = real_training_data(cfg.data.source)
     card = {"name": NAME, "version": version, "license": "Apache-2.0", **card_texts(real),
-            "domain": {**domain_reference(frontals(cfg)),     # + the spacing estimator's widths
-                       "anatomy": volumes_reference(training_volumes(cfg), cfg.views,
-                                                    f"64 training CTs ({cfg.data.source})")},
+            "domain": training_domain(cfg),
             "training": {"run": str(run_dir), "checkpoint_step": ck["step"],
                          "validation": ck.get("metrics"), "data": cfg.data.source,
                          "real_cts": real}}

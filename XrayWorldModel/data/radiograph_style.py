@@ -227,6 +227,15 @@ def radiograph_style(line_integrals: np.ndarray, effects: Sequence[str],
                      rng: np.random.Generator) -> np.ndarray:
     """The view ``[H, W]`` (line integrals) made into a radiograph with ``effects`` (names
     from :data:`EFFECTS`, applied in that order) and mapped back to line integrals."""
+    clean = np.clip(np.asarray(line_integrals, dtype=np.float64), 0.0, None)
+    return back_to_line_integrals(styled_display(clean, effects, rng), clean).astype(np.float32)
+
+
+def styled_display(line_integrals: np.ndarray, effects: Sequence[str],
+                   rng: np.random.Generator) -> np.ndarray:
+    """The view ``[H, W]`` (line integrals) as the radiograph ``effects`` make of it, in
+    display values (bone bright, [0, 1]): what a radiograph file would hold, before any
+    mapping back. Evaluation feeds it to the inference's own input path."""
     unknown = set(effects) - set(EFFECTS)
     if unknown:
         raise ValueError(f"unknown radiograph effects {sorted(unknown)}; known: {EFFECTS}")
@@ -246,7 +255,7 @@ def radiograph_style(line_integrals: np.ndarray, effects: Sequence[str],
     for name, step in steps:
         if name in effects:
             d = step(d, rng)
-    return back_to_line_integrals(d, clean).astype(np.float32)
+    return d
 
 
 def draw_effects(probability: float, rng: np.random.Generator) -> Tuple[str, ...]:
