@@ -37,7 +37,6 @@ from XrayWorldModel.config import TrainConfig  # noqa: E402
 from XrayWorldModel.data import PreprocessedCache, resolve_source  # noqa: E402
 from XrayWorldModel.data.radiograph_style import draw_effects, styled_display  # noqa: E402
 from XrayWorldModel.drr import DRRRenderer  # noqa: E402
-from XrayWorldModel.errors import XrayWorldModelError  # noqa: E402
 from XrayWorldModel.infer.domain import N_QUANTILES, domain_reference  # noqa: E402
 from XrayWorldModel.infer.evaluate import read_volumes  # noqa: E402
 from XrayWorldModel.infer.pipeline import isocentric_geometry, run_inference  # noqa: E402
@@ -48,6 +47,7 @@ from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_demo import training_domain  # noqa: E402
+from tool_errors import run_reporting_errors  # noqa: E402
 
 MAPPINGS = ("card", "plain", "own")
 #: Each effect of the radiograph chain is drawn with this probability per styled image.
@@ -96,12 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--styles", type=int, default=8, help="styled radiographs per CT")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    try:
-        _table(args)
-    except XrayWorldModelError as exc:
-        print(f"mapping_check: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors("mapping_check", _table, args)
 
 
 def _table(args) -> None:

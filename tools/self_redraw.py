@@ -25,13 +25,15 @@ sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import TrainConfig  # noqa: E402
 from XrayWorldModel.data.cache import preprocess  # noqa: E402
-from XrayWorldModel.errors import XrayWorldModelError  # noqa: E402
 from XrayWorldModel.infer.domain import BODY_FRACTION, radiograph_input  # noqa: E402
 from XrayWorldModel.infer.evaluate import encoded_frontal  # noqa: E402
 from XrayWorldModel.infer.pipeline import ncc  # noqa: E402  (the consistency score's own)
 from XrayWorldModel.io import read_ct  # noqa: E402
 from XrayWorldModel.io.cxr import read_cxr  # noqa: E402
 from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tool_errors import run_reporting_errors  # noqa: E402
 
 
 @torch.no_grad()
@@ -59,12 +61,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.cxr and not args.ct:
         ap.error("give at least one --cxr or --ct")
-    try:
-        _table(args)
-    except XrayWorldModelError as exc:
-        print(f"self_redraw: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_reporting_errors("self_redraw", _table, args)
 
 
 def _table(args) -> None:
