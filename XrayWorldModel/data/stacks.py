@@ -50,7 +50,7 @@ from ..errors import (EmptyFolderError, FileNotFoundInputError, InputError, Unre
                       XrayWorldModelError)
 from ..io.drr_stack import (STACK_FORMAT, NotAStackError, read_drr_stack, read_stack_metadata,
                             stack_stem)
-from .radiograph_style import style_context
+from .radiograph_style import augment_context
 from .views import TrueViews, ViewBatch, ViewSampling
 
 #: ``data.source`` / ``data.val_source`` prefix that selects training from DRR stacks.
@@ -387,9 +387,7 @@ class DRRStackSet:
         if s.noise_std:
             img = img + torch.from_numpy(
                 rng.normal(0.0, s.noise_std, size=tuple(img.shape)).astype(np.float32))
-        if s.radiograph_style or s.field_narrowing:     # the input view only
-            img = torch.cat([style_context(img[0], s.radiograph_style, rng,
-                                           s.field_narrowing)[None], img[1:]])
+        img = augment_context(img, s, rng)     # the input view only
         return StackSample(img[:1], img[1:, None], float(angles[ci]),
                            wrap_deg(angles[ti] - angles[ci]), item.tilt, item.id, ci, ti)
 

@@ -20,7 +20,7 @@ from ..drr import DRRRenderer
 from ..errors import InputError
 from ..geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry
 from ..volume import Volume
-from .radiograph_style import style_context
+from .radiograph_style import CONTEXT_AUGMENTATIONS, augment_context
 
 CONTEXT_MODES = ("frontal", "uniform")
 
@@ -53,13 +53,17 @@ class ViewSampling:
     #: the field, air outside, as a radiograph framed tighter than the body reaches the
     #: model (:func:`.radiograph_style.narrow_field`); 0 = off
     field_narrowing: float = 0.0
+    #: augmentation of the context view only: the probability of fine-scale detail
+    #: enhancement (:func:`.radiograph_style.enhance_fine_detail`), drawn apart from
+    #: ``radiograph_style``'s effects; 0 = off
+    fine_detail: float = 0.0
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:
             raise InputError(f"context must be one of {CONTEXT_MODES}, got {self.context!r}")
         if self.image_size < 8 or self.targets_per_context < 1 or not self.deltas_deg:
             raise InputError("image_size >= 8, targets_per_context >= 1 and some deltas_deg are needed")
-        for name in ("radiograph_style", "field_narrowing"):
+        for name in CONTEXT_AUGMENTATIONS:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"{name} is a probability in [0, 1], got "
                                  f"{getattr(self, name)}")
@@ -184,9 +188,7 @@ class ViewRenderer:
             if s.noise_std:
                 noise = torch.from_numpy(rng.normal(0.0, s.noise_std, size=tuple(img.shape)).astype(np.float32))
                 img = img + noise.to(img.device)
-            if s.radiograph_style or s.field_narrowing:     # the input view only
-                img = torch.cat([style_context(img[0], s.radiograph_style, rng,
-                                               s.field_narrowing)[None], img[1:]])
+            img = augment_context(img, s, rng)     # the input view only
             ctx.append(c[0])
             deltas.append(d[0])
             tilt.append(t[0])
@@ -200,7 +202,7 @@ class ViewRenderer:
 def clean_sampling(s: ViewSampling) -> ViewSampling:
     """The same views without augmentation, for evaluation."""
     return replace(s, tilt_max_deg=0.0, shift_max_mm=0.0, intensity_jitter=0.0, noise_std=0.0,
-                   radiograph_style=0.0, field_narrowing=0.0)
+                   **{name: 0.0 for name in CONTEXT_AUGMENTATIONS})
 
 
 def render_views(volumes: Sequence[Volume], sampling: ViewSampling, angles, device=None) -> np.ndarray:
