@@ -501,3 +501,19 @@ def test_mapping_check_feeds_each_mapping_to_the_inference(capsys):
     psnrs = [float(r[3]) for r in rows]
     assert all(10 < p < 60 for p in psnrs) and len(set(psnrs)) == 3
     assert all(0 < float(r[5]) <= 1 for r in rows)
+
+
+def test_fine_band_share_grows_with_fine_detail_and_ignores_the_outline(capsys):
+    """tools/fine_band.py: a smooth disc's share is small and does not count the disc's own
+    edge; the same disc with pixel-scale texture inside scores higher; nothing to measure:
+    exit 2 and one line."""
+    tool = _tool("fine_band")
+    yy, xx = np.mgrid[:64, :64]
+    body = (yy - 32) ** 2 + (xx - 32) ** 2 < 26 ** 2
+    smooth = np.where(body, 3.0 - ((yy - 32) ** 2 + (xx - 32) ** 2) / 400.0, 0.0)
+    textured = smooth + 0.3 * body * ((yy + xx) % 2)
+    assert tool.fine_share(smooth, body) < 0.02
+    assert tool.fine_share(textured, body) > 10 * tool.fine_share(smooth, body)
+    with pytest.raises(SystemExit) as none:
+        tool.main([])
+    assert none.value.code == 2 and "give at least one --cxr or --ct" in capsys.readouterr().err
