@@ -9,9 +9,7 @@ augmentations can be set to span what real radiographs bring.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +23,14 @@ from XrayWorldModel.data.cache import preprocess  # noqa: E402
 from XrayWorldModel.data.radiograph_style import (DETAIL, EFFECTS, draw_effects,  # noqa: E402
                                                      radiograph_style)
 from XrayWorldModel.drr import DRRRenderer  # noqa: E402
-from XrayWorldModel.infer.domain import BODY_FRACTION, radiograph_input  # noqa: E402
+from XrayWorldModel.infer.domain import BODY_FRACTION  # noqa: E402
 from XrayWorldModel.infer.pipeline import isocentric_geometry  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
 from XrayWorldModel.io import read_ct  # noqa: E402
-from XrayWorldModel.io.cxr import read_cxr  # noqa: E402
 from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tool_errors import run_reporting_errors  # noqa: E402
+from tool_cli import input_parser, model_inputs, parse_inputs, run_reporting_errors  # noqa: E402
 
 #: The context augmentations compared on each CT's DRR: effects of the style chain, or a
 #: probability for each effect drawn as training draws them (``views.radiograph_style``).
@@ -50,16 +47,9 @@ def fine_share(image: np.ndarray, body: np.ndarray) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="whose input path and views (default: the "
-                    "built-in model)")
-    ap.add_argument("--cxr", action="append", default=[], help="a radiograph (repeatable)")
-    ap.add_argument("--ct", action="append", default=[], help="a CT (repeatable)")
+    ap = input_parser(__doc__)
     ap.add_argument("--seeds", type=int, default=16, help="draws per augmentation")
-    args = ap.parse_args(argv)
-    if not args.cxr and not args.ct:
-        ap.error("give at least one --cxr or --ct")
-    return run_reporting_errors("fine_band", _table, args)
+    return run_reporting_errors("fine_band", _table, parse_inputs(ap, argv))
 
 
 def _table(args) -> None:
@@ -67,13 +57,10 @@ def _table(args) -> None:
     cfg = TrainConfig.from_dict(card["config"])
     print("| input | finest band's share of the body's contrast (mean) | highest draw |\n"
           "|---|---:|---:|")
-    for path in args.cxr:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")     # a missing spacing is reported by infer
-            mi = radiograph_input(read_cxr(path), card)
+    for name, mi in model_inputs(args.cxr, card):
         body = mi.covered & (mi.image > BODY_FRACTION * mi.image.max())
         share = fine_share(mi.image, body)
-        print(f"| {Path(path).name} | {share:.3f} | {share:.3f} |")
+        print(f"| {name} | {share:.3f} | {share:.3f} |")
     for path in args.ct:
         vol = centred(preprocess(read_ct(path), cfg.data.preprocessing()))
         drr = DRRRenderer(vol, "fast", "cpu", cfg.views.mu_water).render(

@@ -47,7 +47,7 @@ from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_demo import training_domain  # noqa: E402
-from tool_errors import run_reporting_errors  # noqa: E402
+from tool_cli import run_reporting_errors  # noqa: E402
 
 MAPPINGS = ("card", "plain", "own")
 #: Each effect of the radiograph chain is drawn with this probability per styled image.

@@ -11,9 +11,7 @@ that score and says where the gap lies: the radiograph's look, its framing, or t
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import TrainConfig  # noqa: E402
 from XrayWorldModel.data.cache import preprocess  # noqa: E402
-from XrayWorldModel.infer.domain import BODY_FRACTION, radiograph_input  # noqa: E402
+from XrayWorldModel.infer.domain import BODY_FRACTION  # noqa: E402
 from XrayWorldModel.infer.evaluate import encoded_frontal  # noqa: E402
 from XrayWorldModel.infer.pipeline import ncc  # noqa: E402  (the consistency score's own)
 from XrayWorldModel.io import read_ct  # noqa: E402
-from XrayWorldModel.io.cxr import read_cxr  # noqa: E402
 from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tool_errors import run_reporting_errors  # noqa: E402
+from tool_cli import input_parser, model_inputs, parse_inputs, run_reporting_errors  # noqa: E402
 
 
 @torch.no_grad()
@@ -53,15 +50,7 @@ def _edges(covered: np.ndarray) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model name, file, checkpoint or run folder "
-                    "(default: the built-in model)")
-    ap.add_argument("--cxr", action="append", default=[], help="a radiograph (repeatable)")
-    ap.add_argument("--ct", action="append", default=[], help="a CT (repeatable)")
-    args = ap.parse_args(argv)
-    if not args.cxr and not args.ct:
-        ap.error("give at least one --cxr or --ct")
-    return run_reporting_errors("self_redraw", _table, args)
+    return run_reporting_errors("self_redraw", _table, parse_inputs(input_parser(__doc__), argv))
 
 
 def _table(args) -> None:
@@ -69,13 +58,10 @@ def _table(args) -> None:
     cfg = TrainConfig.from_dict(card["config"])
     print("| input | pixels | NCC | NCC without the outer ring | image edges in from top, "
           "bottom, left, right (% of the field) |\n|---|---:|---:|---:|---|")
-    for path in args.cxr:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")     # a missing spacing is reported by infer
-            mi = radiograph_input(read_cxr(path), card)
+    for name, mi in model_inputs(args.cxr, card):
         drawn = redraw(model, mi.image)
         inner = ndi.binary_erosion(mi.covered)
-        print(f"| {Path(path).name} | {int(mi.covered.sum())} | "
+        print(f"| {name} | {int(mi.covered.sum())} | "
               f"{ncc(drawn[mi.covered], mi.image[mi.covered]):.3f} | "
               f"{ncc(drawn[inner], mi.image[inner]):.3f} | {_edges(mi.covered)} |")
     for path in args.ct:

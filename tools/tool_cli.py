@@ -1,0 +1,51 @@
+"""What the measuring tools under ``tools/`` share at their command line: the model and the
+radiographs and CTs they read, and how they end on a user's mistake (one line naming the
+tool and the problem, exit status 2, no traceback: the CLI's own rule)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from XrayWorldModel.errors import XrayWorldModelError
+from XrayWorldModel.infer.domain import radiograph_input
+from XrayWorldModel.io.cxr import read_cxr
+
+
+def input_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by ``doc``'s first paragraph, with ``--model``, ``--cxr`` and
+    ``--ct``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model name, file, checkpoint or run folder "
+                    "(default: the built-in model)")
+    ap.add_argument("--cxr", action="append", default=[], help="a radiograph (repeatable)")
+    ap.add_argument("--ct", action="append", default=[], help="a CT (repeatable)")
+    return ap
+
+
+def parse_inputs(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``ap``'s arguments from ``argv``, insisting on at least one radiograph or CT."""
+    args = ap.parse_args(argv)
+    if not args.cxr and not args.ct:
+        ap.error("give at least one --cxr or --ct")
+    return args
+
+
+def run_reporting_errors(tool: str, body, args) -> int:
+    """``body(args)``; 0, or 2 after one line on stderr when it raises a package error."""
+    try:
+        body(args)
+    except XrayWorldModelError as exc:
+        print(f"{tool}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def model_inputs(paths, card):
+    """(file name, :class:`~XrayWorldModel.infer.domain.ModelInput`) for each radiograph,
+    through the inference's own input path for the model of ``card``."""
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # a missing spacing is reported by infer
+            yield Path(path).name, radiograph_input(read_cxr(path), card)
