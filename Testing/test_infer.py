@@ -287,3 +287,50 @@ def test_bad_sweep_step_is_refused_in_one_line(tmp_path, capsys, model_file):
     err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
     assert len(err) == 1 and "sweep step" in err[0]
     assert not (out / "results.json").exists()
+
+
+def test_bright_collimator_bands_are_found_even_under_a_marker_and_nothing_else():
+    """collimator_bands: white bands along the top (a burned-in marker on it) and the right
+    are found row by row and column by column; the body, the air and a dark band at the
+    bottom (which cannot be told from air) are not."""
+    from XrayWorldModel.infer.domain import collimator_bands
+    yy, xx = np.mgrid[:64, :64]
+    chest = np.clip(3.0 - ((yy - 34) ** 2 + (xx - 30) ** 2) / 200.0, 0.0, None)
+    image = chest.copy()
+    image[:5] = 5.0
+    image[2, 10:13] = 4.0                      # a marker on the band
+    image[:, 60:] = 5.0
+    image[61:] = 0.0                           # a dark shutter: left in
+    covered = np.ones((64, 64), bool)
+    want = np.zeros((64, 64), bool)
+    want[:5] = True
+    want[:, 60:] = True
+    np.testing.assert_array_equal(collimator_bands(image, covered, air=0.3), want)
+    assert not collimator_bands(chest, covered, 0.3).any()
+    s = ViewSampling(image_size=64)             # and the input path records them
+    mi = to_model_input(Radiograph(image, (s.pixel_spacing,) * 2, "PA", {"units": "line_integral"}),
+                        s, check_spacing=False, place=False)
+    assert mi.bands[:4].all() and mi.bands[8:56, 8:56].sum() == 0
+    assert any("collimator bands" in n for n in mi.notes) and mi.to_dict()["collimator_band_fraction"] > 0
+
+
+def test_consistency_leaves_the_collimator_bands_out(tiny_config):
+    """A model input that is exactly the volume's frontal DRR but for a white band along its
+    top: the consistency score is still 1, as it would not be were the band counted."""
+    from XrayWorldModel.infer.domain import ModelInput, collimator_bands
+    from XrayWorldModel.infer.pipeline import consistency_score, isocentric_geometry
+    from XrayWorldModel.drr import DRRRenderer
+    from XrayWorldModel.infer.prior import centred
+    from XrayWorldModel.phantom import procedural_chest
+    views = tiny_config.views
+    vol = centred(procedural_chest(5003, (48, 48, 40), (7.5, 7.5, 9.0)))
+    drr = DRRRenderer(vol, "fast", "cpu", views.mu_water).render(
+        isocentric_geometry(views, [0.0]))[0]
+    image = drr.copy()
+    image[:views.image_size // 8] = 1.3 * drr.max()
+    covered = np.ones(image.shape, bool)
+    banded = ModelInput(image, covered, 1.0, [], bands=collimator_bands(image, covered,
+                                                                         0.05 * drr.max()))
+    assert banded.bands.sum() == (views.image_size // 8) * image.shape[1]
+    assert consistency_score(vol, banded, views) > 0.999
+    assert consistency_score(vol, ModelInput(image, covered, 1.0, []), views) < 0.9

@@ -71,6 +71,9 @@ CENTRE_TOLERANCE_PX = 1.0
 #: An offset larger than this fraction of the field is more likely a mistaken lung finding
 #: than a chest that far off: the image is then left as it is.
 MAX_CENTRING_FRACTION = 0.25
+#: Share of an edge row's (or column's) pixels that must hold its median value for
+#: :func:`collimator_bands` to call it a band.
+BAND_UNIFORMITY = 0.9
 
 
 class FlippedImageWarning(UserWarning):
@@ -92,6 +95,14 @@ class ModelInput:
     spacing: Optional[Dict] = None
     #: how the image was placed in the field (:func:`centring_shift`)
     centring: Optional[Dict] = None
+    #: [H, W] bool: bright collimator bands along the image's edges (:func:`collimator_bands`),
+    #: uniform and as dense as bone in model units, which no re-projection draws
+    bands: Optional[np.ndarray] = None
+
+    @property
+    def anatomy(self) -> np.ndarray:
+        """The covered pixels that show the patient: ``covered`` less the bands."""
+        return self.covered if self.bands is None else self.covered & ~self.bands
 
     def to_dict(self) -> Dict:
         out = {"scale": self.scale, "covered_fraction": float(self.covered.mean()),
@@ -100,6 +111,8 @@ class ModelInput:
             out["spacing"] = dict(self.spacing)
         if self.centring is not None:
             out["centring"] = dict(self.centring)
+        if self.bands is not None and self.bands.any():
+            out["collimator_band_fraction"] = float(self.bands.mean())
         return out
 
 
@@ -268,6 +281,34 @@ def _match_intensity(canvas: np.ndarray, covered: np.ndarray, reference: Optiona
     return out.astype(np.float32)
 
 
+def collimator_bands(image: np.ndarray, covered: np.ndarray, air: float) -> np.ndarray:
+    """The rows and columns along the covered region's edges that hold one value above
+    ``air`` (``BAND_UNIFORMITY`` of their pixels within 2 % of the image's range of it, so a
+    burned-in marker on the band does not end it; each side walked inward up to a quarter
+    of the region): a white collimator shutter, which the intensity mapping makes as dense
+    as bone. A re-projection never draws it, so the consistency score leaves it out. Uniform
+    dark edges are left in: at the image's edge they cannot be told from air."""
+    bands = np.zeros(covered.shape, bool)
+    vals = image[covered]
+    if vals.size == 0:
+        return bands
+    tol = 0.02 * float(vals.max() - vals.min())
+    for view in (lambda a: a, lambda a: a.T):          # rows, then columns
+        img, cov, out = view(image), view(covered), view(bands)
+        lines = np.flatnonzero(cov.any(1))
+        if lines.size == 0:
+            continue
+        depth = max(1, lines.size // 4)
+        for order in (lines[:depth], lines[::-1][:depth]):     # from each end inward
+            for r in order:
+                v = img[r, cov[r]]
+                level = float(np.median(v)) if v.size >= 4 else air
+                if level <= air or np.mean(np.abs(v - level) <= tol) < BAND_UNIFORMITY:
+                    break
+                out[r, cov[r]] = True
+    return bands
+
+
 def _laterality(image: np.ndarray, covered: np.ndarray, reference: Optional[Dict],
                 notes: list, problems: list) -> None:
     """A problem when ``image`` matches the reference's asymmetry better mirrored. Only
@@ -326,7 +367,19 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
             notes.append("the model card has no domain statistics: plain range mapping used")
     problems: list = []
     _laterality(image, covered, reference, notes, problems)
-    return ModelInput(image, covered, scale, notes, problems, spacing_record, centring)
+    bands = collimator_bands(image, covered, _air_level(reference, image))
+    if bands.any():
+        notes.append(f"bright collimator bands along the image's edges ({100 * bands.mean():.0f} % "
+                     f"of the field) left out of the consistency score")
+    return ModelInput(image, covered, scale, notes, problems, spacing_record, centring, bands)
+
+
+def _air_level(reference: Optional[Dict], image: np.ndarray) -> float:
+    """Values up to this are air or thin tissue for :func:`collimator_bands`: the body
+    threshold of the training DRRs, else 5 % of the image's maximum."""
+    if reference and "body_threshold" in reference:
+        return float(reference["body_threshold"])
+    return BODY_FRACTION * float(image.max())
 
 
 def anatomy_estimate(rad: Radiograph, sampling: ViewSampling,

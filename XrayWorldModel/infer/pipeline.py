@@ -140,12 +140,14 @@ def reconstruct(model, state: torch.Tensor, sampling: ViewSampling, volume_size:
 
 def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSampling) -> float:
     """NCC between the volume re-projected at 0 deg and the model's input, over the pixels the
-    radiograph covered: near 1 when the imagined 3D agrees with what was seen. One small
+    radiograph covered that show the patient (bright collimator bands left out,
+    :attr:`~.domain.ModelInput.anatomy`): near 1 when the imagined 3D agrees with what was
+    seen. One small
     view: the PyTorch renderer (same sums to float rounding) spares a fresh process numba's
     start-up."""
     drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water, engine="torch").render(
         isocentric_geometry(sampling, [0.0]))[0]
-    m = model_input.covered
+    m = model_input.anatomy
     return ncc(drr[m], model_input.image[m])
 
 
