@@ -142,9 +142,8 @@ def consistency_score(volume: Volume, model_input: ModelInput, sampling: ViewSam
     """NCC between the volume re-projected at 0 deg and the model's input, over the pixels the
     radiograph covered that show the patient (bright collimator bands left out,
     :attr:`~.domain.ModelInput.anatomy`): near 1 when the imagined 3D agrees with what was
-    seen. One small
-    view: the PyTorch renderer (same sums to float rounding) spares a fresh process numba's
-    start-up."""
+    seen. One small view: the PyTorch renderer (same sums to float rounding) spares a fresh
+    process numba's start-up."""
     drr = DRRRenderer(volume, "fast", "cpu", sampling.mu_water, engine="torch").render(
         isocentric_geometry(sampling, [0.0]))[0]
     m = model_input.anatomy
