@@ -118,7 +118,7 @@ MUTATIONS = (
              ("Testing/test_train.py::test_sigint_checkpoints_the_current_step_and_resume_is_exact",),
              "Ctrl-C during training writes a checkpoint at the interrupted step"),
     Mutation("resume-takes-the-new-config", "XrayWorldModel/train/preflight.py",
-             "    merged = TrainConfig.from_dict(apply_overrides(recorded, overrides))",
+             "    merged = TrainConfig.from_dict(apply_overrides(_as_trained(recorded), overrides))",
              "    merged = TrainConfig.from_dict(apply_overrides(cfg.to_dict(), overrides))",
              ("Testing/test_train.py::test_resume_keeps_the_recorded_step_budget",),
              "--resume keeps the run's recorded config and step budget unless overridden"),
