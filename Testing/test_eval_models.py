@@ -517,3 +517,21 @@ def test_fine_band_share_grows_with_fine_detail_and_ignores_the_outline(capsys):
     with pytest.raises(SystemExit) as none:
         tool.main([])
     assert none.value.code == 2 and "give at least one --cxr or --ct" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool, argv, says", [
+    ("mapping_check", ["--data", "MISSING"], "no such file or folder"),
+    ("mapping_check", ["--data", "phantom:1:5000", "--styles", "0"], "must be at least 1, got 0"),
+    ("fine_band", ["--ct", "MISSING"], "no such file or folder"),
+    ("fine_band", ["--ct", "MISSING", "--seeds", "x"], "'x' is not a whole number"),
+])
+def test_measuring_tools_refuse_bad_input_in_one_line(tmp_path, capsys, tool, argv, says):
+    """tools/mapping_check.py and fine_band.py on a CT that is not there or a count below 1:
+    exit 2 and one line saying why, no traceback."""
+    argv = [str(tmp_path / "missing.nii.gz") if a == "MISSING" else a for a in argv]
+    try:
+        code = _tool(tool).main(argv)
+    except SystemExit as exc:                     # argparse's refusal
+        code = exc.code
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+    assert code == 2 and says in err[-1] and "Traceback" not in "".join(err)

@@ -30,7 +30,8 @@ from XrayWorldModel.io import read_ct  # noqa: E402
 from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tool_cli import input_parser, model_inputs, parse_inputs, run_reporting_errors  # noqa: E402
+from tool_cli import (input_parser, model_inputs, parse_inputs, positive_int,  # noqa: E402
+                      run_reporting_errors)
 
 #: The context augmentations compared on each CT's DRR: effects of the style chain, or a
 #: probability for each effect drawn as training draws them (``views.radiograph_style``).
@@ -48,7 +49,7 @@ def fine_share(image: np.ndarray, body: np.ndarray) -> float:
 
 def main(argv=None) -> int:
     ap = input_parser(__doc__)
-    ap.add_argument("--seeds", type=int, default=16, help="draws per augmentation")
+    ap.add_argument("--seeds", type=positive_int, default=16, help="draws per augmentation")
     return run_reporting_errors("fine_band", _table, parse_inputs(ap, argv))
 
 

@@ -47,7 +47,7 @@ from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_demo import training_domain  # noqa: E402
-from tool_cli import run_reporting_errors  # noqa: E402
+from tool_cli import positive_int, run_reporting_errors  # noqa: E402
 
 MAPPINGS = ("card", "plain", "own")
 #: Each effect of the radiograph chain is drawn with this probability per styled image.
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
                     "statistics its model file would carry, from its training data")
     ap.add_argument("--data", required=True, help="CTs: a file, folder, manifest or "
                     "phantom:N[:SEED]")
-    ap.add_argument("--styles", type=int, default=8, help="styled radiographs per CT")
+    ap.add_argument("--styles", type=positive_int, default=8, help="styled radiographs per CT")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     return run_reporting_errors("mapping_check", _table, args)

@@ -24,6 +24,17 @@ def input_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of draws or images)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parse_inputs(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """``ap``'s arguments from ``argv``, insisting on at least one radiograph or CT."""
     args = ap.parse_args(argv)
