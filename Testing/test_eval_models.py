@@ -503,6 +503,18 @@ def test_mapping_check_feeds_each_mapping_to_the_inference(capsys):
     assert all(0 < float(r[5]) <= 1 for r in rows)
 
 
+def test_mapping_check_per_image_rows_are_what_the_means_average(capsys):
+    """--per-image: a row per styled image and mapping; with two images per CT, each
+    mapping's mean row is the mean of its two image rows."""
+    assert _tool("mapping_check").main(["--data", "phantom:1:5000", "--styles", "2",
+                                        "--per-image"]) == 0
+    rows = [r.split("|") for r in capsys.readouterr().out.splitlines() if r.startswith("| 0")]
+    for m in ("card", "plain", "own"):
+        images = [float(r[3]) for r in rows if "seed" in r[1] and r[2].strip() == m]
+        mean = [float(r[3]) for r in rows if r[1].strip() == "0" and r[2].strip() == m]
+        assert len(images) == 2 and mean[0] == pytest.approx(np.mean(images), abs=0.006)
+
+
 def test_fine_band_share_grows_with_fine_detail_and_ignores_the_outline(capsys):
     """tools/fine_band.py: a smooth disc's share is small and does not count the disc's own
     edge; the same disc with pixel-scale texture inside scores higher; nothing to measure:

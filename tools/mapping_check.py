@@ -95,6 +95,8 @@ def main(argv=None) -> int:
                     "phantom:N[:SEED]")
     ap.add_argument("--styles", type=positive_int, default=8, help="styled radiographs per CT")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-image", action="store_true", help="also a row per styled image "
+                    "(its seed), not only the means")
     args = ap.parse_args(argv)
     return run_reporting_errors("mapping_check", _table, args)
 
@@ -113,6 +115,8 @@ def _table(args) -> None:
         scores = score_case(model, card, frontal, lateral, args.styles, args.seed)
         for m in MAPPINGS:
             rows[m] += scores[m]
+            for k, (p, s, c) in enumerate(scores[m] if args.per_image else []):
+                print(f"| {i}, seed {args.seed + k} | {m} | {p:.2f} | {s:.3f} | {c:.3f} |")
             p, s, c = np.mean(scores[m], axis=0)
             print(f"| {i} | {m} | {p:.2f} | {s:.3f} | {c:.3f} |")
     for m in MAPPINGS:
