@@ -14,6 +14,7 @@ from XrayWorldModel.data import ViewSampling
 from XrayWorldModel.infer import domain_reference, run_inference, to_model_input
 from XrayWorldModel.infer.domain import FlippedImageWarning
 from XrayWorldModel.infer.outputs import load_schema
+from XrayWorldModel.infer.scale import PA_MAGNIFICATION
 from XrayWorldModel.infer.pipeline import imagine_views, wrap_delta
 from XrayWorldModel.io import read_ct
 from XrayWorldModel.models import WorldModel
@@ -95,9 +96,11 @@ def test_domain_mapping_matches_drr_quantiles(tiny_config, phantom_frontals):
     q_out = np.quantile(mi.image[body], [0.1, 0.5, 0.9])
     q_ref = np.quantile(np.asarray(ref["quantiles"]), [0.1, 0.5, 0.9])
     assert np.allclose(q_out, q_ref, rtol=0.15)
-    # same pixels, half the pitch: the image shrinks to half the size, centred, air around
+    # same pixels, half the pitch: the image shrinks to half the size, times the model's
+    # magnification over a PA radiograph's (its pixels span more patient), centred, air around
     small = to_model_input(Radiograph(display, (s.pixel_spacing / 2,) * 2, "PA"), s, ref)
-    assert 0.2 < small.covered.mean() < 0.3
+    side = round(32 * 0.5 * (s.sdd / s.sod) / PA_MAGNIFICATION)
+    assert small.covered.sum() == side * side
     assert np.all(small.image[~small.covered] == 0)
 
 
@@ -274,6 +277,46 @@ def test_refinement_brings_the_volume_closer_to_the_imagined_views(tiny_config):
     refined = reconstruct(model, state, s, 32, 30.0, refine_iterations=3)
     assert refined.shape == plain.shape and np.allclose(refined.affine, plain.affine)
     assert mismatch(refined) < 0.97 * mismatch(plain)
+
+
+def test_stated_spacing_and_magnification_are_used_and_recorded(tmp_path, model_file,
+                                                              tiny_config, phantom_frontals):
+    """``infer --pixel-spacing --magnification`` on a PNG (which has neither): both used over
+    the defaults, recorded as the user's, and the pixel brought to the model's magnification
+    by their ratio."""
+    from PIL import Image
+    drr = phantom_frontals[1][0]
+    img = tmp_path / "cxr.png"
+    Image.fromarray((np.sqrt(drr / drr.max()) * 255).astype(np.uint8)).resize((128, 128)).save(img)
+    out = tmp_path / "o"
+    assert main(["infer", str(img), "--out", str(out), "--model", str(model_file),
+                 "--volume-size", "32", "--uncertainty", "0", "--pixel-spacing", "3.5",
+                 "--magnification", "1.16"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    jsonschema.validate(data, load_schema())
+    spacing = data["preprocessing"]["spacing"]
+    views = tiny_config.views
+    assert spacing["source"] == "user" and spacing["used_mm"] == [3.5, 3.5]
+    assert spacing["magnification"] == 1.16
+    assert spacing["model_detector_mm"][1] == pytest.approx(3.5 * views.sdd / views.sod / 1.16)
+    assert data["input"]["spacing_is_default"] is False
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--magnification", "3"], "magnification lies above 1 and at most 1.6"),
+    (["--magnification", "1"], "magnification lies above 1 and at most 1.6"),
+    (["--pixel-spacing", "-0.2"], "pixel spacing must be a positive number"),
+    (["--pixel-spacing", "0.001"], "too small for a chest; give its pixel spacing"),
+])
+def test_bad_stated_geometry_is_refused_in_one_line(tmp_path, capsys, model_file, argv, says):
+    """A magnification outside (1, 1.6], a spacing that is not positive, or one at which the
+    image would cover almost none of the model's field: one line, exit 2, nothing written."""
+    img = _smooth_png(tmp_path / "cxr.png")
+    out = tmp_path / "o"
+    assert main(["infer", str(img), "--out", str(out), "--model", str(model_file), *argv]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert len(err) == 1 and says in err[0], err
+    assert not (out / "results.json").exists()
 
 
 def test_bad_sweep_step_is_refused_in_one_line(tmp_path, capsys, model_file):

@@ -28,6 +28,9 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 #: Format tags written into (and checked in) every file the project produces.
 STACK_FORMAT = "xray2xray-drr-stack"
+#: PNG text chunk in which ``drr --png`` states a view's magnification (sdd / sod), read
+#: back by ``read_cxr`` as DICOM's EstimatedRadiographicMagnificationFactor is.
+PNG_MAGNIFICATION_KEY = "Magnification"
 MODEL_FORMAT = "xray2xray-model"
 CHECKPOINT_FORMAT = "xray2xray-checkpoint"
 REGISTRY_FORMAT = "xray2xray-registry"

@@ -74,7 +74,8 @@ def score_case(model, card, frontal, lateral, styles: int, seed: int):
     for k in range(styles):
         rng = np.random.default_rng(seed + k)
         display = styled_display(frontal, draw_effects(EFFECT_PROBABILITY, rng), rng)
-        rad = Radiograph(display.astype(np.float32), (sampling.pixel_spacing,) * 2, "PA")
+        rad = Radiograph(display.astype(np.float32), (sampling.pixel_spacing,) * 2, "PA",
+                         {"magnification": sampling.sdd / sampling.sod})
         for name in MAPPINGS:
             c = {**card, "domain": variants[name]}
             with warnings.catch_warnings():

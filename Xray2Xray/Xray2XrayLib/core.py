@@ -722,4 +722,4 @@ def _jsonDefault(obj):
 def _drrRadiograph(image: np.ndarray, geometry: ProjectionGeometry, angle: float):
     return Radiograph(image=image, spacing=geometry.pixel_spacing,
                       view_position=view_position(angle) or None,
-                      metadata={"angle_deg": angle})
+                      metadata={"angle_deg": angle, "magnification": geometry.magnification})

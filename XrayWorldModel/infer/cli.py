@@ -61,6 +61,7 @@ def skip_final_collection() -> None:
 def run_infer(args) -> int:
     passive_openmp_waits()
     skip_final_collection()
+    from .domain import stated_geometry
     from .outputs import input_info, write_outputs
     from .pipeline import run_inference
     from .trust import score_lines
@@ -68,6 +69,7 @@ def run_infer(args) -> int:
     check_output_folder(args.out, "--out", OUTPUTS)     # before any work
     path = Path(args.cxr).expanduser()
     rad = read_cxr(path, check=True)      # not a radiograph at all: refused before the model
+    rad = stated_geometry(rad, args.pixel_spacing, args.magnification)
     with UncertaintyProgress(args.uncertainty) as progress:
         result = run_inference(rad, args.model, parse_views(args.views), args.volume_size,
                                args.device, args.sweep_step, args.refine,
@@ -107,6 +109,13 @@ def add_infer_parser(sub) -> None:
     p.add_argument("--force-scores", action="store_true",
                    help="print and store the scores even when the trust verdict says the input "
                    "is out of distribution (they are then marked so); default: withheld")
+    p.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
+                   help="mm per pixel at the detector, over the header's (PNG and JPEG have "
+                   "none; default: the header's, else estimated from the anatomy)")
+    p.add_argument("--magnification", type=float, default=None, metavar="M",
+                   help="how much the detector magnifies the chest, over the header's "
+                   "(default: the header's, else 1.08, a PA chest at 1800 mm; an AP "
+                   "portable at 1000 mm is about 1.16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--json", action="store_true", help="also print results.json")
     p.set_defaults(func=run_infer)

@@ -11,7 +11,13 @@ in all of these, so :func:`to_model_input` does three things, in order:
 2. **Geometry**: the image is resampled from its own pixel spacing at the detector (DICOM
    ImagerPixelSpacing when present, since PixelSpacing may be calibrated at the patient) to
    the model's detector pitch and placed in the model's field of view, padded with air. The
-   physical scale is thus kept. The anatomy checks it (:mod:`.scale`: the lung fields' width
+   two detectors magnify differently: the model's DRRs by ``sdd / sod`` (1.2 for the demo
+   models), a PA chest radiograph by about ``PA_MAGNIFICATION`` (1.08; from the header's
+   magnification factor or source-to-detector distance when given, :func:`magnification`),
+   so a radiograph pixel covers ``spacing / 1.08`` mm of patient and a model pixel ``pitch /
+   1.2`` (:func:`model_detector_spacing`). Mapping detector spacing straight onto the pitch made
+   real chests 10 % smaller than the training chests and cost a PA-geometry DRR 5-11 dB at
+   90 deg. The physical scale is thus kept. The anatomy checks it (:mod:`.scale`: the lung fields' width
    against the training chests'): a note when the header disagrees by over 30 %, and the
    anatomy's estimate instead of a missing spacing or of one that is implausible (2.5x off).
    **Position**: every training chest is centred left-right on its body
@@ -38,8 +44,8 @@ and positioning that differ from the training set. The consistency score in
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Dict, Optional
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from skimage.transform import resize
@@ -50,8 +56,9 @@ from ..conventions import LATERAL_VIEW_POSITIONS
 from ..data import ViewSampling
 from ..errors import InputError
 from ..radiograph import Radiograph
-from .scale import (PA_MAGNIFICATION, SpacingEstimate, card_reference, compare_spacing,
-                    estimate_spacing, lung_top_target)
+from .scale import (PA_MAGNIFICATION, PA_SOURCE_TO_DETECTOR_MM, SpacingEstimate,
+                    card_reference, chest_magnification, compare_spacing, estimate_spacing,
+                    lung_top_target)
 
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
 LATERAL_POSITIONS = LATERAL_VIEW_POSITIONS
@@ -71,6 +78,14 @@ CENTRE_TOLERANCE_PX = 1.0
 #: An offset larger than this fraction of the field is more likely a mistaken lung finding
 #: than a chest that far off: the image is then left as it is.
 MAX_CENTRING_FRACTION = 0.25
+#: Fewer of the model's pixels than this from the radiograph: no chest at that spacing.
+MIN_COVERED_PIXELS = 4
+#: ``Radiograph.metadata["spacing_source"]`` of a spacing its user stated (:func:`stated_geometry`).
+USER_STATED = "stated by the user"
+#: Magnifications and source-to-detector distances (mm) taken from a header: (low, high].
+#: Above 1.0, which headers write when they do not know.
+PLAUSIBLE_MAGNIFICATION = (1.0, 1.6)
+PLAUSIBLE_SOURCE_TO_DETECTOR_MM = (700.0, 2500.0)
 #: Share of an edge row's (or column's) pixels that must hold its median value for
 #: :func:`collimator_bands` to call it a band.
 BAND_UNIFORMITY = 0.9
@@ -155,13 +170,69 @@ def detector_spacing(rad: Radiograph):
     return rad.spacing
 
 
-def _resample(rad: Radiograph, sampling: ViewSampling, spacing=None, shift=(0, 0)):
+def _metadata_number(rad: Radiograph, key: str, low: float, high: float) -> Optional[float]:
+    """``rad.metadata[key]`` as a number when it lies in (low, high], else None."""
+    try:
+        value = float(rad.metadata.get(key))
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and low < value <= high else None
+
+
+def magnification(rad: Radiograph, sampling: ViewSampling) -> Tuple[float, str]:
+    """(how much the detector magnifies this image's chest, where that figure comes from).
+    In order: a DRR in line integrals is the model's own (``sdd / sod``); a stated factor
+    (``metadata["magnification"]``: DICOM EstimatedRadiographicMagnificationFactor, which
+    ``xray2xray drr --dicom`` writes; a plain 1.0 is taken for a placeholder); the
+    source-to-detector distance (``metadata["source_to_detector_mm"]``, with the chest's
+    mid-plane ``MIDPLANE_TO_DETECTOR_MM`` in front of the detector); else a PA chest's."""
+    if rad.metadata.get("units") == LINE_INTEGRAL:
+        return sampling.sdd / sampling.sod, "the model's geometry (line integrals)"
+    stated = _metadata_number(rad, "magnification", *PLAUSIBLE_MAGNIFICATION)
+    if stated is not None:
+        return stated, "stated in the header"
+    sid = _metadata_number(rad, "source_to_detector_mm", *PLAUSIBLE_SOURCE_TO_DETECTOR_MM)
+    if sid is not None:
+        return chest_magnification(sid), f"source-to-detector distance {sid:g} mm"
+    return PA_MAGNIFICATION, f"assumed: a PA chest at {PA_SOURCE_TO_DETECTOR_MM:g} mm"
+
+
+def stated_geometry(rad: Radiograph, pixel_spacing: Optional[float] = None,
+                    magnification_factor: Optional[float] = None) -> Radiograph:
+    """``rad`` with what its user knows of its geometry (``infer --pixel-spacing``,
+    ``--magnification``) put over what its header says: the spacing (mm at the detector)
+    replaces both of the header's, the factor the header's; refused when implausible."""
+    if pixel_spacing is not None and not (np.isfinite(pixel_spacing) and pixel_spacing > 0):
+        raise InputError(f"a pixel spacing must be a positive number of mm, got {pixel_spacing}")
+    low, high = PLAUSIBLE_MAGNIFICATION
+    if magnification_factor is not None and not low < magnification_factor <= high:
+        raise InputError(f"a chest radiograph's magnification lies above {low:g} and at most "
+                         f"{high:g} (1.08 for PA at 1800 mm, about 1.16 for AP at 1000 mm), "
+                         f"got {magnification_factor:g}")
+    meta = dict(rad.metadata)
+    spacing, default = rad.spacing, rad.spacing_is_default
+    if pixel_spacing is not None:
+        spacing, default = (float(pixel_spacing),) * 2, False
+        meta.update(imager_pixel_spacing=None, spacing_source=USER_STATED)
+    if magnification_factor is not None:
+        meta["magnification"] = float(magnification_factor)
+    return replace(rad, spacing=spacing, metadata=meta, spacing_is_default=default)
+
+
+def model_detector_spacing(spacing, rad: Radiograph, sampling: ViewSampling):
+    """(row, column) mm that a pixel of ``rad`` at ``spacing`` (mm at its own detector) spans
+    at the model's detector: the same stretch of patient, magnified as the model's DRRs are."""
+    ratio = (sampling.sdd / sampling.sod) / magnification(rad, sampling)[0]
+    return tuple(float(v) * ratio for v in spacing)
+
+
+def _resample(rad: Radiograph, sampling: ViewSampling, spacing, shift=(0, 0)):
     """The radiograph at the model's detector pitch, centred on an image_size canvas, then
     moved ``shift`` = (rows up, columns left) model pixels (negative: down, right);
-    ``spacing``: (row, column) mm at the detector (default :func:`detector_spacing`)."""
+    ``spacing``: (row, column) mm of a radiograph pixel at the model's detector
+    (:func:`model_detector_spacing`)."""
     n = sampling.image_size
     pitch = sampling.pixel_spacing
-    spacing = spacing or detector_spacing(rad)
     rows = max(1, int(round(rad.image.shape[0] * spacing[0] / pitch)))
     cols = max(1, int(round(rad.image.shape[1] * spacing[1] / pitch)))
     img = rad.image
@@ -201,9 +272,10 @@ def centring_shift(rad: Radiograph, sampling: ViewSampling, spacing,
     the lung fields' midline at the field's centre, their apices down to the reference's
     height (:func:`.scale.lung_top_target`; down only: cut-off apices are found low).
     ``{"source", "midline_offset_mm", "lung_top_offset_mm", "lung_top_target_mm",
-    "shift_px", "shift_mm"}``: offsets in mm at the detector from the image's centre
+    "shift_px", "shift_mm"}``: offsets in mm at the model's detector from the image's centre
     (positive: right, down); ``shift_px`` = (rows up, columns left) in model pixels, 0 on an
-    axis within ``CENTRE_TOLERANCE_PX``."""
+    axis within ``CENTRE_TOLERANCE_PX``. ``spacing``: mm of a radiograph pixel at the model's
+    detector (:func:`model_detector_spacing`), the plane the target is measured in."""
     target, target_source = lung_top_target(reference)
     record = {"source": "none", "midline_offset_mm": None, "lung_top_offset_mm": None,
               "lung_top_target_mm": target, "lung_top_target_source": target_source,
@@ -242,7 +314,7 @@ def centring_shift(rad: Radiograph, sampling: ViewSampling, spacing,
         said.append(f"the lung apices lay {abs(offsets[0]):.0f} mm higher than three "
                     f"quarters of the training chests': moved {abs(shift[0])} px down")
     if said:
-        notes.append("chest placed where the training chests lie (mm at the detector): "
+        notes.append("chest placed where the training chests lie (mm at the model's detector): "
                      + "; ".join(said))
     return record
 
@@ -355,9 +427,20 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
         spacing_record = {"source": "header", "used_mm": [float(v) for v in spacing],
                           "header_mm": [float(v) for v in spacing], "estimate": None}
         estimate = anatomy_estimate(rad, sampling, reference) if place else None
-    centring = centring_shift(rad, sampling, spacing, estimate if place else None,
+    at_model = model_detector_spacing(spacing, rad, sampling)
+    mag, mag_source = magnification(rad, sampling)
+    spacing_record.update(magnification=float(mag), magnification_source=mag_source,
+                          model_detector_mm=[round(v, 6) for v in at_model])
+    centring = centring_shift(rad, sampling, at_model, estimate if place else None,
                               reference, notes)
-    canvas, covered, scale = _resample(rad, sampling, spacing, centring["shift_px"])
+    canvas, covered, scale = _resample(rad, sampling, at_model, centring["shift_px"])
+    if covered.sum() < MIN_COVERED_PIXELS:
+        rows, cols = rad.image.shape
+        raise InputError(f"at {spacing[1]:g} mm per pixel ({spacing_record['source']}) the "
+                         f"image's {cols} x {rows} pixels span {cols * spacing[1]:.0f} x "
+                         f"{rows * spacing[0]:.0f} mm, {int(covered.sum())} of the model's "
+                         f"pixels: too small for a chest; give its pixel spacing "
+                         f"(infer --pixel-spacing MM)")
     if rad.metadata.get("units") == LINE_INTEGRAL:
         # already a DRR (e.g. the demo's phantom): its values are the model's units
         image = np.where(covered, canvas, 0.0).astype(np.float32)
@@ -386,28 +469,31 @@ def anatomy_estimate(rad: Radiograph, sampling: ViewSampling,
                      reference: Optional[Dict]) -> SpacingEstimate:
     """The anatomy measured on ``rad`` (:mod:`.scale`): the spacing it implies, its lung
     fields' midline and apices; in DRR units through the card's mapping, at the model's
-    magnification for a DRR and a PA chest's for a radiograph."""
+    magnification of :func:`magnification`."""
     drr = rad.metadata.get("units") == LINE_INTEGRAL
     to_domain = None if drr else (lambda img: _match_intensity(img, np.ones(img.shape, bool),
                                                                reference))
-    magnification = sampling.sdd / sampling.sod if drr else PA_MAGNIFICATION
+    mag = magnification(rad, sampling)[0]
     try:
-        return estimate_spacing(rad.image, card_reference(reference), to_domain, magnification)
+        return estimate_spacing(rad.image, card_reference(reference), to_domain, mag)
     except InputError as exc:     # too small or blank to measure; the mapping says if it matters
-        return SpacingEstimate.failed(str(exc), magnification=magnification)
+        return SpacingEstimate.failed(str(exc), magnification=mag)
 
 
 def choose_spacing(rad: Radiograph, sampling: ViewSampling, reference: Optional[Dict],
                    notes: list):
     """((row, column) detector spacing to resample with, a record of the choice, the
-    anatomy's :class:`~.scale.SpacingEstimate`): the
-    header's, checked against the anatomy (:mod:`.scale`, a note when they disagree by over
-    30 %); the anatomy's estimate when the header has no spacing or one that makes the chest
-    implausibly sized (over 2.5x off); the default when neither is there."""
+    anatomy's :class:`~.scale.SpacingEstimate`): the header's (or the user's,
+    :func:`stated_geometry`), checked against the anatomy (:mod:`.scale`, a note when they
+    disagree by over 30 %); the anatomy's estimate when the header has no spacing or one that
+    makes the chest implausibly sized (over 2.5x off; a user's stands, with a note); the
+    default when neither is there."""
     header = detector_spacing(rad)
     est = anatomy_estimate(rad, sampling, reference)
     verdict = None if rad.spacing_is_default else compare_spacing(header[1], est)
-    used, source = header, "default" if rad.spacing_is_default else "header"
+    given = rad.metadata.get("spacing_source") == USER_STATED
+    whose = "the given" if given else "the header's"
+    used, source = header, "default" if rad.spacing_is_default else "user" if given else "header"
     if rad.spacing_is_default and est.spacing_mm is None:
         notes.append(f"pixel spacing missing from the header: {header[1]:g} mm assumed "
                      f"({est.describe()})")
@@ -415,14 +501,17 @@ def choose_spacing(rad: Radiograph, sampling: ViewSampling, reference: Optional[
         used, source = (est.spacing_mm, est.spacing_mm), "anatomy"
         notes.append(f"pixel spacing missing from the header: estimated from the anatomy "
                      f"instead of the {header[1]:g} mm default, {est.describe()}")
+    elif verdict == "implausible" and given:    # the user's word stands, with a warning
+        notes.append(f"the given pixel spacing ({header[1]:g} mm) makes this chest "
+                     f"implausibly sized ({est.describe()}); used as given")
     elif verdict == "implausible":
         used, source = (est.spacing_mm * header[0] / header[1], est.spacing_mm), "anatomy"
-        notes.append(f"the header's pixel spacing ({header[1]:g} mm) makes this chest "
+        notes.append(f"{whose} pixel spacing ({header[1]:g} mm) makes this chest "
                      f"implausibly sized; estimated from the anatomy instead, {est.describe()}")
     elif verdict == "disagrees":
-        notes.append(f"the header's pixel spacing ({header[1]:g} mm) differs by "
+        notes.append(f"{whose} pixel spacing ({header[1]:g} mm) differs by "
                      f"{100 * abs(header[1] / est.spacing_mm - 1):.0f} % from the anatomy's "
-                     f"estimate ({est.describe()}); the header's is used")
+                     f"estimate ({est.describe()}); it is used")
     record = {"source": source, "used_mm": [float(v) for v in used],
               "header_mm": None if rad.spacing_is_default else [float(v) for v in header],
               "estimate": est.to_dict()}

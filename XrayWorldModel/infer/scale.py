@@ -76,9 +76,21 @@ WIDTH_PERCENTILE = 90.0
 #: replaced by the estimate when it disagrees by more than ``IMPLAUSIBLE_FACTOR``.
 DISAGREEMENT = 0.30
 IMPLAUSIBLE_FACTOR = 2.5
-#: Magnification of the lungs' widest level in a PA chest radiograph: source-to-image
-#: distance 1800 mm, the mid-coronal plane about 135 mm in front of the detector.
-PA_MAGNIFICATION = 1800.0 / (1800.0 - 135.0)
+#: How far the lungs' widest level (the mid-coronal plane) of a chest lies in front of the
+#: detector, about the same PA erect or AP supine (mm).
+MIDPLANE_TO_DETECTOR_MM = 135.0
+#: Source-to-image distance of a PA chest radiograph, assumed when the header gives none.
+PA_SOURCE_TO_DETECTOR_MM = 1800.0
+
+
+def chest_magnification(source_to_detector_mm: float) -> float:
+    """How much a chest's mid-coronal plane is magnified at the detector, ``source_to_
+    detector_mm`` from the source: 1.08 for a PA chest at 1800 mm, 1.16 at a portable's 1000."""
+    return source_to_detector_mm / (source_to_detector_mm - MIDPLANE_TO_DETECTOR_MM)
+
+
+#: Magnification of the lungs' widest level in a PA chest radiograph (1800 mm, 1.08).
+PA_MAGNIFICATION = chest_magnification(PA_SOURCE_TO_DETECTOR_MM)
 #: Pixels of the reference DRRs across the model's field of view (finer than the model's
 #: own 64 px, so the reference widths are not quantised to its 7.5 mm pixels).
 REFERENCE_IMAGE_SIZE = 256

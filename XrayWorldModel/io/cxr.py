@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..conventions import PNG_MAGNIFICATION_KEY
 from ..errors import NonFiniteDataError, NotARadiographError, PathLike, UnreadableFileError
 from ..radiograph import Radiograph, check_radiograph
 from .ct import (RADIOGRAPH_MODALITIES, _first_line, dicom_failure, format_from_suffix, itk_reason,
@@ -169,6 +170,9 @@ def _read_dicom(p: Path) -> Radiograph:
         "imager_pixel_spacing": _raw_tag(ds, "ImagerPixelSpacing"),
         "patient_orientation": _raw_tag(ds, "PatientOrientation"),
         "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
+        # the geometry that sets how much the chest is magnified (infer.domain.magnification)
+        "magnification": _number_tag(ds, "EstimatedRadiographicMagnificationFactor"),
+        "source_to_detector_mm": _number_tag(ds, "DistanceSourceToDetector"),
     }
     return Radiograph(image, spacing, view_position=view, metadata=meta,
                       spacing_is_default=(source == "default"))
@@ -257,6 +261,20 @@ def _raw_tag(ds, tag: str):
         return str(val)
 
 
+def _number(value) -> Optional[float]:
+    """``value`` as a float, None when absent or not a finite number."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _number_tag(ds, tag: str) -> Optional[float]:
+    """A single-valued numeric tag as a float, None when absent or not a number."""
+    return _number(ds.get(tag))
+
+
 def _apply_voi(arr: np.ndarray, ds, apply_voi_lut) -> Tuple[np.ndarray, dict]:
     """Header VOI (LUT first, else window) scaled to [0, 1]; min-max when the header has none.
 
@@ -318,6 +336,7 @@ def _read_bitmap(p: Path) -> Optional[Radiograph]:
                                       "2D image", p)
         try:
             im.load()
+            stated = getattr(im, "text", {}).get(PNG_MAGNIFICATION_KEY) if fmt == "PNG" else None
             im = ImageOps.exif_transpose(im)   # honour camera rotation tags on JPEG
             mode = im.mode
             if mode.startswith("I;16"):
@@ -346,7 +365,7 @@ def _read_bitmap(p: Path) -> Optional[Radiograph]:
     meta = {"source": str(p), "format": fmt.lower(), "mode": mode, "window": window,
             "photometric_interpretation": "MONOCHROME2", "inverted": False,
             "rows": image.shape[0], "columns": image.shape[1], "spacing_source": "default",
-            "view_position": None, "chroma": chroma}
+            "view_position": None, "chroma": chroma, "magnification": _number(stated)}
     return Radiograph(image, spacing, view_position=None, metadata=meta, spacing_is_default=True)
 
 

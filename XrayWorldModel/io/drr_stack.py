@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import FileNotFoundInputError, InputError, PathLike, UnreadableFileError
-from ..conventions import NIFTI_SUFFIXES, STACK_FORMAT, view_position  # noqa: F401  (part of this API)
+from ..conventions import (NIFTI_SUFFIXES, PNG_MAGNIFICATION_KEY, STACK_FORMAT,  # noqa: F401
+                           view_position)                          # (part of this API)
 from ..fileutil import atomic_path, sha256_of  # noqa: F401  (sha256_of is part of this API)
 from ..geometry import ProjectionGeometry
 from ..version import __version__
@@ -185,17 +186,22 @@ def _to_uint8(drrs: np.ndarray) -> np.ndarray:
 
 def write_pngs(drrs: np.ndarray, geometry: ProjectionGeometry, folder: Path,
                stem: str) -> List[str]:
-    """One 8-bit PNG per view in radiology display (bone bright), windowed per stack."""
+    """One 8-bit PNG per view in radiology display (bone bright), windowed per stack. Each
+    states its magnification in a ``Magnification`` text chunk, as the DICOMs do in
+    EstimatedRadiographicMagnificationFactor, so that inference sizes the chest right."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = _to_uint8(drrs)
+    info = PngInfo()
+    info.add_text(PNG_MAGNIFICATION_KEY, f"{geometry.magnification:.8g}")
     names = []
     for i, angle in enumerate(geometry.angles):
         name = view_name(stem, i, angle) + ".png"
         with atomic_path(folder / name) as tmp:
-            Image.fromarray(images[i]).save(tmp, format="PNG")
+            Image.fromarray(images[i]).save(tmp, format="PNG", pnginfo=info)
         names.append(name)
     _remove_stale(folder, stem, ".png", names)
     return names

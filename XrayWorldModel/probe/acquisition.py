@@ -79,7 +79,8 @@ def acquired_view(volume, sampling: ViewSampling, acq: Acquisition,
         rad = Radiograph(drr, spacing, "PA", {"units": LINE_INTEGRAL})
     else:
         top = float(np.percentile(drr, 99.5)) or 1.0
-        rad = Radiograph(np.clip(drr / top, 0.0, 1.0) ** acq.display_gamma, spacing, "PA")
+        rad = Radiograph(np.clip(drr / top, 0.0, 1.0) ** acq.display_gamma, spacing, "PA",
+                         {"magnification": g.magnification})   # as its DICOM would say
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # a laterality note on a phantom is not news
         image = to_model_input(rad, sampling, domain, check_spacing=False).image
