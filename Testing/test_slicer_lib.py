@@ -34,7 +34,7 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
 from XrayWorldModel.errors import InputError, NotARadiographError, NotAVolumeError  # noqa: E402
-from XrayWorldModel.geometry import ProjectionGeometry  # noqa: E402
+from XrayWorldModel.geometry import DEFAULT_SDD, DEFAULT_SOD, ProjectionGeometry  # noqa: E402
 from XrayWorldModel.radiograph import Radiograph  # noqa: E402
 from XrayWorldModel.volume import Volume  # noqa: E402
 from Xray2XrayLib import CancelledError, Xray2XrayCoreLogic  # noqa: E402
@@ -315,6 +315,20 @@ def test_radiograph_round_trip(scene):
     back = conv.volumeNodeToRadiograph(node)
     np.testing.assert_array_equal(back.image, image)
     assert back.spacing == (0.5, 0.7) and back.view_position == "PA" and back.spacing_is_default
+
+
+def test_radiograph_node_keeps_what_sizes_its_chest(scene):
+    """The header facts inference reads (imager spacing, magnification, source distance)
+    survive the trip through a node, so Slicer sizes a chest as ``xray2xray infer`` does;
+    the rest of the metadata is not stored."""
+    meta = {"imager_pixel_spacing": ("0.2", "0.2"), "magnification": 1.13,
+            "source_to_detector_mm": 1000.0, "manufacturer": "ACME", "window": None}
+    rg = Radiograph(np.ones((6, 9), np.float32), (0.18, 0.18), "PA", meta)
+    back = conv.volumeNodeToRadiograph(conv.radiographToVolumeNode(rg, scene, "cxr"))
+    assert back.metadata["imager_pixel_spacing"] == ["0.2", "0.2"]
+    assert back.metadata["magnification"] == 1.13
+    assert back.metadata["source_to_detector_mm"] == 1000.0
+    assert "manufacturer" not in back.metadata
 
 
 def test_radiograph_from_a_slice_in_another_plane(scene):
@@ -675,6 +689,25 @@ def _phantom_drr_node(logic, scene):
     ct = conv.volumeToVolumeNode(_phantom(), scene, "phantom")
     seq = logic.generateDRRs(ct, [0], detectorSize=(48, 48), pixelSpacing=8.0)
     return logic.sequencesLogic().GetFirstBrowserNodeForSequenceNode(seq).GetProxyNode(seq)
+
+
+def test_inference_sizes_a_drr_by_its_own_magnification_or_a_stated_one(scene, tiny_models):
+    """A DRR made here carries its geometry's magnification to inference; a stated one
+    replaces it; an implausible one is refused before anything is added."""
+    logic = Xray2XrayCoreLogic(scene)
+    drr = _phantom_drr_node(logic, scene)          # at the module's default SDD and SOD
+    n = _node_count(scene)
+    out = logic.runInference(drr, model=tiny_models["plain"], views=(), volumeSize=16, uncertainty=0)
+    spacing = out["results"]["preprocessing"]["spacing"]
+    assert spacing["magnification"] == pytest.approx(DEFAULT_SDD / DEFAULT_SOD)
+    stated = logic.runInference(drr, model=tiny_models["plain"], views=(), volumeSize=16,
+                                uncertainty=0, magnification=1.16)
+    assert stated["results"]["preprocessing"]["spacing"]["magnification"] == 1.16
+    for o in (out, stated):
+        logic.removeInferenceOutputs(o)
+    with pytest.raises(InputError, match="magnification"):
+        logic.runInference(drr, model=tiny_models["plain"], views=(), volumeSize=16, magnification=2)
+    assert _node_count(scene) == n
 
 
 def test_inference_without_heads_or_views(scene, tiny_models):

@@ -29,6 +29,12 @@ class Radiograph:
         return self.image.shape
 
 
+#: ``Radiograph.metadata`` keys that change how inference reads the image (its units, detector
+#: spacing and magnification: ``infer.domain``), which a copy of a radiograph (a Slicer node)
+#: must keep.
+INPUT_METADATA_KEYS = ("units", "imager_pixel_spacing", "magnification", "source_to_detector_mm",
+                       "spacing_source")
+
 #: A radiograph needs at least this many pixels on its short side to show a chest.
 MIN_RADIOGRAPH_SIDE = 32
 #: Mean correlation of neighbouring pixels below which an image is noise, not anatomy.

@@ -19,7 +19,7 @@ import vtk
 from vtk.util import numpy_support
 
 from XrayWorldModel.errors import InputError, NotARadiographError, NotAVolumeError
-from XrayWorldModel.radiograph import Radiograph
+from XrayWorldModel.radiograph import INPUT_METADATA_KEYS, Radiograph
 from XrayWorldModel.volume import Volume
 
 #: 4x4 homogeneous flip between LPS and RAS (its own inverse).
@@ -31,7 +31,7 @@ ATTR_PREFIX = "Xray2Xray."
 ATTR_VIEW_POSITION = ATTR_PREFIX + "ViewPosition"
 ATTR_PIXEL_SPACING = ATTR_PREFIX + "PixelSpacing"          # "row\\column" in mm
 ATTR_SPACING_IS_DEFAULT = ATTR_PREFIX + "SpacingIsDefault"
-ATTR_METADATA = ATTR_PREFIX + "Metadata"                   # JSON of Radiograph.metadata
+ATTR_METADATA = ATTR_PREFIX + "Metadata"      # JSON of Radiograph.metadata's INPUT_METADATA_KEYS
 
 
 # ----------------------------------------------------------------------------- matrices
@@ -300,6 +300,9 @@ def radiographToVolumeNode(radiograph: Radiograph, scene=None, name: str = "Radi
     if radiograph.view_position:
         target.SetAttribute(ATTR_VIEW_POSITION, str(radiograph.view_position))
     target.SetAttribute(ATTR_SPACING_IS_DEFAULT, "1" if radiograph.spacing_is_default else "0")
+    kept = {k: radiograph.metadata[k] for k in INPUT_METADATA_KEYS
+            if radiograph.metadata.get(k) is not None}
+    target.SetAttribute(ATTR_METADATA, json.dumps(kept))
     if node is None:
         _addToScene(scene, target)
     return target

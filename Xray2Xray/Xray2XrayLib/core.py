@@ -463,7 +463,8 @@ class Xray2XrayCoreLogic:
                      volumeSize: int = 128, device: str = "cpu",
                      progressCallback: Optional[ProgressCallback] = None,
                      name: Optional[str] = None, uncertainty: Optional[int] = None,
-                     forceScores: bool = False) -> Dict[str, object]:
+                     forceScores: bool = False,
+                     magnification: Optional[float] = None) -> Dict[str, object]:
         """Run the world model on a frontal radiograph node, in this process.
 
         ``model``: a registry name, a model file, a training checkpoint, None for the default
@@ -472,7 +473,10 @@ class Xray2XrayCoreLogic:
         ``uncertainty``: test-time augmentation passes of the std maps (0: none; None: the
         package's default, as ``xray2xray infer``). ``forceScores``: put the scores in the
         table even when the trust verdict says the input is out of distribution (they are
-        then marked so); by default they are "withheld" with the reason.
+        then marked so); by default they are "withheld" with the reason. ``magnification``:
+        how much the detector magnifies the chest, over what the node's metadata says (a DRR
+        made here and a DICOM read by this module carry theirs; otherwise 1.08, a PA chest at
+        1800 mm), as ``xray2xray infer --magnification``.
 
         Returns ``{"volume": scalar volume node of the reconstructed volume (HU, true
         geometry), "views": sequence node of the predicted views, each on its detector plane
@@ -494,7 +498,9 @@ class Xray2XrayCoreLogic:
         if progressCallback is not None and progressCallback(0.0, "loading the model") is False:
             raise CancelledError("cancelled")
         from XrayWorldModel.infer import run_inference          # torch: only now
+        from XrayWorldModel.infer.domain import stated_geometry
         from XrayWorldModel.infer.outputs import results_dict
+        radiograph = stated_geometry(radiograph, None, magnification)
         result = run_inference(radiograph, model, viewAngles, volumeSize, self.resolveDevice(device),
                                force_scores=bool(forceScores), **passes)
         if progressCallback is not None and \
