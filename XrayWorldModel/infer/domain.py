@@ -15,11 +15,12 @@ in all of these, so :func:`to_model_input` does three things, in order:
    models), a PA chest radiograph by about ``PA_MAGNIFICATION`` (1.08; from the header's
    magnification factor or source-to-detector distance when given, :func:`magnification`),
    so a radiograph pixel covers ``spacing / 1.08`` mm of patient and a model pixel ``pitch /
-   1.2`` (:func:`model_detector_spacing`). Mapping detector spacing straight onto the pitch made
-   real chests 10 % smaller than the training chests and cost a PA-geometry DRR 5-11 dB at
-   90 deg. The physical scale is thus kept. The anatomy checks it (:mod:`.scale`: the lung fields' width
-   against the training chests'): a note when the header disagrees by over 30 %, and the
-   anatomy's estimate instead of a missing spacing or of one that is implausible (2.5x off).
+   1.2`` (:func:`model_detector_spacing`); mapping detector spacing straight onto the pitch
+   made real chests 10 % smaller than the training chests and cost a PA-geometry DRR 5-11 dB
+   at 90 deg (``tools/magnification_check.py``). The physical scale is thus kept. The
+   anatomy checks it (:mod:`.scale`: the lung fields' width against the training chests'):
+   a note when the header disagrees by over 30 %, and the anatomy's estimate instead of a
+   missing spacing or of one that is implausible (2.5x off).
    **Position**: every training chest is centred left-right on its body
    (``data.centre_on``), and its lung fields lie at some height in the field, so the
    radiograph is placed by its chest, not its own centre (:mod:`.scale` finds the lung
@@ -506,7 +507,7 @@ def choose_spacing(rad: Radiograph, sampling: ViewSampling, reference: Optional[
                      f"implausibly sized ({est.describe()}); used as given")
     elif verdict == "implausible":
         used, source = (est.spacing_mm * header[0] / header[1], est.spacing_mm), "anatomy"
-        notes.append(f"{whose} pixel spacing ({header[1]:g} mm) makes this chest "
+        notes.append(f"the header's pixel spacing ({header[1]:g} mm) makes this chest "
                      f"implausibly sized; estimated from the anatomy instead, {est.describe()}")
     elif verdict == "disagrees":
         notes.append(f"{whose} pixel spacing ({header[1]:g} mm) differs by "
