@@ -15,13 +15,14 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..console import progress_bar, show_progress
 from ..conventions import UNCERTAINTY_PASSES, parse_angles, uncertainty_passes
 from ..errors import GeometryError, InputError
 from ..fileutil import check_output_folder
-from ..io import read_cxr
+from ..io import DefaultSpacingWarning, read_cxr
 
 #: What ``infer`` and ``demo`` write into their --out folder.
 OUTPUTS = "the views, volume and results.json"
@@ -68,7 +69,10 @@ def run_infer(args) -> int:
     t0 = time.perf_counter()
     check_output_folder(args.out, "--out", OUTPUTS)     # before any work
     path = Path(args.cxr).expanduser()
-    rad = read_cxr(path, check=True)      # not a radiograph at all: refused before the model
+    with warnings.catch_warnings():
+        if args.pixel_spacing is not None:    # a missing spacing is given: no default to warn of
+            warnings.simplefilter("ignore", DefaultSpacingWarning)
+        rad = read_cxr(path, check=True)  # not a radiograph at all: refused before the model
     rad = stated_geometry(rad, args.pixel_spacing, args.magnification)
     with UncertaintyProgress(args.uncertainty) as progress:
         result = run_inference(rad, args.model, parse_views(args.views), args.volume_size,

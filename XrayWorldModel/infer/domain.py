@@ -502,6 +502,9 @@ def choose_spacing(rad: Radiograph, sampling: ViewSampling, reference: Optional[
         used, source = (est.spacing_mm, est.spacing_mm), "anatomy"
         notes.append(f"pixel spacing missing from the header: estimated from the anatomy "
                      f"instead of the {header[1]:g} mm default, {est.describe()}")
+    elif given and verdict is None:
+        notes.append(f"pixel spacing as given: {header[1]:g} mm (the anatomy's estimate: "
+                     f"{est.describe()})")
     elif verdict == "implausible" and given:    # the user's word stands, with a warning
         notes.append(f"the given pixel spacing ({header[1]:g} mm) makes this chest "
                      f"implausibly sized ({est.describe()}); used as given")
