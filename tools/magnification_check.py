@@ -40,6 +40,7 @@ from XrayWorldModel.radiograph import Radiograph  # noqa: E402
 from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_demo import training_domain  # noqa: E402
 from tool_cli import positive_int, run_reporting_errors  # noqa: E402
 
 #: (row label, the magnification the image states: None = nothing, as a PNG or bare DICOM)
@@ -78,8 +79,9 @@ def score(model, card, volume, pixels: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model name or file (default: the built-in "
-                    "model)")
+    ap.add_argument("--model", default=None, help="model name, file, checkpoint or run "
+                    "folder (default: the built-in model); a checkpoint gets the domain "
+                    "statistics its model file would carry, from its training data")
     ap.add_argument("--data", required=True, help="CTs: a file, folder, manifest or "
                     "phantom:N[:SEED]")
     ap.add_argument("--pixels", type=positive_int, default=256,
@@ -91,6 +93,8 @@ def main(argv=None) -> int:
 def _table(args) -> None:
     model, card = load_world_model(args.model)
     cfg = TrainConfig.from_dict(card["config"])
+    if not card.get("domain"):    # a checkpoint: the domain its model file would carry
+        card = {**card, "domain": training_domain(cfg)}
     volumes = read_volumes(resolve_source(args.data), cfg, PreprocessedCache(None))
     rows = {label: [] for label, _ in READINGS}
     print("| CT | reading | 90-deg PSNR (dB) | consistency |\n|---|---|---:|---:|")
