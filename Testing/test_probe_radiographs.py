@@ -316,6 +316,23 @@ def test_cache_resumes_and_counts(tiny):
     assert other.encoded == 3                           # other settings: other cache entries
 
 
+def test_cache_is_not_reused_once_the_input_path_changes(tiny, monkeypatch):
+    """Features cached before a change to what a file becomes as model input (the input
+    path's version) are of another input: encoded again, not read back."""
+    from XrayWorldModel.probe import radiograph_features as rf
+    from XrayWorldModel.probe.datasets import RadiographRecord
+    from XrayWorldModel.probe.features import feature_spec
+    from XrayWorldModel.weights import load_world_model
+    model, card = load_world_model(tiny["model"])
+    spec = feature_spec(model, 0.0, [90.0])
+    records = [RadiographRecord(i, _dcm(tiny["drr"], i)) for i in tiny["ids"][:2]]
+    cache = tiny["root"] / "feature-cache-input-path"
+    assert rf.extract_dataset_features(records, model, card, spec, cache).encoded == 2
+    assert rf.extract_dataset_features(records, model, card, spec, cache).from_cache == 2
+    monkeypatch.setattr(rf, "INPUT_PATH_VERSION", rf.INPUT_PATH_VERSION + 1)
+    assert rf.extract_dataset_features(records, model, card, spec, cache).encoded == 2
+
+
 def _nih_probe_set(tiny, folder: Path):
     """24 NIH-style images: each of the 12 DRR PNGs and a variant of it, one patient each."""
     images, rows = [], {}

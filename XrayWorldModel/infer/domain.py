@@ -61,6 +61,10 @@ from .scale import (PA_MAGNIFICATION, PA_SOURCE_TO_DETECTOR_MM, SpacingEstimate,
                     card_reference, chest_magnification, compare_spacing, estimate_spacing,
                     lung_top_target)
 
+#: Changes whenever the model input made from the same file changes, so that stores of what
+#: the model saw (the probe's cached radiograph features) are not reused across the change.
+#: 2: radiographs brought to the model's magnification (before, their chests were 10 % small).
+INPUT_PATH_VERSION = 2
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
 LATERAL_POSITIONS = LATERAL_VIEW_POSITIONS
 N_QUANTILES = 101

@@ -19,7 +19,8 @@ of images whatever the dataset's size (plus the features, ``4 * F`` bytes per im
 image file's bytes (and of the pixel spacing or width the label file gives for it, when it
 gives one). The model digest covers the weights, view settings and domain statistics (not
 the heads: a model file that only gained heads reuses the cache); the settings digest
-covers the observed and imagined angles, the projection and the package version. An image whose file is in the
+covers the observed and imagined angles, the projection, the input path's version (it
+changes when the same file would reach the model differently) and the package version. An image whose file is in the
 cache is not decoded or encoded again: an interrupted run resumes where it stopped, and a
 second probe task on the same images (other labels, another split) costs no encoding.
 
@@ -49,7 +50,7 @@ from ..console import progress_bar
 from ..conventions import preprocessed_cache_dir
 from ..errors import Interrupted, XrayWorldModelError
 from ..fileutil import atomic_path
-from ..infer.domain import radiograph_input
+from ..infer.domain import INPUT_PATH_VERSION, radiograph_input
 from ..io import read_cxr
 from ..version import __version__
 from .datasets import RadiographRecord, view_class
@@ -260,7 +261,7 @@ def extract_dataset_features(records: Sequence[RadiographRecord], model, card, s
     can be read, through the on-disk cache (see the module docstring)."""
     settings = {"angle": float(spec["angle"]), "imagined": [float(a) for a in spec["imagined"]],
                 "pooling": spec.get("pooling", "mean"), "projection": projection,
-                "package": __version__}
+                "input_path": INPUT_PATH_VERSION, "package": __version__}
     cache = FeatureCache(cache_root, model_digest(model, card), settings)
     reader = _Reader(list(records), card, cache, pixel_spacing, projection)
     loader = torch.utils.data.DataLoader(reader, batch_size=max(1, int(batch_size)),
