@@ -163,6 +163,21 @@ def test_magnification_is_read_from_what_the_image_states():
     assert mag({"units": LINE_INTEGRAL, "magnification": 1.1}) == pytest.approx(MAGNIFICATION)
 
 
+def test_an_ap_view_of_unknown_geometry_says_what_was_assumed(held_out_drrs):
+    """An AP radiograph whose header gives no source distance: the PA magnification is
+    assumed and a note says so, naming the option that corrects it; with SID in the header,
+    no such note."""
+    pitch, drr = held_out_drrs[HELD_OUT_SEEDS[0]][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bare = to_model_input(Radiograph(_display(drr), (pitch, pitch), "AP"), SAMPLING)
+        known = to_model_input(Radiograph(_display(drr), (pitch, pitch), "AP",
+                                          {"source_to_detector_mm": 1000.0}), SAMPLING)
+    assert any("--magnification" in n for n in bare.notes)
+    assert not any("--magnification" in n for n in known.notes)
+    assert known.spacing["magnification"] == pytest.approx(1000.0 / 865.0)
+
+
 def test_drr_files_state_their_magnification(tmp_path):
     """PNG and DICOM written by ``drr`` at the model's geometry (1.2) read back as 1.2, so
     the chest reaches the model at the size of the same DRR's line integrals, not 11 %

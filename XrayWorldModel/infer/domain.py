@@ -434,6 +434,11 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
         estimate = anatomy_estimate(rad, sampling, reference) if place else None
     at_model = model_detector_spacing(spacing, rad, sampling)
     mag, mag_source = magnification(rad, sampling)
+    if (rad.view_position or "").strip().upper().startswith("AP") and \
+            mag_source.startswith("assumed"):
+        notes.append(f"AP view without a source distance in the header: magnified {mag:.2f} "
+                     f"as a PA chest is assumed; a portable AP at 1000 mm is about "
+                     f"{chest_magnification(1000.0):.2f} (infer --magnification)")
     spacing_record.update(magnification=float(mag), magnification_source=mag_source,
                           model_detector_mm=[round(v, 6) for v in at_model])
     centring = centring_shift(rad, sampling, at_model, estimate if place else None,
