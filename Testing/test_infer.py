@@ -304,13 +304,13 @@ def test_stated_spacing_and_magnification_are_used_and_recorded(tmp_path, model_
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--magnification", "3"], "magnification lies above 1 and at most 1.6"),
-    (["--magnification", "1"], "magnification lies above 1 and at most 1.6"),
+    (["--magnification", "3"], "magnification lies above 1 and at most 2"),
+    (["--magnification", "1"], "magnification lies above 1 and at most 2"),
     (["--pixel-spacing", "-0.2"], "pixel spacing must be a positive number"),
     (["--pixel-spacing", "0.001"], "too small for a chest; give its pixel spacing"),
 ])
 def test_bad_stated_geometry_is_refused_in_one_line(tmp_path, capsys, model_file, argv, says):
-    """A magnification outside (1, 1.6], a spacing that is not positive, or one at which the
+    """A magnification outside (1, 2], a spacing that is not positive, or one at which the
     image would cover almost none of the model's field: one line, exit 2, nothing written."""
     img = _smooth_png(tmp_path / "cxr.png")
     out = tmp_path / "o"

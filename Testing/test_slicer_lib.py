@@ -706,7 +706,7 @@ def test_inference_sizes_a_drr_by_its_own_magnification_or_a_stated_one(scene, t
     for o in (out, stated):
         logic.removeInferenceOutputs(o)
     with pytest.raises(InputError, match="magnification"):
-        logic.runInference(drr, model=tiny_models["plain"], views=(), volumeSize=16, magnification=2)
+        logic.runInference(drr, model=tiny_models["plain"], views=(), volumeSize=16, magnification=2.5)
     assert _node_count(scene) == n
 
 

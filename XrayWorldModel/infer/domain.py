@@ -88,8 +88,9 @@ MIN_COVERED_PIXELS = 4
 #: ``Radiograph.metadata["spacing_source"]`` of a spacing its user stated (:func:`stated_geometry`).
 USER_STATED = "stated by the user"
 #: Magnifications and source-to-detector distances (mm) taken from a header: (low, high].
-#: Above 1.0, which headers write when they do not know.
-PLAUSIBLE_MAGNIFICATION = (1.0, 1.6)
+#: Above 1.0, which headers write when they do not know; up to 2, which covers a chest
+#: radiograph (1.05-1.3) and the DRRs of any usual geometry (SDD / SOD).
+PLAUSIBLE_MAGNIFICATION = (1.0, 2.0)
 PLAUSIBLE_SOURCE_TO_DETECTOR_MM = (700.0, 2500.0)
 #: Share of an edge row's (or column's) pixels that must hold its median value for
 #: :func:`collimator_bands` to call it a band.
@@ -211,9 +212,9 @@ def stated_geometry(rad: Radiograph, pixel_spacing: Optional[float] = None,
         raise InputError(f"a pixel spacing must be a positive number of mm, got {pixel_spacing}")
     low, high = PLAUSIBLE_MAGNIFICATION
     if magnification_factor is not None and not low < magnification_factor <= high:
-        raise InputError(f"a chest radiograph's magnification lies above {low:g} and at most "
-                         f"{high:g} (1.08 for PA at 1800 mm, about 1.16 for AP at 1000 mm), "
-                         f"got {magnification_factor:g}")
+        raise InputError(f"a magnification lies above {low:g} and at most {high:g} (a PA "
+                         f"chest at 1800 mm: 1.08; a portable AP at 1000 mm: about 1.16; a "
+                         f"DRR: its SDD / SOD), got {magnification_factor:g}")
     meta = dict(rad.metadata)
     spacing, default = rad.spacing, rad.spacing_is_default
     if pixel_spacing is not None:
