@@ -1,18 +1,20 @@
-"""Does a PA chest radiograph reach the model at the size of its training chests? Judged where
-the truth is known: each CT's frontal view rendered as a PA chest radiograph is taken (the
-source 1800 mm from the detector, the chest's mid-plane ``MIDPLANE_TO_DETECTOR_MM`` in front
-of it: magnified 1.08, not the model's 1.2), given to ``infer`` as a display image with its
-exact detector spacing, and the lateral (90 deg) the model predicts is scored against the
-CT's true one at the model's geometry.
+"""Does a chest radiograph reach the model at the size of its training chests? Judged where
+the truth is known: each CT's frontal view rendered as a chest radiograph (the source
+``--source-distance`` from the detector, 1800 mm for a PA chest; the chest's mid-plane
+``MIDPLANE_TO_DETECTOR_MM`` in front of it: magnified 1.08 at 1800 mm, 1.16 at a portable's
+1000, not the model's 1.2), given to ``infer`` as a display image with its exact detector
+spacing, and the lateral (90 deg) the model predicts is scored against the CT's true one at
+the model's geometry.
 
-Two rows per CT: the radiograph as any file without geometry in its header is read (a PA
-chest's magnification assumed: what ``infer`` does), and the same image stated to be
-magnified as the model's DRRs are, which skips the correction: the input path before it
+Three rows per CT: the radiograph as a file without geometry in its header is read (a PA
+chest's 1.08 assumed: what ``infer`` does; right at 1800 mm, 7 % off at 1000); the same with
+its true magnification stated (``infer --magnification``, or a header's SID); and stated to
+be magnified as the model's DRRs are, which skips the correction: the input path before it
 was made, when detector spacing was mapped straight onto the model's pitch and every real
 chest arrived about 10 % small. Consistency is printed beside it: it cannot see scale.
 
     python tools/magnification_check.py --data phantom:4:5000
-    python tools/magnification_check.py --data ../shared/data/real_ct
+    python tools/magnification_check.py --data ../shared/data/real_ct --source-distance 1000
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from XrayWorldModel.drr import DRRRenderer  # noqa: E402
 from XrayWorldModel.infer.evaluate import read_volumes  # noqa: E402
 from XrayWorldModel.infer.pipeline import isocentric_geometry, run_inference  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
-from XrayWorldModel.infer.scale import PA_MAGNIFICATION  # noqa: E402
+from XrayWorldModel.infer.scale import (MIDPLANE_TO_DETECTOR_MM,  # noqa: E402
+                                        PA_SOURCE_TO_DETECTOR_MM, chest_magnification)
 from XrayWorldModel.metrics import psnr  # noqa: E402
 from XrayWorldModel.radiograph import Radiograph  # noqa: E402
 from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
@@ -43,15 +46,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_demo import training_domain  # noqa: E402
 from tool_cli import positive_int, run_reporting_errors  # noqa: E402
 
-#: (row label, the magnification the image states: None = nothing, as a PNG or bare DICOM)
-READINGS = (("PA assumed (infer)", None), ("model's stated (no correction)", "model"))
+#: (row label, the magnification the image states: None = nothing, as a PNG or bare DICOM;
+#: "own": its true one; "model": the model's, which skips the correction)
+READINGS = (("nothing stated (infer assumes 1.08)", None), ("its own stated", "own"),
+            ("model's stated (no correction)", "model"))
 
 
-def pa_radiograph(volume, views, pixels: int) -> Radiograph:
-    """The frontal view of ``volume`` (body-centred) as a PA chest radiograph: magnified 1.08,
-    the model's field of view at the patient, ``pixels`` across, display values, no geometry
-    stated."""
-    pa = replace(views, sod=views.sdd / PA_MAGNIFICATION, image_size=int(pixels))
+def chest_radiograph(volume, views, pixels: int, source_mm: float) -> Radiograph:
+    """The frontal view of ``volume`` (body-centred) as a chest radiograph taken ``source_mm``
+    from the detector, the chest's mid-plane ``MIDPLANE_TO_DETECTOR_MM`` in front of it (1800:
+    a PA chest, magnified 1.08; 1000: a portable AP, 1.16), the model's field of view at the
+    patient, ``pixels`` across, display values, no geometry stated."""
+    pa = replace(views, sdd=float(source_mm), sod=float(source_mm) - MIDPLANE_TO_DETECTOR_MM,
+                 image_size=int(pixels))
     with warnings.catch_warnings():     # the training cube's corners (air) cross the detector
         warnings.simplefilter("ignore")
         image = DRRRenderer(volume, "fast", "cpu", pa.mu_water).render(
@@ -59,16 +66,18 @@ def pa_radiograph(volume, views, pixels: int) -> Radiograph:
     return Radiograph((image / image.max()).astype(np.float32), (pa.pixel_spacing,) * 2, "PA")
 
 
-def score(model, card, volume, pixels: int):
+def score(model, card, volume, pixels: int, source_mm: float = PA_SOURCE_TO_DETECTOR_MM):
     """{reading: (90-deg PSNR, consistency)} for one CT."""
     views = TrainConfig.from_dict(card["config"]).views
     c = centred(volume)
     lateral = DRRRenderer(c, "fast", "cpu", views.mu_water).render(
         isocentric_geometry(views, [90.0]))[0]
-    rad = pa_radiograph(c, views, pixels)
+    rad = chest_radiograph(c, views, pixels, source_mm)
+    stated = {None: {}, "own": {"magnification": chest_magnification(source_mm)},
+              "model": {"magnification": views.sdd / views.sod}}
     out = {}
-    for label, stated in READINGS:
-        meta = {} if stated is None else {"magnification": views.sdd / views.sod}
+    for label, reading in READINGS:
+        meta = stated[reading]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = run_inference(replace(rad, metadata=meta), (model, card), views=(90.0,),
@@ -86,6 +95,9 @@ def main(argv=None) -> int:
                     "phantom:N[:SEED]")
     ap.add_argument("--pixels", type=positive_int, default=256,
                     help="pixels across the simulated radiograph")
+    ap.add_argument("--source-distance", type=positive_int, default=int(PA_SOURCE_TO_DETECTOR_MM),
+                    metavar="MM", help="source to detector of the simulated radiograph "
+                    "(default 1800, a PA chest; 1000: a portable AP)")
     args = ap.parse_args(argv)
     return run_reporting_errors("magnification_check", _table, args)
 
@@ -99,7 +111,8 @@ def _table(args) -> None:
     rows = {label: [] for label, _ in READINGS}
     print("| CT | reading | 90-deg PSNR (dB) | consistency |\n|---|---|---:|---:|")
     for i, vol in enumerate(volumes):
-        for label, (p, c) in score(model, card, vol, args.pixels).items():
+        for label, (p, c) in score(model, card, vol, args.pixels,
+                                   args.source_distance).items():
             rows[label].append((p, c))
             print(f"| {i} | {label} | {p:.2f} | {c:.3f} |")
     for label, values in rows.items():
