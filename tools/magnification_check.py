@@ -18,7 +18,6 @@ chest arrived about 10 % small. Consistency is printed beside it: it cannot see 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from dataclasses import replace
@@ -31,20 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import TrainConfig  # noqa: E402
-from XrayWorldModel.data import PreprocessedCache, resolve_source  # noqa: E402
 from XrayWorldModel.drr import DRRRenderer  # noqa: E402
-from XrayWorldModel.infer.evaluate import read_volumes  # noqa: E402
 from XrayWorldModel.infer.pipeline import isocentric_geometry, run_inference  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
 from XrayWorldModel.infer.scale import (MIDPLANE_TO_DETECTOR_MM,  # noqa: E402
                                         PA_SOURCE_TO_DETECTOR_MM, chest_magnification)
 from XrayWorldModel.metrics import psnr  # noqa: E402
 from XrayWorldModel.radiograph import Radiograph  # noqa: E402
-from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_demo import training_domain  # noqa: E402
-from tool_cli import positive_int, run_reporting_errors  # noqa: E402
+from tool_cli import ct_parser, model_and_cts, positive_int, run_reporting_errors  # noqa: E402
 
 #: (row label, the magnification the image states: None = nothing, as a PNG or bare DICOM;
 #: "own": its true one; "model": the model's, which skips the correction)
@@ -87,12 +82,7 @@ def score(model, card, volume, pixels: int, source_mm: float = PA_SOURCE_TO_DETE
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model name, file, checkpoint or run "
-                    "folder (default: the built-in model); a checkpoint gets the domain "
-                    "statistics its model file would carry, from its training data")
-    ap.add_argument("--data", required=True, help="CTs: a file, folder, manifest or "
-                    "phantom:N[:SEED]")
+    ap = ct_parser(__doc__)
     ap.add_argument("--pixels", type=positive_int, default=256,
                     help="pixels across the simulated radiograph")
     ap.add_argument("--source-distance", type=positive_int, default=int(PA_SOURCE_TO_DETECTOR_MM),
@@ -103,11 +93,7 @@ def main(argv=None) -> int:
 
 
 def _table(args) -> None:
-    model, card = load_world_model(args.model)
-    cfg = TrainConfig.from_dict(card["config"])
-    if not card.get("domain"):    # a checkpoint: the domain its model file would carry
-        card = {**card, "domain": training_domain(cfg)}
-    volumes = read_volumes(resolve_source(args.data), cfg, PreprocessedCache(None))
+    model, card, cfg, volumes = model_and_cts(args)
     rows = {label: [] for label, _ in READINGS}
     print("| CT | reading | 90-deg PSNR (dB) | consistency |\n|---|---|---:|---:|")
     for i, vol in enumerate(volumes):

@@ -22,7 +22,6 @@ held-out phantoms such as ``phantom:8:5000``); a training patient flatters every
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -34,20 +33,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import TrainConfig  # noqa: E402
-from XrayWorldModel.data import PreprocessedCache, resolve_source  # noqa: E402
 from XrayWorldModel.data.radiograph_style import draw_effects, styled_display  # noqa: E402
 from XrayWorldModel.drr import DRRRenderer  # noqa: E402
 from XrayWorldModel.infer.domain import N_QUANTILES, domain_reference  # noqa: E402
-from XrayWorldModel.infer.evaluate import read_volumes  # noqa: E402
 from XrayWorldModel.infer.pipeline import isocentric_geometry, run_inference  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
 from XrayWorldModel.metrics import psnr, ssim  # noqa: E402
 from XrayWorldModel.radiograph import Radiograph  # noqa: E402
-from XrayWorldModel.weights.loading import load_world_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_demo import training_domain  # noqa: E402
-from tool_cli import positive_int, run_reporting_errors  # noqa: E402
+from tool_cli import ct_parser, model_and_cts, positive_int, run_reporting_errors  # noqa: E402
 
 MAPPINGS = ("card", "plain", "own")
 #: Each effect of the radiograph chain is drawn with this probability per styled image.
@@ -88,12 +83,7 @@ def score_case(model, card, frontal, lateral, styles: int, seed: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="model name, file, checkpoint or run "
-                    "folder (default: the built-in model); a checkpoint gets the domain "
-                    "statistics its model file would carry, from its training data")
-    ap.add_argument("--data", required=True, help="CTs: a file, folder, manifest or "
-                    "phantom:N[:SEED]")
+    ap = ct_parser(__doc__)
     ap.add_argument("--styles", type=positive_int, default=8, help="styled radiographs per CT")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-image", action="store_true", help="also a row per styled image "
@@ -103,11 +93,7 @@ def main(argv=None) -> int:
 
 
 def _table(args) -> None:
-    model, card = load_world_model(args.model)
-    cfg = TrainConfig.from_dict(card["config"])
-    if not card.get("domain"):    # a checkpoint: the domain its model file would carry
-        card = {**card, "domain": training_domain(cfg)}
-    volumes = read_volumes(resolve_source(args.data), cfg, PreprocessedCache(None))
+    model, card, cfg, volumes = model_and_cts(args)
     rows = {m: [] for m in MAPPINGS}
     print("| CT | mapping | 90-deg PSNR (dB) | SSIM | consistency |\n|---|---|---:|---:|---:|")
     for i, vol in enumerate(volumes):

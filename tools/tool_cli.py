@@ -24,6 +24,33 @@ def input_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
+def ct_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by ``doc``'s first paragraph, with ``--model`` (a checkpoint too)
+    and ``--data`` (CTs), for the tools that score a model where the truth is known."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="model name, file, checkpoint or run "
+                    "folder (default: the built-in model); a checkpoint gets the domain "
+                    "statistics its model file would carry, from its training data")
+    ap.add_argument("--data", required=True, help="CTs: a file, folder, manifest or "
+                    "phantom:N[:SEED]")
+    return ap
+
+
+def model_and_cts(args):
+    """(model, card, its TrainConfig, the preprocessed CTs of ``args.data``) for a
+    :func:`ct_parser` tool; a checkpoint's card gets the domain its model file would carry."""
+    from build_demo import training_domain
+    from XrayWorldModel.config import TrainConfig
+    from XrayWorldModel.data import PreprocessedCache, resolve_source
+    from XrayWorldModel.infer.evaluate import read_volumes
+    from XrayWorldModel.weights.loading import load_world_model
+    model, card = load_world_model(args.model)
+    cfg = TrainConfig.from_dict(card["config"])
+    if not card.get("domain"):
+        card = {**card, "domain": training_domain(cfg)}
+    return model, card, cfg, read_volumes(resolve_source(args.data), cfg, PreprocessedCache(None))
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1 (a count of draws or images)."""
     try:
