@@ -6,10 +6,11 @@ angle-list syntax and the cache-folder rule each live here and nowhere else.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 from .errors import GeometryError, InputError
 
@@ -155,3 +156,14 @@ def models_cache_dir() -> Path:
     if os.environ.get(MODELS_ENV):
         return Path(os.environ[MODELS_ENV]).expanduser()
     return platform_cache_dir() / "models"
+
+
+def number_within(value, low: float = -math.inf, high: float = math.inf) -> Optional[float]:
+    """``value`` (a number or its text, from a header, a CSV cell or metadata) as a float when
+    it is a finite number in (``low``, ``high``], else None: what readers of optional
+    numeric fields do with a missing, garbled or placeholder entry."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and low < v <= high else None

@@ -53,7 +53,7 @@ from skimage.transform import resize
 
 from ..blocks import block_mean
 from ..config import TrainConfig
-from ..conventions import LATERAL_VIEW_POSITIONS
+from ..conventions import LATERAL_VIEW_POSITIONS, number_within
 from ..data import ViewSampling
 from ..errors import InputError
 from ..radiograph import Radiograph
@@ -176,15 +176,6 @@ def detector_spacing(rad: Radiograph):
     return rad.spacing
 
 
-def _metadata_number(rad: Radiograph, key: str, low: float, high: float) -> Optional[float]:
-    """``rad.metadata[key]`` as a number when it lies in (low, high], else None."""
-    try:
-        value = float(rad.metadata.get(key))
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) and low < value <= high else None
-
-
 def magnification(rad: Radiograph, sampling: ViewSampling) -> Tuple[float, str]:
     """(how much the detector magnifies this image's chest, where that figure comes from).
     In order: a DRR in line integrals is the model's own (``sdd / sod``); a stated factor
@@ -194,10 +185,11 @@ def magnification(rad: Radiograph, sampling: ViewSampling) -> Tuple[float, str]:
     mid-plane ``MIDPLANE_TO_DETECTOR_MM`` in front of the detector); else a PA chest's."""
     if rad.metadata.get("units") == LINE_INTEGRAL:
         return sampling.sdd / sampling.sod, "the model's geometry (line integrals)"
-    stated = _metadata_number(rad, "magnification", *PLAUSIBLE_MAGNIFICATION)
+    stated = number_within(rad.metadata.get("magnification"), *PLAUSIBLE_MAGNIFICATION)
     if stated is not None:
         return stated, "stated in the header"
-    sid = _metadata_number(rad, "source_to_detector_mm", *PLAUSIBLE_SOURCE_TO_DETECTOR_MM)
+    sid = number_within(rad.metadata.get("source_to_detector_mm"),
+                        *PLAUSIBLE_SOURCE_TO_DETECTOR_MM)
     if sid is not None:
         return chest_magnification(sid), f"source-to-detector distance {sid:g} mm"
     return PA_MAGNIFICATION, f"assumed: a PA chest at {PA_SOURCE_TO_DETECTOR_MM:g} mm"
@@ -225,10 +217,11 @@ def stated_geometry(rad: Radiograph, pixel_spacing: Optional[float] = None,
     return replace(rad, spacing=spacing, metadata=meta, spacing_is_default=default)
 
 
-def model_detector_spacing(spacing, rad: Radiograph, sampling: ViewSampling):
-    """(row, column) mm that a pixel of ``rad`` at ``spacing`` (mm at its own detector) spans
-    at the model's detector: the same stretch of patient, magnified as the model's DRRs are."""
-    ratio = (sampling.sdd / sampling.sod) / magnification(rad, sampling)[0]
+def model_detector_spacing(spacing, image_magnification: float, sampling: ViewSampling):
+    """(row, column) mm that a pixel at ``spacing`` (mm at its own detector, which magnifies
+    the chest ``image_magnification``: :func:`magnification`) spans at the model's detector:
+    the same stretch of patient, magnified as the model's DRRs are."""
+    ratio = (sampling.sdd / sampling.sod) / image_magnification
     return tuple(float(v) * ratio for v in spacing)
 
 
@@ -433,8 +426,8 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
         spacing_record = {"source": "header", "used_mm": [float(v) for v in spacing],
                           "header_mm": [float(v) for v in spacing], "estimate": None}
         estimate = anatomy_estimate(rad, sampling, reference) if place else None
-    at_model = model_detector_spacing(spacing, rad, sampling)
     mag, mag_source = magnification(rad, sampling)
+    at_model = model_detector_spacing(spacing, mag, sampling)
     if (rad.view_position or "").strip().upper().startswith("AP") and \
             mag_source.startswith("assumed"):
         notes.append(f"AP view without a source distance in the header: magnified {mag:.2f} "

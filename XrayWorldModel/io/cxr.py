@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..conventions import PNG_MAGNIFICATION_KEY
+from ..conventions import PNG_MAGNIFICATION_KEY, number_within
 from ..errors import NonFiniteDataError, NotARadiographError, PathLike, UnreadableFileError
 from ..radiograph import Radiograph, check_radiograph
 from .ct import (RADIOGRAPH_MODALITIES, _first_line, dicom_failure, format_from_suffix, itk_reason,
@@ -171,8 +171,8 @@ def _read_dicom(p: Path) -> Radiograph:
         "patient_orientation": _raw_tag(ds, "PatientOrientation"),
         "body_part": str(ds.get("BodyPartExamined", "") or "") or None,
         # the geometry that sets how much the chest is magnified (infer.domain.magnification)
-        "magnification": _number_tag(ds, "EstimatedRadiographicMagnificationFactor"),
-        "source_to_detector_mm": _number_tag(ds, "DistanceSourceToDetector"),
+        "magnification": number_within(ds.get("EstimatedRadiographicMagnificationFactor")),
+        "source_to_detector_mm": number_within(ds.get("DistanceSourceToDetector")),
     }
     return Radiograph(image, spacing, view_position=view, metadata=meta,
                       spacing_is_default=(source == "default"))
@@ -259,20 +259,6 @@ def _raw_tag(ds, tag: str):
         return tuple(str(v) for v in val) if not isinstance(val, (str, bytes)) else str(val)
     except TypeError:
         return str(val)
-
-
-def _number(value) -> Optional[float]:
-    """``value`` as a float, None when absent or not a finite number."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if np.isfinite(value) else None
-
-
-def _number_tag(ds, tag: str) -> Optional[float]:
-    """A single-valued numeric tag as a float, None when absent or not a number."""
-    return _number(ds.get(tag))
 
 
 def _apply_voi(arr: np.ndarray, ds, apply_voi_lut) -> Tuple[np.ndarray, dict]:
@@ -365,7 +351,7 @@ def _read_bitmap(p: Path) -> Optional[Radiograph]:
     meta = {"source": str(p), "format": fmt.lower(), "mode": mode, "window": window,
             "photometric_interpretation": "MONOCHROME2", "inverted": False,
             "rows": image.shape[0], "columns": image.shape[1], "spacing_source": "default",
-            "view_position": None, "chroma": chroma, "magnification": _number(stated)}
+            "view_position": None, "chroma": chroma, "magnification": number_within(stated)}
     return Radiograph(image, spacing, view_position=None, metadata=meta, spacing_is_default=True)
 
 

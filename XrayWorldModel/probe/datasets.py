@@ -49,7 +49,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..conventions import LATERAL_VIEW_POSITIONS
+from ..conventions import LATERAL_VIEW_POSITIONS, number_within
 from ..errors import FileNotFoundInputError
 from .metrics import ProbeError
 
@@ -204,14 +204,6 @@ def label_value(raw: Optional[str], policy: str, blank: float, where: str) -> Tu
     return v, False
 
 
-def _number(raw: Optional[str]) -> Optional[float]:
-    try:
-        v = float(str(raw).strip())
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) and v > 0 else None
-
-
 def _need_columns(header: Sequence[str], needed: Iterable[str], path: Path, what: str) -> None:
     missing = [c for c in needed if c not in header]
     if missing:
@@ -267,8 +259,8 @@ def _read_nih(path: Path, header, rows, images: Optional[Path], columns) -> Radi
         if unknown:
             raise DatasetError(f"line {n}: unknown finding name {unknown[0]!r} in 'Finding "
                                f"Labels' (known: {', '.join(sorted(known))})", path)
-        width, pitch = _number(row.get("OriginalImage[Width")), \
-            _number(row.get("OriginalImagePixelSpacing[x"))
+        width, pitch = number_within(row.get("OriginalImage[Width"), 0.0), \
+            number_within(row.get("OriginalImagePixelSpacing[x"), 0.0)
         found += name in index
         records.append(RadiographRecord(
             name, index.get(name, root / name), (row.get("Patient ID") or "").strip(),
@@ -422,7 +414,7 @@ def _read_manifest(path: Path, header, rows, labels, id_column, columns, policy,
         records.append(RadiographRecord(
             rid, p, _first_of(row, PATIENT_COLUMNS), view_class(_first_of(row, VIEW_COLUMNS)),
             _table_labels(source, columns, policy, unsure, f"line {n}", numeric),
-            spacing_mm=_number(row.get("pixel_spacing")), uncertain=unsure))
+            spacing_mm=number_within(row.get("pixel_spacing"), 0.0), uncertain=unsure))
     if not records:
         raise DatasetError(f"no image of the manifest has a row in the labels CSV {labels}", path)
     if not any(r.path.is_file() for r in records[:_PATH_PROBE_ROWS]):
@@ -463,7 +455,7 @@ def _read_folder(folder: Path, labels, id_column, columns, policy,
         records.append(RadiographRecord(
             keys[0], p, _first_of(row, PATIENT_COLUMNS), view_class(_first_of(row, VIEW_COLUMNS)),
             _table_labels(row, columns, policy, unsure, f"{lpath.name}, id {key!r}", numeric),
-            spacing_mm=_number(row.get("pixel_spacing")), uncertain=unsure))
+            spacing_mm=number_within(row.get("pixel_spacing"), 0.0), uncertain=unsure))
     if not records:
         raise DatasetError(f"no file of the folder has a row in {lpath} (files like "
                            f"{files[0].relative_to(folder).as_posix()!r}; ids like "
