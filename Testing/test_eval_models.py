@@ -549,6 +549,8 @@ def test_magnification_check_shows_what_the_correction_is_worth(capsys):
 @pytest.mark.parametrize("tool, argv, says", [
     ("magnification_check", ["--data", "MISSING"], "no such file or folder"),
     ("magnification_check", ["--data", "phantom:1", "--pixels", "0"], "must be at least 1"),
+    ("magnification_check", ["--data", "phantom:1", "--source-distance", "100"],
+     "at least 500 mm from the detector, got 100"),
     ("mapping_check", ["--data", "MISSING"], "no such file or folder"),
     ("mapping_check", ["--data", "phantom:1:5000", "--styles", "0"], "must be at least 1, got 0"),
     ("fine_band", ["--ct", "MISSING"], "no such file or folder"),

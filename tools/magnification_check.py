@@ -18,6 +18,7 @@ chest arrived about 10 % small. Consistency is printed beside it: it cannot see 
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from dataclasses import replace
@@ -40,6 +41,9 @@ from XrayWorldModel.radiograph import Radiograph  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tool_cli import ct_parser, model_and_cts, positive_int, run_reporting_errors  # noqa: E402
+
+#: Nearest source (mm from the detector) simulated: a chest fits between it and the detector.
+MIN_SOURCE_MM = 500
 
 #: (row label, the magnification the image states: None = nothing, as a PNG or bare DICOM;
 #: "own": its true one; "model": the model's, which skips the correction)
@@ -81,11 +85,21 @@ def score(model, card, volume, pixels: int, source_mm: float = PA_SOURCE_TO_DETE
     return out
 
 
+def source_distance(text: str) -> int:
+    """An argparse type: a source-to-detector distance in mm, far enough for a chest between
+    the source and the detector (``MIN_SOURCE_MM``)."""
+    mm = positive_int(text)
+    if mm < MIN_SOURCE_MM:
+        raise argparse.ArgumentTypeError(f"a chest radiograph's source lies at least "
+                                         f"{MIN_SOURCE_MM} mm from the detector, got {mm}")
+    return mm
+
+
 def main(argv=None) -> int:
     ap = ct_parser(__doc__)
     ap.add_argument("--pixels", type=positive_int, default=256,
                     help="pixels across the simulated radiograph")
-    ap.add_argument("--source-distance", type=positive_int, default=int(PA_SOURCE_TO_DETECTOR_MM),
+    ap.add_argument("--source-distance", type=source_distance, default=int(PA_SOURCE_TO_DETECTOR_MM),
                     metavar="MM", help="source to detector of the simulated radiograph "
                     "(default 1800, a PA chest; 1000: a portable AP)")
     args = ap.parse_args(argv)
