@@ -13,9 +13,10 @@ import pytest
 
 from XrayWorldModel.data import PreprocessedCache, Preprocessing, preprocess, resolve_source
 from XrayWorldModel.data import anatomy
-from XrayWorldModel.data.anatomy import (Deformation, augment_anatomy, body_mask, displacement_field,
-                                         draw_augmentation, find_landmarks, jacobian_determinant,
-                                         lung_mask, plausibility, warp)
+from XrayWorldModel.data.anatomy import (DEFAULT_RANGES, WIDE_HABITUS_RANGES, Deformation,
+                                         augment_anatomy, body_mask, displacement_field,
+                                         draw_augmentation, draw_deformation, find_landmarks,
+                                         jacobian_determinant, lung_mask, plausibility, warp)
 from XrayWorldModel.data.cache import source_digest
 from XrayWorldModel.errors import InputError
 from XrayWorldModel.phantom import procedural_chest
@@ -81,18 +82,20 @@ def test_a_patient_differs_from_its_ct_in_shape_not_only_in_intensity(chest):
 
 # ---------------------------------------------------------------- plausibility
 
-def test_masks_stay_inside_the_body_and_the_rib_cage(chest):
+@pytest.mark.parametrize("ranges", [DEFAULT_RANGES, WIDE_HABITUS_RANGES], ids=["default", "wide"])
+def test_masks_stay_inside_the_body_and_the_rib_cage(chest, ranges):
     vol, _ = chest
     for seed in range(2):
-        p = plausibility(vol, seed)
+        p = plausibility(vol, seed, ranges)
         assert p["lung_outside_body"] < 1e-3, (seed, p)
         assert p["lung_outside_hull"] < p["baseline_outside_hull"] + 0.01, (seed, p)
 
 
-def test_jacobian_positive_everywhere(chest):
+@pytest.mark.parametrize("ranges", [DEFAULT_RANGES, WIDE_HABITUS_RANGES], ids=["default", "wide"])
+def test_jacobian_positive_everywhere(chest, ranges):
     vol, _ = chest
     for seed in range(4):
-        d = draw_augmentation(vol, seed).deformation
+        d = draw_augmentation(vol, seed, ranges).deformation
         assert d.local_gradient_bound() < 1.0
         jac = jacobian_determinant(displacement_field(vol, d), vol.affine)
         assert jac.min() > 0.2, (seed, jac.min())
@@ -155,6 +158,21 @@ def test_heart_growth_and_lung_height_change_what_they_name(chest):
     assert 4.0 < shift < 12.0
 
 
+def test_wide_ranges_draw_body_build_with_the_spread_of_adult_chests(chest):
+    """``wide``: log breadth SD about 8 %, log depth about 10 % (anthropometric surveys, sexes
+    mixed), about twice the default's; the height is not widened."""
+    lm = find_landmarks(chest[0])
+
+    def log_sd(ranges):
+        scales = [draw_deformation(np.random.default_rng(k), lm, ranges).scales for k in range(600)]
+        return np.log(np.asarray(scales)).std(axis=0)
+
+    default, wide = log_sd(DEFAULT_RANGES), log_sd(WIDE_HABITUS_RANGES)
+    assert 0.07 < wide[0] < 0.095 and 0.09 < wide[1] < 0.115, wide
+    assert wide[0] > 1.7 * default[0] and wide[1] > 1.7 * default[1], (default, wide)
+    assert wide[2] == pytest.approx(default[2], rel=0.15)
+
+
 def test_kernel_and_slice_thickness_act_as_named():
     """A one-voxel bright plate across z: sharpening raises its peak, blurring lowers it; a
     6 mm slice on a 2 mm grid spreads it over about three voxels and keeps its sum along z
@@ -210,8 +228,8 @@ def test_mixed_sources_keep_order_and_counts(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ("anatomy:0:phantom:2", "anatomy:K:SRC"), ("anatomy:x:phantom:2", "anatomy:K:SRC"),
-    ("anatomy:2", "anatomy:K:SRC"), ("anatomy:2:", "anatomy:K:SRC"),
+    ("anatomy:0:phantom:2", "anatomy:K"), ("anatomy:x:phantom:2", "anatomy:K"),
+    ("anatomy:2", "anatomy:K"), ("anatomy:2:", "anatomy:K"), ("anatomy:2:wide:", "anatomy:K"),
     ("phantom:2+", "empty source"), ("+phantom:2", "empty source"),
     ("phantom:2+stacks:/somewhere", "cannot be mixed"),
     ("phantom:2+/no/such/ct.nii.gz", "no such file"),
@@ -236,6 +254,29 @@ def test_cache_keys_each_patient_apart_and_builds_it_from_the_preprocessed_base(
     assert np.array_equal(p0.array, expect)
     meta = json.loads((tmp_path / f"{GRID.key(source_digest(items[1].spec))}.json").read_text())
     assert meta["source"] == "anatomy:1:0:phantom:chest:4"
+
+
+def test_named_ranges_make_other_patients_cached_apart(tmp_path):
+    """``anatomy:K:wide:SRC`` draws with the wide ranges: its own ids, a spec that names the
+    same patient again, its own cache entry holding the wide augmentation of the cached base;
+    the default ranges keep the cache key they had before ranges could be named."""
+    from XrayWorldModel.data.sources import anatomy_source
+    default, wide = (resolve_source(anatomy_source(1, "phantom:1:4", r))[0] for r in ("default", "wide"))
+    assert (default.id, wide.id) == ("anatomy-phantom-00004-0", "anatomy-wide-phantom-00004-0")
+    assert [i.id for i in resolve_source(wide.spec)] == [wide.id]
+    assert [i.id for i in resolve_source("anatomy:2:3:wide:phantom:1:4")] == [
+        "anatomy-wide-phantom-00004-3", "anatomy-wide-phantom-00004-4"]
+    assert source_digest(wide.spec) != source_digest(default.spec)
+    import hashlib
+    old_key = f"anatomy|{anatomy.ANATOMY_VERSION}|1|0|{source_digest('phantom:chest:4')}"
+    assert source_digest(default.spec) == hashlib.sha256(old_key.encode()).hexdigest()
+    cache = PreprocessedCache(tmp_path)
+    base = cache.get(resolve_source("phantom:1:4")[0], GRID)
+    got, plain = cache.get(wide, GRID), cache.get(default, GRID)
+    expect = augment_anatomy(base, 0, WIDE_HABITUS_RANGES).array.astype(np.float16).astype(np.float32)
+    assert np.array_equal(got.array, expect) and not np.array_equal(got.array, plain.array)
+    with pytest.raises(InputError, match="unknown anatomy ranges"):
+        anatomy_source(1, "phantom:1", "huge")
 
 
 def test_a_new_augmentation_version_is_a_new_cache_key(monkeypatch):

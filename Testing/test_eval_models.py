@@ -238,6 +238,23 @@ def test_lopo_dry_run_prints_each_fold_on_the_mixed_source_syntax(tmp_path):
     assert out.stdout.count("--baseline-source") == 6
 
 
+def test_lopo_and_demo_recipes_pass_named_anatomy_ranges_to_the_training_source(tmp_path):
+    """``--anatomy-ranges wide`` reaches ``data.source`` in the spelling the sources read
+    back as wide patients of the fold's manifest (lopo) or of the three CTs (train_demo)."""
+    from XrayWorldModel.data.sources import parse_anatomy_source
+    for tool in ("lopo.py", "train_demo.py"):
+        out = subprocess.run([sys.executable, str(REPO / "tools" / tool), "--work", str(tmp_path / tool),
+                              "--dry-run", "--anatomy-ranges", "wide"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        sources = [w.split("=", 1)[1] for w in out.stdout.split() if w.startswith("data.source=")]
+        assert sources, out.stdout
+        for source in sources:
+            part = next(p for p in source.split("+") if p.startswith("anatomy:"))
+            parsed = parse_anatomy_source(part)
+            assert parsed.ranges == "wide" and parsed.source.endswith("train.csv"), part
+
+
 def test_lopo_re_evaluation_keeps_the_fold_s_training_record(tmp_path):
     """Re-evaluating a fold's own run (--skip-train --model WORK/ID/run) keeps how it was
     trained; evaluating another model, or training anew, records this run's settings."""

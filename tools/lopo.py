@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cts  # noqa: E402
 from child import run_child  # noqa: E402
+from XrayWorldModel.data.anatomy import NAMED_RANGES  # noqa: E402
+from XrayWorldModel.data.sources import anatomy_source  # noqa: E402
 
 DATA_DIR = real_cts.DATA_DIR
 #: The three patients: id -> path under the data folder.
@@ -95,7 +97,8 @@ def synthetic_source(phantoms: str) -> str:
 def train_command(args, manifest: Path, run: Path) -> List[str]:
     """The fold's ``xray2xray train`` command (``--resume`` when its run exists)."""
     cmd = _cli("train", "--config", args.config,
-               f"data.source={synthetic_source(args.phantoms)}+anatomy:{args.augment}:{manifest}",
+               f"data.source={synthetic_source(args.phantoms)}+"
+               f"{anatomy_source(args.augment, manifest, args.anatomy_ranges)}",
                f"data.val_source={VAL_SOURCE}", f"run.out_dir={run}",
                *([f"optim.steps={args.steps}"] if args.steps else []), *args.set)
     if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step-*.json")):
@@ -240,6 +243,9 @@ def main(argv=None) -> int:
                          "such as phantom:256+phantom:256:0:chest2 (default 512)")
     ap.add_argument("--augment", type=int, default=64,
                     help="augmented patients made from each training CT (default 64)")
+    ap.add_argument("--anatomy-ranges", default="default", choices=sorted(NAMED_RANGES),
+                    help="how far the augmented patients may differ from their CT (default: "
+                         "default; wide: body build with the spread of adult chests)")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="another training config override (repeatable)")
     ap.add_argument("--folds", default=None, help="comma-separated held-out ids (default: all 3)")

@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_cts  # noqa: E402
 from child import run_child  # noqa: E402
+from XrayWorldModel.data.anatomy import NAMED_RANGES  # noqa: E402
+from XrayWorldModel.data.sources import anatomy_source  # noqa: E402
 
 ROOT = real_cts.ROOT
 #: The recipe (what the third leave-one-patient-out run trained with).
@@ -36,7 +38,7 @@ def train_command(work: Path, args) -> list:
     manifest = work / "train.csv"
     run = work / "run"
     cmd = [sys.executable, "-m", "XrayWorldModel", "train", "--config", "cpu-small",
-           f"data.source={args.phantoms}+anatomy:{args.augment}:{manifest.resolve()}",
+           f"data.source={args.phantoms}+{anatomy_source(args.augment, manifest.resolve(), args.anatomy_ranges)}",
            f"data.val_source={VAL_SOURCE}", f"run.out_dir={run.resolve()}",
            f"optim.steps={args.steps}", *SETTINGS, *args.set]
     if (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step-*.json")):
@@ -52,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps (default {STEPS})")
     ap.add_argument("--augment", type=int, default=AUGMENT,
                     help=f"augmented patients made from each real CT (default {AUGMENT})")
+    ap.add_argument("--anatomy-ranges", default="default", choices=sorted(NAMED_RANGES),
+                    help="how far the augmented patients may differ from their CT (default: "
+                         "default; wide: body build with the spread of adult chests)")
     ap.add_argument("--phantoms", default=PHANTOMS, help=f"synthetic source (default {PHANTOMS})")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="another training config override (repeatable)")

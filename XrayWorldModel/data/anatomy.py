@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -71,6 +71,25 @@ class AnatomyRanges:
 
 
 DEFAULT_RANGES = AnatomyRanges()
+#: Body build drawn with about the spread of adult chests in anthropometric surveys (SD of
+#: log breadth ~8 %, of log depth ~10 %, sexes mixed); the default draws about half of it
+#: (4-5 %), so a patient of unusual build lies outside every augmented training patient.
+WIDE_HABITUS_RANGES = replace(DEFAULT_RANGES, habitus=0.14, habitus_ap=0.10)
+#: The ranges a source may name (``anatomy:K:wide:SRC``, :mod:`.sources`).
+NAMED_RANGES: Dict[str, AnatomyRanges] = {"default": DEFAULT_RANGES, "wide": WIDE_HABITUS_RANGES}
+
+
+def named_ranges(name: str) -> AnatomyRanges:
+    """The ranges called ``name``; :class:`InputError` naming the choices otherwise."""
+    if name not in NAMED_RANGES:
+        raise InputError(f"unknown anatomy ranges {name!r}; choose one of {sorted(NAMED_RANGES)}")
+    return NAMED_RANGES[name]
+
+
+def ranges_fingerprint(ranges: AnatomyRanges) -> str:
+    """A short digest of the ranges' values: part of an augmented patient's cache key, so a
+    changed range rebuilds it."""
+    return hashlib.sha256(repr(sorted(asdict(ranges).items())).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- masks and landmarks

@@ -19,7 +19,8 @@ from ..errors import InputError, UnreadableFileError, XrayWorldModelError
 from ..fileutil import atomic_path, sha256_of
 from ..version import __version__
 from ..volume import Volume
-from .anatomy import ANATOMY_VERSION, body_centre, body_mask, lung_extent
+from .anatomy import (ANATOMY_VERSION, body_centre, body_mask, lung_extent, named_ranges,
+                      ranges_fingerprint)
 from .sources import is_anatomy_source, parse_anatomy_source
 
 CACHE_FORMAT = 1
@@ -72,9 +73,11 @@ def source_digest(spec: str) -> str:
     augmented patient (``anatomy:1:SEED:BASE``) of the augmentation version, the seed and
     the base's digest, so each patient has its own entry and a changed base rebuilds it."""
     if is_anatomy_source(spec):
-        count, seed, base = parse_anatomy_source(spec)
-        return hashlib.sha256(f"anatomy|{ANATOMY_VERSION}|{count}|{seed}|"
-                              f"{source_digest(base)}".encode()).hexdigest()
+        a = parse_anatomy_source(spec)
+        # default ranges keep the key they had before ranges could be named
+        ranges = "" if a.ranges == "default" else f"{ranges_fingerprint(named_ranges(a.ranges))}|"
+        return hashlib.sha256(f"anatomy|{ANATOMY_VERSION}|{ranges}{a.count}|{a.first_seed}|"
+                              f"{source_digest(a.source)}".encode()).hexdigest()
     if spec.startswith("phantom:"):
         return hashlib.sha256(f"{spec}|{__version__}".encode()).hexdigest()
     return sha256_of(spec)

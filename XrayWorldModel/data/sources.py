@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 from ..conventions import CT_VOLUME_SUFFIXES as CT_SUFFIXES
 from ..errors import EmptyFolderError, FileNotFoundInputError, InputError
@@ -15,7 +15,7 @@ from ..io import read_ct
 from ..phantom.source import is_phantom_source, parse_phantom_source
 from ..phantom.variants import CHEST_KINDS, chest_volume
 from ..volume import Volume
-from .anatomy import augment_anatomy
+from .anatomy import NAMED_RANGES, augment_anatomy, named_ranges
 
 PHANTOM_SHAPE = (128, 128, 96)
 PHANTOM_SPACING = (2.8, 2.8, 3.5)
@@ -90,7 +90,7 @@ def _manifest_items(path: Path) -> List[CTItem]:
 def resolve_source(source: str) -> List[CTItem]:
     """The CTs named by ``source``: ``phantom:N`` (or ``phantom:N:FIRST_SEED``), a CSV
     manifest, a single CT, a folder of CT files / DICOM series subfolders,
-    ``anatomy:K[:FIRST_SEED]:SRC``, or several of these joined by ``+`` (in that order)."""
+    ``anatomy:K[:FIRST_SEED][:RANGES]:SRC``, or several of these joined by ``+`` (in that order)."""
     parts = _mixture_parts(str(source))
     if len(parts) > 1:
         return [item for part in parts for item in resolve_source(part)]
@@ -119,7 +119,17 @@ def resolve_source(source: str) -> List[CTItem]:
 # ---------------------------------------------------------------- augmented real anatomy
 
 ANATOMY_PREFIX = "anatomy:"
-_ANATOMY_SPELLING = "anatomy:K:SRC or anatomy:K:FIRST_SEED:SRC (K >= 1 patients per CT of SRC)"
+_ANATOMY_SPELLING = ("anatomy:K[:FIRST_SEED][:RANGES]:SRC (K >= 1 patients per CT of SRC; "
+                     f"RANGES one of {sorted(NAMED_RANGES)}, default 'default')")
+
+
+class AnatomySource(NamedTuple):
+    """What ``anatomy:K[:FIRST_SEED][:RANGES]:SRC`` asks for."""
+
+    count: int
+    first_seed: int
+    ranges: str          # a name in :data:`~.anatomy.NAMED_RANGES`
+    source: str
 
 
 def is_anatomy_source(text: str) -> bool:
@@ -127,9 +137,9 @@ def is_anatomy_source(text: str) -> bool:
     return str(text).lower().startswith(ANATOMY_PREFIX)
 
 
-def parse_anatomy_source(spec: str) -> Tuple[int, int, str]:
-    """``(count, first_seed, SRC)`` of ``anatomy:K:SRC`` (seeds 0 .. K-1) or
-    ``anatomy:K:FIRST_SEED:SRC``; :class:`InputError` naming the spelling otherwise."""
+def parse_anatomy_source(spec: str) -> AnatomySource:
+    """The parts of ``anatomy:K[:FIRST_SEED][:RANGES]:SRC`` (seeds FIRST_SEED .. +K-1,
+    ranges ``default`` unless named); :class:`InputError` naming the spelling otherwise."""
     parts = str(spec).split(":", 2)
     try:
         if len(parts) < 3 or not is_anatomy_source(spec):
@@ -139,34 +149,49 @@ def parse_anatomy_source(spec: str) -> Tuple[int, int, str]:
         first = 0
         if sep and head.strip().lstrip("-").isdigit():
             first, rest = int(head), tail
+        ranges = "default"
+        head, sep, tail = rest.partition(":")
+        if sep and head.strip() in NAMED_RANGES:
+            ranges, rest = head.strip(), tail
     except ValueError:
         raise InputError(f"cannot read {spec!r}; use {_ANATOMY_SPELLING}") from None
     if count < 1 or first < 0 or not rest.strip():
         raise InputError(f"cannot read {spec!r}; use {_ANATOMY_SPELLING}")
-    return count, first, rest
+    return AnatomySource(count, first, ranges, rest)
 
 
-def augmented_item(base: CTItem, seed: int) -> CTItem:
-    """Patient ``seed`` made from ``base``: id ``anatomy-<base id>-<seed>``, spec
-    ``anatomy:1:<seed>:<base spec>`` (what the cache keys it by). No labels: the
-    deformation changes the sizes labels measure (heart volume, ratios)."""
-    seed = int(seed)
-    return CTItem(f"anatomy-{base.id}-{seed}", f"{ANATOMY_PREFIX}1:{seed}:{base.spec}", {},
-                  lambda: augment_anatomy(base.load(), seed), base,
-                  lambda volume: augment_anatomy(volume, seed))
+def anatomy_source(count: int, source, ranges: str = "default") -> str:
+    """The spelling of ``count`` augmented patients per CT of ``source`` drawn with the named
+    ``ranges``: the inverse of :func:`parse_anatomy_source`."""
+    named_ranges(ranges)
+    return f"{ANATOMY_PREFIX}{int(count)}:{'' if ranges == 'default' else ranges + ':'}{source}"
+
+
+def augmented_item(base: CTItem, seed: int, ranges: str = "default") -> CTItem:
+    """Patient ``seed`` made from ``base`` with the named ``ranges``: id
+    ``anatomy-<base id>-<seed>`` (``anatomy-<ranges>-<base id>-<seed>`` for other ranges, so a
+    mixture of both never repeats an id), spec ``anatomy:1:<seed>[:<ranges>]:<base spec>``
+    (what the cache keys it by). No labels: the deformation changes the sizes labels measure
+    (heart volume, ratios)."""
+    seed, r = int(seed), named_ranges(ranges)
+    tag = "" if ranges == "default" else f"{ranges}-"
+    spec_ranges = "" if ranges == "default" else f"{ranges}:"
+    return CTItem(f"anatomy-{tag}{base.id}-{seed}", f"{ANATOMY_PREFIX}1:{seed}:{spec_ranges}{base.spec}",
+                  {}, lambda: augment_anatomy(base.load(), seed, r), base,
+                  lambda volume: augment_anatomy(volume, seed, r))
 
 
 def _anatomy_items(spec: str) -> List[CTItem]:
-    count, first, inner = parse_anatomy_source(spec)
-    return [augmented_item(base, seed) for base in resolve_source(inner)
-            for seed in range(first, first + count)]
+    a = parse_anatomy_source(spec)
+    return [augmented_item(base, seed, a.ranges) for base in resolve_source(a.source)
+            for seed in range(a.first_seed, a.first_seed + a.count)]
 
 
 def _names_a_path(text: str) -> bool:
     """Whether ``text`` is an existing path, or ``anatomy:...`` of one."""
     if is_anatomy_source(text):
         try:
-            return _names_a_path(parse_anatomy_source(text)[2])
+            return _names_a_path(parse_anatomy_source(text).source)
         except InputError:
             return False
     return Path(text.strip()).expanduser().exists()
