@@ -163,6 +163,41 @@ def test_eval_volume_takes_a_model_file_and_a_run_folder(cached, capsys):
         assert out["world_model"] == out[shown]
 
 
+def test_eval_volume_of_a_model_file_away_from_its_training_cts_scores_against_its_prior(
+        cached, capsys, tmp_path):
+    """A shipped model's training CTs are not on the user's disk: without --baseline-source
+    the mean-CT baseline is the model file's volume prior, which is the mean of those CTs,
+    so the figures match what the CTs themselves give while they are at hand."""
+    from XrayWorldModel.infer import prior as prior_module
+    from XrayWorldModel.infer.evaluate import read_volumes
+    from XrayWorldModel.infer.pipeline import isocentric_geometry
+    from XrayWorldModel.weights.model_file import load_model_file, save_model_file
+    manifest = tmp_path / "train.csv"
+    cts = [_write_phantom(tmp_path / f"t{seed}.nii.gz", seed) for seed in (5101, 5102)]
+    manifest.write_text("path\n" + "".join(f"{p.name}\n" for p in cts))
+    tensors, card = load_model_file(cached / "demo-mv.safetensors")
+    card["config"]["data"]["source"] = str(manifest)
+    cfg = TrainConfig.from_dict(card["config"])
+    prior = prior_module.VolumePrior.from_volumes(
+        read_volumes(resolve_source(str(manifest)), cfg, PreprocessedCache(tmp_path / "c")),
+        isocentric_geometry(cfg.views, [0.0]), 32, source="the two CTs")   # on the scoring grid
+    card[prior_module.CARD_KEY] = prior.card_entry()
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
+    model = save_model_file(tmp_path / "m.safetensors", {**tensors, **prior.tensors()}, card)
+    argv = ("eval-volume", "--model", model, "--data", cached / "ct" / "chest.nii.gz",
+            "--volume-size", "32")
+    at_hand = _eval(capsys, *argv)
+    for ct in cts:
+        ct.unlink()
+    away = _eval(capsys, *argv)
+    assert at_hand["mean_ct_source"]["source"].startswith("training data")
+    assert away["mean_ct_source"] == {"source": "the model file's volume prior (the two CTs)", "n_ct": 2}
+    assert away["mean_ct"]["pearson_r"] == pytest.approx(at_hand["mean_ct"]["pearson_r"], abs=1e-3)
+    assert away["world_model"] == at_hand["world_model"]
+    with pytest.raises(AssertionError, match="does not exist"):   # a named source must exist
+        _eval(capsys, *argv, "--baseline-source", str(manifest))
+
+
 @pytest.mark.parametrize("command", ["eval-views", "eval-volume"])
 @pytest.mark.parametrize("model,needles", [
     ("no-such-model", ["unknown model 'no-such-model'", DEFAULT_MODEL]),

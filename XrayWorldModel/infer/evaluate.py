@@ -25,14 +25,14 @@ from skimage.metrics import structural_similarity
 from ..config import TrainConfig
 from ..data import PreprocessedCache, VolumeProvider, resolve_source
 from ..drr import DRRRenderer
-from ..errors import InputError
+from ..errors import FileNotFoundInputError, InputError
 from ..recon import fdk, mu_to_hu
 from ..train.evaluate import evaluate_views, run_cache
 from ..train.mean_views import MEAN_VIEW_CASES, MeanViews, spread, training_sample
 from ..volume import Volume
 from ..weights.loading import ModelRef, load_world_model
 from .pipeline import isocentric_geometry, load_inference_model, reconstruct
-from .prior import VolumePrior, centred, fov_grid, resample_like
+from .prior import VolumePrior, centred, fov_grid, mean_volume, resample_like
 
 
 #: Why a model file scores no mean view (the remedy named).
@@ -153,7 +153,7 @@ def prior_validation(model, sampling, prior: VolumePrior, volumes: Sequence[Volu
 def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes: Sequence[Volume],
                      volume_size: int = 64, sweep_step: float = 15.0,
                      refine_iterations: int = 0, prior: Optional[VolumePrior] = None,
-                     use_prior: bool = True) -> Dict:
+                     use_prior: bool = True, mean_from_prior: bool = False) -> Dict:
     """Mean Pearson r and SSIM over ``volumes`` (HU, held out) of
 
     * ``world_model``: the volume :func:`reconstruct` makes from the frontal DRR on top of
@@ -162,7 +162,9 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
       the imagined views alone, as ``infer`` then makes it;
     * ``world_model_on_prior``: the volume on ``prior``, whether the model uses it or not;
     * ``world_model_fdk_only``: FDK of the same imagined views with no prior;
-    * ``mean_ct``: the mean of ``train_volumes``;
+    * ``mean_ct``: the mean of ``train_volumes``, or ``prior`` itself with
+      ``mean_from_prior`` (a model file whose training CTs are not at hand: its prior is the
+      mean of its training CTs, centred the same way);
     * ``copied_frontal_fdk``: FDK of the frontal view copied to every angle;
 
     and the per-CT difference in r of ``world_model`` against ``mean_ct`` with a bootstrap
@@ -188,10 +190,8 @@ def evaluate_volumes(model, card: Dict, volumes: Sequence[Volume], train_volumes
         true = resample_like(c, pred)
         mask = evaluation_cylinder(pred.shape)
         if mean_ct is None:
-            total = np.zeros(pred.shape, np.float64)
-            for tv in train_volumes:
-                total += resample_like(centred(tv), pred)
-            mean_ct = (total / len(train_volumes)).astype(np.float32)
+            mean_ct = (resample_like(prior.volume(sampling), pred) if mean_from_prior
+                       else mean_volume(train_volumes, pred))
         copied = np.repeat(frontal[None], len(angles), axis=0)
         copied[np.abs((angles + 180) % 360 - 180) > 90] = frontal[:, ::-1]
         mu = fdk(copied, g, like=fov_grid(g, n_fdk))
@@ -228,9 +228,13 @@ def evaluate_model_volume(ref: ModelRef, data: str, limit: Optional[int] = None,
     held_out = read_volumes(resolve_source(data)[: limit or None], cfg, cache)
     if not held_out:
         raise InputError(f"none of the CTs of {data!r} could be read")
-    train = baseline_volumes(cfg, baseline_source, cache)
-    what = baseline_source or f"training data {cfg.data.source}"
     prior = VolumePrior.from_model_file(path, card, include_unused=True)
+    mean_from_prior = baseline_source is None and prior is not None and not training_data_at_hand(cfg)
+    if mean_from_prior:     # a shipped model away from its training CTs: its prior is their mean
+        train, what = [], f"the model file's volume prior ({prior.source})"
+    else:
+        train = baseline_volumes(cfg, baseline_source, cache)
+        what = baseline_source or f"training data {cfg.data.source}"
     if prior is None:
         prior = VolumePrior.from_volumes(train, isocentric_geometry(cfg.views, [0.0]),
                                          min(volume_size, cfg.views.image_size),
@@ -240,6 +244,18 @@ def evaluate_model_volume(ref: ModelRef, data: str, limit: Optional[int] = None,
                                             PRIOR_VALIDATION_SOURCE, volume_size, sweep_step)
         prior.used = prior.validation["used"]
     result = evaluate_volumes(model, card, held_out, train, volume_size, sweep_step, refine,
-                              prior=prior, use_prior=prior.used)
+                              prior=prior, use_prior=prior.used, mean_from_prior=mean_from_prior)
+    n_ct = prior.n_volumes if mean_from_prior else len(train)
     return {**ref.identity(), "data": data, **result,
-            "mean_ct_source": {"source": what, "n_ct": len(train)}}
+            "mean_ct_source": {"source": what, "n_ct": n_ct}}
+
+
+def training_data_at_hand(cfg: TrainConfig) -> bool:
+    """Whether the training source of ``cfg`` names files that exist here (generated
+    phantoms always do; a model file's CT manifests usually do not away from where it was
+    trained)."""
+    try:
+        resolve_source(cfg.data.source)
+    except FileNotFoundInputError:
+        return False
+    return True

@@ -88,6 +88,15 @@ def centred(volume: Volume) -> Volume:
     return c
 
 
+def mean_volume(volumes: Sequence[Volume], like: Volume) -> np.ndarray:
+    """The voxel-wise mean of ``volumes`` (HU), each centred on the isocentre, on ``like``'s
+    grid: the mean-CT baseline and the volume prior are this."""
+    total = np.zeros(like.shape, np.float64)
+    for v in volumes:
+        total += resample_like(centred(v), like)
+    return (total / len(volumes)).astype(np.float32)
+
+
 def _resize(array: np.ndarray, n: int) -> np.ndarray:
     """A cube resampled to ``n``^3 over the same extent (cell-centred grids)."""
     if array.shape[0] == n:
@@ -116,15 +125,17 @@ class VolumePrior:
         """The mean of ``volumes`` (HU, any grid), each centred on the isocentre."""
         if not volumes:
             raise InputError("a volume prior needs at least one readable training CT, got none")
-        grid = fov_grid(geometry, n)
-        total = np.zeros(grid.shape, np.float64)
-        for v in volumes:
-            total += resample_like(centred(v), grid)
-        return cls((total / len(volumes)).astype(np.float32), len(volumes), source=source,
+        return cls(mean_volume(volumes, fov_grid(geometry, n)), len(volumes), source=source,
                    **kwargs)
 
     def hu_on(self, n: int) -> np.ndarray:
         return _resize(self.hu, n)
+
+    def volume(self, sampling) -> Volume:
+        """The prior as a volume on its :func:`fov_grid` for the model's views (``sampling``:
+        its :class:`~XrayWorldModel.config.ViewSampling`)."""
+        grid = fov_grid(sampling.geometry([0.0], 0.0, (0.0, 0.0, 0.0)), self.hu.shape[0])
+        return Volume(np.asarray(self.hu, np.float32), grid.affine)
 
     # ------------------------------------------------------------------ model-file storage
     def tensors(self) -> Dict[str, torch.Tensor]:
