@@ -208,6 +208,24 @@ def test_drr_files_state_their_magnification(tmp_path):
         assert measure_widths(mi.image).lung_px == pytest.approx(truth, rel=0.03), f
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_a_background_job_s_copy_reaches_the_model_as_the_original(tmp_path, held_out_drrs, suffix):
+    """The Slicer widget hands a radiograph to a background ``infer`` as a written 2D file: a
+    stated magnification and a DRR's line integrals must survive it, or the job draws the
+    chest at a PA radiograph's size and maps a DRR as if it were a display image."""
+    from XrayWorldModel.io import read_cxr, write_radiograph
+    pitch, drr = held_out_drrs[HELD_OUT_SEEDS[0]][1]
+    originals = [Radiograph(_display(drr), (pitch, pitch), "PA",
+                            {"magnification": MAGNIFICATION, "source_to_detector_mm": SAMPLING.sdd}),
+                 Radiograph(drr, (pitch, pitch), "PA", {"units": LINE_INTEGRAL})]
+    for n, rad in enumerate(originals):
+        back = read_cxr(write_radiograph(rad, tmp_path / f"r{n}{suffix}"))
+        a, b = (to_model_input(r, SAMPLING, check_spacing=False) for r in (rad, back))
+        assert b.spacing["magnification"] == a.spacing["magnification"] == pytest.approx(MAGNIFICATION)
+        assert b.spacing["model_detector_mm"] == pytest.approx(a.spacing["model_detector_mm"])
+        np.testing.assert_allclose(b.image, a.image, atol=1e-4)
+
+
 def test_missing_spacing_of_a_drr_is_estimated_and_reported(held_out_drrs):
     """A line-integral DRR without spacing: the estimate (at the model's magnification) is
     used and the note says so; its size in the model's input is then right."""

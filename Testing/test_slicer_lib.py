@@ -855,6 +855,8 @@ def test_infer_job_runs_the_cli_on_a_written_radiograph(scene, tmp_path, tiny_mo
     assert back.shape == node.shape == (48, 48) and back.spacing == node.spacing == (8.0, 8.0)
     lo, hi = node.image.min(), node.image.max()
     np.testing.assert_allclose(back.image, (node.image - lo) / (hi - lo), atol=1e-6)
+    # the DRR's geometry survives the file, so the job sizes the chest as runInference does
+    assert back.metadata["magnification"] == pytest.approx(node.metadata["magnification"])
 
     out = tmp_path / "out"
     job = jobs.inferJob(path, out, model=tiny_models["heads"], views=[90], volumeSize=16, device="cpu")
@@ -883,6 +885,8 @@ def test_infer_job_runs_the_cli_on_a_written_radiograph(scene, tmp_path, tiny_mo
     assert off.arguments[off.arguments.index("--uncertainty") + 1] == "0"
     assert loaded["volume"].GetName().startswith(drr.GetName())
     assert loaded["results"]["model"]["name"] == "tiny-test"
+    spacing = loaded["results"]["preprocessing"]["spacing"]
+    assert spacing["magnification"] == pytest.approx(node.metadata["magnification"])
 
 
 def test_infer_job_bad_input(tmp_path):

@@ -35,6 +35,10 @@ class Radiograph:
 INPUT_METADATA_KEYS = ("units", "imager_pixel_spacing", "magnification", "source_to_detector_mm",
                        "spacing_source")
 
+#: ``Radiograph.metadata["units"]`` of an image that is already a DRR (line integrals): its
+#: values are the model's, so readers keep them and inference skips the intensity mapping.
+LINE_INTEGRAL = "line_integral"
+
 #: A radiograph needs at least this many pixels on its short side to show a chest.
 MIN_RADIOGRAPH_SIDE = 32
 #: Mean correlation of neighbouring pixels below which an image is noise, not anatomy.

@@ -367,4 +367,9 @@ MUTATIONS = (
              "        return Volume(np.asarray(self.hu, np.float32)[::-1].copy(), grid.affine)",
              ("Testing/test_eval_models.py",),
              "the prior as the mean-CT baseline lies where the training CTs' mean lies"),
+    Mutation("background-copy-drops-input-metadata", "XrayWorldModel/io/cxr.py",
+             "    if kept:\n        image.SetMetaData(INPUT_METADATA_KEY",
+             "    if False:\n        image.SetMetaData(INPUT_METADATA_KEY",
+             ("Testing/test_scale.py", "Testing/test_slicer_lib.py"),
+             "a radiograph written for a background infer keeps its units and magnification"),
 )

@@ -56,7 +56,7 @@ from ..config import TrainConfig
 from ..conventions import LATERAL_VIEW_POSITIONS, number_within
 from ..data import ViewSampling
 from ..errors import InputError
-from ..radiograph import Radiograph
+from ..radiograph import LINE_INTEGRAL, Radiograph  # noqa: F401  (LINE_INTEGRAL: re-exported)
 from .scale import (PA_MAGNIFICATION, PA_SOURCE_TO_DETECTOR_MM, SpacingEstimate,
                     card_reference, chest_magnification, compare_spacing, estimate_spacing,
                     lung_top_target)
@@ -68,9 +68,6 @@ INPUT_PATH_VERSION = 2
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
 LATERAL_POSITIONS = LATERAL_VIEW_POSITIONS
 N_QUANTILES = 101
-#: ``Radiograph.metadata["units"]`` of an image that is already a DRR (line integrals),
-#: which skips the intensity mapping.
-LINE_INTEGRAL = "line_integral"
 #: Fraction of the image's range above its air level where the body starts: the rule
 #: :func:`domain_reference` applies to the training DRRs (5 % of their maximum).
 BODY_FRACTION = 0.05

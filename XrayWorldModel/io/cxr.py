@@ -9,16 +9,17 @@ exceptions naming the file.
 """
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from ..conventions import PNG_MAGNIFICATION_KEY, number_within
 from ..errors import NonFiniteDataError, NotARadiographError, PathLike, UnreadableFileError
-from ..radiograph import Radiograph, check_radiograph
+from ..radiograph import INPUT_METADATA_KEYS, LINE_INTEGRAL, Radiograph, check_radiograph
 from .ct import (RADIOGRAPH_MODALITIES, _first_line, dicom_failure, format_from_suffix, itk_reason,
                  looks_like_dicom, native_output_silenced, require_exists)
 
@@ -30,6 +31,10 @@ DEFAULT_CXR_SPACING_MM = 0.143
 #: from the source: :func:`write_radiograph` records it, :func:`read_cxr` honours it, so a
 #: radiograph handed to a background ``infer`` still gets its scale estimated from anatomy.
 SPACING_ASSUMED_KEY = "xray2xray_spacing_is_default"
+#: Key in the same header holding the radiograph's :data:`INPUT_METADATA_KEYS` as JSON (its
+#: units, detector spacing, magnification): without them a background ``infer`` would read a
+#: DICOM's or a DRR's copy as a plain display image at a PA chest's magnification.
+INPUT_METADATA_KEY = "xray2xray_input_metadata"
 
 #: DICOM modalities accepted besides true radiographs: OT is what secondary captures use.
 _ACCEPTED_MODALITIES = RADIOGRAPH_MODALITIES | {"OT", ""}
@@ -387,20 +392,42 @@ def _read_itk(p: Path) -> Radiograph:
     sp = img.GetSpacing()
     assumed = img.HasMetaDataKey(SPACING_ASSUMED_KEY) and \
         img.GetMetaData(SPACING_ASSUMED_KEY).strip() == "1"
+    stored = _stored_input_metadata(img)
+    keep = stored.get("units") == LINE_INTEGRAL         # a DRR's values are the model's units
     meta = {"source": str(p), "format": format_from_suffix(p), "window":
-            {"kind": "minmax", "min": lo, "max": hi}, "photometric_interpretation": "MONOCHROME2",
+            {"kind": "none" if keep else "minmax", "min": lo, "max": hi},
+            "photometric_interpretation": "MONOCHROME2",
             "inverted": False, "rows": int(size[1]), "columns": int(size[0]),
             "spacing_source": "assumed (recorded in the file)" if assumed else "header",
-            "view_position": None}
-    return Radiograph(_unit_range(arr, lo, hi), (sp[1], sp[0]), metadata=meta,
-                      spacing_is_default=assumed)
+            "view_position": None, **stored}
+    image = arr.astype(np.float32) if keep else _unit_range(arr, lo, hi)
+    return Radiograph(image, (sp[1], sp[0]), metadata=meta, spacing_is_default=assumed)
+
+
+def _stored_input_metadata(img) -> Dict:
+    """The :data:`INPUT_METADATA_KEY` JSON of a header written by :func:`write_radiograph`
+    (only its known keys); empty when absent or unreadable (the image is then read as any
+    other 2D file)."""
+    if not img.HasMetaDataKey(INPUT_METADATA_KEY):
+        return {}
+    try:
+        stored = json.loads(img.GetMetaData(INPUT_METADATA_KEY))
+    except ValueError:
+        log.warning("ignoring an unreadable %s header entry", INPUT_METADATA_KEY)
+        return {}
+    return {k: v for k, v in stored.items() if k in INPUT_METADATA_KEYS} if isinstance(stored, dict) else {}
+
+
+def _plain(value):
+    """numpy scalars and arrays as JSON numbers and lists."""
+    return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else str(value)
 
 
 def write_radiograph(radiograph: Radiograph, path: PathLike) -> Path:
     """Write ``radiograph`` as a 2D NRRD or MHA that :func:`read_cxr` reads back with the same
-    pixels (float32), pixel spacing and whether that spacing was assumed
-    (:data:`SPACING_ASSUMED_KEY`): what a background ``infer`` needs to treat it as the
-    original file would be treated."""
+    pixels (float32), pixel spacing, whether that spacing was assumed
+    (:data:`SPACING_ASSUMED_KEY`) and the metadata inference reads (:data:`INPUT_METADATA_KEY`):
+    what a background ``infer`` needs to treat it as the original file would be treated."""
     import SimpleITK as sitk
     p = Path(path).expanduser()
     if format_from_suffix(p) not in ("nrrd", "metaimage"):
@@ -409,6 +436,9 @@ def write_radiograph(radiograph: Radiograph, path: PathLike) -> Path:
     image = sitk.GetImageFromArray(np.ascontiguousarray(radiograph.image, dtype=np.float32))
     image.SetSpacing((float(radiograph.spacing[1]), float(radiograph.spacing[0])))  # (x=col, y=row)
     image.SetMetaData(SPACING_ASSUMED_KEY, "1" if radiograph.spacing_is_default else "0")
+    kept = {k: radiograph.metadata[k] for k in INPUT_METADATA_KEYS if radiograph.metadata.get(k) is not None}
+    if kept:
+        image.SetMetaData(INPUT_METADATA_KEY, json.dumps(kept, default=_plain))
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(image, str(p))
