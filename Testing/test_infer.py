@@ -297,7 +297,7 @@ def test_stated_spacing_and_magnification_are_used_and_recorded(tmp_path, model_
     spacing = data["preprocessing"]["spacing"]
     views = tiny_config.views
     assert spacing["source"] == "user" and spacing["used_mm"] == [3.5, 3.5]
-    assert spacing["magnification"] == 1.16
+    assert spacing["magnification"] == 1.16 and spacing["magnification_source"] == "user"
     assert spacing["model_detector_mm"][1] == pytest.approx(3.5 * views.sdd / views.sod / 1.16)
     assert data["input"]["spacing_is_default"] is False
     assert any("given" in n and "3.5 mm" in n for n in data["preprocessing"]["notes"])

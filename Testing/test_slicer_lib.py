@@ -889,6 +889,27 @@ def test_infer_job_runs_the_cli_on_a_written_radiograph(scene, tmp_path, tiny_mo
     assert spacing["magnification"] == pytest.approx(node.metadata["magnification"])
 
 
+def test_infer_job_takes_what_the_user_knows_of_the_geometry(scene, tmp_path, tiny_models):
+    """The widget's pixel spacing and magnification fields reach the background infer and
+    win over the file's (a DRR made here states 1.2); the same values the CLI refuses are
+    refused before anything runs."""
+    import json as _json
+    logic = Xray2XrayCoreLogic(scene)
+    path = logic.writeRadiographFile(_phantom_drr_node(logic, scene), tmp_path / "cxr.nrrd")
+    job = jobs.inferJob(path, tmp_path / "out", model=tiny_models["heads"], views=[], volumeSize=16,
+                        device="cpu", uncertainty=0, pixelSpacing=7.5, magnification=1.16)
+    assert job.arguments[-4:] == ["--pixel-spacing", "7.5", "--magnification", "1.16"]
+    result = job.run(timeout=600)
+    assert result.returncode == 0, result.stderr
+    spacing = _json.loads((tmp_path / "out" / "results.json").read_text())["preprocessing"]["spacing"]
+    assert spacing["magnification"] == pytest.approx(1.16) and spacing["magnification_source"] == "user"
+    assert spacing["source"] == "user" and spacing["used_mm"] == pytest.approx([7.5, 7.5])
+    for bad in ({"magnification": 1.0}, {"magnification": 2.5}, {"pixelSpacing": 0.0},
+                {"pixelSpacing": float("nan")}):
+        with pytest.raises(InputError, match="magnification|pixel spacing"):
+            jobs.inferJob(path, tmp_path / "out", device="cpu", **bad)
+
+
 def test_infer_job_bad_input(tmp_path):
     cxr = tmp_path / "cxr.nrrd"
     with pytest.raises(InputError, match="no such radiograph"):

@@ -150,6 +150,9 @@ class Xray2XrayParameterNode:
     modelName: str = ""
     predictedViews: str = "90"
     volumeSize: Annotated[int, WithinRange(16, 512)] = 128
+    # what the user knows of the radiograph's geometry, over its header's; 0: the header's
+    inferencePixelSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    inferenceMagnification: Annotated[float, WithinRange(0.0, 2.0)] = 0.0
     # Folder of CTs and training (background processes)
     batchInputFolder: Path
     batchOutputFolder: Path
@@ -434,7 +437,9 @@ class Xray2XrayWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 cxrPath = self.logic.writeRadiographFile(cxrNode, workDir / "radiograph.nrrd")
                 job = self.logic.inferJob(cxrPath, workDir / "outputs", model=p.modelName.strip() or None,
                                           views=p.predictedViews, volumeSize=p.volumeSize,
-                                          device=p.device)
+                                          device=p.device,
+                                          pixelSpacing=p.inferencePixelSpacing or None,
+                                          magnification=p.inferenceMagnification or None)
             except Exception:
                 shutil.rmtree(workDir, ignore_errors=True)
                 raise

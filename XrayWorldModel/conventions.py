@@ -158,6 +158,26 @@ def models_cache_dir() -> Path:
     return platform_cache_dir() / "models"
 
 
+#: Magnifications taken from a header or a user: (low, high]. Above 1.0, which headers write
+#: when they do not know; up to 2, which covers a chest radiograph (1.05-1.3) and the DRRs of
+#: any usual geometry (SDD / SOD).
+PLAUSIBLE_MAGNIFICATION = (1.0, 2.0)
+
+
+def check_stated_geometry(pixel_spacing: Optional[float] = None,
+                          magnification: Optional[float] = None) -> None:
+    """:class:`InputError` for a pixel spacing (mm at the detector) or a magnification that a
+    user states (``infer --pixel-spacing/--magnification``, the Slicer module's fields) and
+    that cannot be right; here so that the CLI and the Slicer layer refuse the same values."""
+    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
+        raise InputError(f"a pixel spacing must be a positive number of mm, got {pixel_spacing}")
+    low, high = PLAUSIBLE_MAGNIFICATION
+    if magnification is not None and not (math.isfinite(magnification) and low < magnification <= high):
+        raise InputError(f"a magnification lies above {low:g} and at most {high:g} (a PA "
+                         f"chest at 1800 mm: 1.08; a portable AP at 1000 mm: about 1.16; a "
+                         f"DRR: its SDD / SOD), got {magnification:g}")
+
+
 def number_within(value, low: float = -math.inf, high: float = math.inf) -> Optional[float]:
     """``value`` (a number or its text, from a header, a CSV cell or metadata) as a float when
     it is a finite number in (``low``, ``high``], else None: what readers of optional

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from XrayWorldModel.conventions import CT_VOLUME_SUFFIXES, uncertainty_passes
+from XrayWorldModel.conventions import CT_VOLUME_SUFFIXES, check_stated_geometry, uncertainty_passes
 from XrayWorldModel.errors import InputError
 
 from .parameters import angleList, volumeSize as checkVolumeSize
@@ -256,13 +256,16 @@ def resolveAutoDevice() -> str:
 
 
 def inferJob(cxrPath, outDir, model=None, views=(90,), volumeSize: int = 128,
-             device: str = "cpu", uncertainty: Optional[int] = None) -> Job:
+             device: str = "cpu", uncertainty: Optional[int] = None,
+             pixelSpacing: Optional[float] = None, magnification: Optional[float] = None) -> Job:
     """``xray2xray infer CXR --out DIR``: predicted views, reconstructed volume, their std
     maps and ``results.json`` for one radiograph file (DICOM, PNG, JPEG, 2D
     NRRD/NIfTI/MHA), loaded afterwards with ``Xray2XrayCoreLogic.loadInferenceOutputs(outDir)``.
     ``views``: angles (degrees, a list or text "90,270") checked like
     ``Xray2XrayCoreLogic.runInference`` does; ``uncertainty``: ``--uncertainty N`` (0: no std
-    maps; None: the CLI's default).
+    maps; None: the CLI's default). ``pixelSpacing`` (mm at the detector) and
+    ``magnification``: what the user knows of the image's geometry, over its header's
+    (``--pixel-spacing``, ``--magnification``; None: the header's).
 
     Progress: the CLI prints nothing while the model runs, so the fraction is unknown (None)
     until the output files appear; ``results.json`` is written last and means done (a
@@ -276,6 +279,7 @@ def inferJob(cxrPath, outDir, model=None, views=(90,), volumeSize: int = 128,
         device = resolveAutoDevice()
     angles = angleList(views, "views", allowEmpty=True)
     volumeSize = checkVolumeSize(volumeSize)
+    check_stated_geometry(pixelSpacing, magnification)
     out = Path(outDir).expanduser()
     args = cliArguments("infer", str(cxr), "--out", str(out),
                         "--views", ",".join(f"{a:g}" for a in angles),
@@ -284,6 +288,10 @@ def inferJob(cxrPath, outDir, model=None, views=(90,), volumeSize: int = 128,
         args += ["--uncertainty", str(uncertainty_passes(uncertainty))]
     if model:
         args += ["--model", str(model)]
+    if pixelSpacing is not None:
+        args += ["--pixel-spacing", f"{float(pixelSpacing):g}"]
+    if magnification is not None:
+        args += ["--magnification", f"{float(magnification):g}"]
 
     def stamp(path: Path):
         try:

@@ -53,7 +53,8 @@ from skimage.transform import resize
 
 from ..blocks import block_mean
 from ..config import TrainConfig
-from ..conventions import LATERAL_VIEW_POSITIONS, number_within
+from ..conventions import (LATERAL_VIEW_POSITIONS, PLAUSIBLE_MAGNIFICATION, check_stated_geometry,
+                           number_within)
 from ..data import ViewSampling
 from ..errors import InputError
 from ..radiograph import LINE_INTEGRAL, Radiograph  # noqa: F401  (LINE_INTEGRAL: re-exported)
@@ -84,10 +85,8 @@ MAX_CENTRING_FRACTION = 0.25
 MIN_COVERED_PIXELS = 4
 #: ``Radiograph.metadata["spacing_source"]`` of a spacing its user stated (:func:`stated_geometry`).
 USER_STATED = "stated by the user"
-#: Magnifications and source-to-detector distances (mm) taken from a header: (low, high].
-#: Above 1.0, which headers write when they do not know; up to 2, which covers a chest
-#: radiograph (1.05-1.3) and the DRRs of any usual geometry (SDD / SOD).
-PLAUSIBLE_MAGNIFICATION = (1.0, 2.0)
+#: Source-to-detector distances (mm) taken from a header: (low, high]; magnifications:
+#: :data:`~XrayWorldModel.conventions.PLAUSIBLE_MAGNIFICATION`.
 PLAUSIBLE_SOURCE_TO_DETECTOR_MM = (700.0, 2500.0)
 #: Share of an edge row's (or column's) pixels that must hold its median value for
 #: :func:`collimator_bands` to call it a band.
@@ -184,7 +183,8 @@ def magnification(rad: Radiograph, sampling: ViewSampling) -> Tuple[float, str]:
         return sampling.sdd / sampling.sod, "the model's geometry (line integrals)"
     stated = number_within(rad.metadata.get("magnification"), *PLAUSIBLE_MAGNIFICATION)
     if stated is not None:
-        return stated, "stated in the header"
+        return stated, ("user" if rad.metadata.get("magnification_source") == "user"
+                        else "stated in the header")
     sid = number_within(rad.metadata.get("source_to_detector_mm"),
                         *PLAUSIBLE_SOURCE_TO_DETECTOR_MM)
     if sid is not None:
@@ -197,20 +197,14 @@ def stated_geometry(rad: Radiograph, pixel_spacing: Optional[float] = None,
     """``rad`` with what its user knows of its geometry (``infer --pixel-spacing``,
     ``--magnification``) put over what its header says: the spacing (mm at the detector)
     replaces both of the header's, the factor the header's; refused when implausible."""
-    if pixel_spacing is not None and not (np.isfinite(pixel_spacing) and pixel_spacing > 0):
-        raise InputError(f"a pixel spacing must be a positive number of mm, got {pixel_spacing}")
-    low, high = PLAUSIBLE_MAGNIFICATION
-    if magnification_factor is not None and not low < magnification_factor <= high:
-        raise InputError(f"a magnification lies above {low:g} and at most {high:g} (a PA "
-                         f"chest at 1800 mm: 1.08; a portable AP at 1000 mm: about 1.16; a "
-                         f"DRR: its SDD / SOD), got {magnification_factor:g}")
+    check_stated_geometry(pixel_spacing, magnification_factor)
     meta = dict(rad.metadata)
     spacing, default = rad.spacing, rad.spacing_is_default
     if pixel_spacing is not None:
         spacing, default = (float(pixel_spacing),) * 2, False
         meta.update(imager_pixel_spacing=None, spacing_source=USER_STATED)
     if magnification_factor is not None:
-        meta["magnification"] = float(magnification_factor)
+        meta.update(magnification=float(magnification_factor), magnification_source="user")
     return replace(rad, spacing=spacing, metadata=meta, spacing_is_default=default)
 
 
