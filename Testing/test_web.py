@@ -189,6 +189,13 @@ def test_inference_request_checks_before_anything_runs(session):
     args = job.arguments
     assert args[args.index("--model") + 1] == "xray2xray-demo"
     assert args[args.index("--views") + 1] == "90,270" and args[args.index("--volume-size") + 1] == "64"
+    assert "--pixel-spacing" not in args and "--magnification" not in args   # empty: the image's
+    stated, _ = session.inferenceRequest(radiograph.id, "", "90", "64", "0.2", " 1.16 ")
+    assert stated.arguments[-4:] == ["--pixel-spacing", "0.2", "--magnification", "1.16"]
+    for spacing, mag, says in (("-1", "", "pixel spacing must be a positive"),
+                               ("", "1.0", "magnification lies above 1"), ("x", "", "must be a number")):
+        with pytest.raises(WebInputError, match=says):
+            session.inferenceRequest(radiograph.id, "", "90", "64", spacing, mag)
     assert session.jobFailure("x\nxray2xray: error: bad radiograph\n", 2) == "bad radiograph"
 
 

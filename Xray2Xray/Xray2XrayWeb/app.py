@@ -41,7 +41,8 @@ def _defaults():
     from XrayWorldModel.geometry import DEFAULT_SDD, DEFAULT_SOD
     return {"drr_angles": "0,90", "drr_rows": DEFAULT_DETECTOR[0], "drr_cols": DEFAULT_DETECTOR[1],
             "drr_spacing": DEFAULT_PIXEL_SPACING_MM, "drr_sdd": DEFAULT_SDD, "drr_sod": DEFAULT_SOD,
-            "drr_method": DRR_METHODS[0], "inf_model": "", "inf_views": "90", "inf_volume": 128}
+            "drr_method": DRR_METHODS[0], "inf_model": "", "inf_views": "90", "inf_volume": 128,
+            "inf_pixel_spacing": "", "inf_magnification": ""}
 
 
 class Xray2XrayWebApp:
@@ -411,7 +412,7 @@ class Xray2XrayWebApp:
     async def runInference(self):
         s = self.state
         made = self._claim("Inference", self.session.inferenceRequest, s.cxr_id, s.inf_model,
-                           s.inf_views, s.inf_volume)
+                           s.inf_views, s.inf_volume, s.inf_pixel_spacing, s.inf_magnification)
         if made is None:
             return
         job, folder = made
@@ -709,6 +710,14 @@ class Xray2XrayWebApp:
                                   density="compact", hide_details=True, classes="mr-1")
                     v3.VTextField(id="inf-volume", label="Volume size", v_model=("inf_volume",),
                                   type="number", density="compact", hide_details=True)
+                with html.Div(classes="d-flex mt-2"):
+                    v3.VTextField(id="inf-pixel-spacing", label="Pixel spacing (mm)",
+                                  v_model=("inf_pixel_spacing",), placeholder="from the image",
+                                  persistent_placeholder=True, density="compact", hide_details=True,
+                                  classes="mr-1")
+                    v3.VTextField(id="inf-magnification", label="Magnification",
+                                  v_model=("inf_magnification",), placeholder="from the image",
+                                  persistent_placeholder=True, density="compact", hide_details=True)
                 v3.VBtn("Run inference", id="run-inference", click="trigger('run_inference')",
                         color="primary", size="small", classes="mt-2", disabled=("!cxr_id || job_running",))
 

@@ -116,6 +116,11 @@ def _number(value, what: str, kind=float):
     return number
 
 
+def _optionalNumber(value, what: str) -> Optional[float]:
+    """An optional field: empty (or None) means "the image's own", else a number."""
+    return None if value is None or str(value).strip() == "" else _number(value, what)
+
+
 class WebSession:
     """One scene's inputs, jobs and outputs (one process serves one scene to every tab).
 
@@ -331,10 +336,12 @@ class WebSession:
             log.warning("could not list the models", exc_info=True)
         return self.models
 
-    def inferenceRequest(self, cxrId, model, views, volumeSize) -> Tuple[jobs.Job, Path]:
+    def inferenceRequest(self, cxrId, model, views, volumeSize, pixelSpacing="",
+                         magnification="") -> Tuple[jobs.Job, Path]:
         """The background job for the inference panel's values, and its folder: the
         radiograph is written there (``writeRadiographFile``) and the job writes its outputs
-        under ``outputs/``."""
+        under ``outputs/``. ``pixelSpacing`` and ``magnification``: what the user knows of the
+        image's geometry (empty: the image's own)."""
         cxr = self.node(cxrId, KIND_RADIOGRAPH)
         model = model or ""
         if model not in self.modelChoices():
@@ -345,7 +352,9 @@ class WebSession:
             job = jobs.inferJob(cxrPath, folder / "outputs", model=model or None,
                                 views=angleList(views, "views", allowEmpty=True),
                                 volumeSize=checkVolumeSize(_number(volumeSize, "volume size", int)),
-                                device=self.device)
+                                device=self.device,
+                                pixelSpacing=_optionalNumber(pixelSpacing, "pixel spacing"),
+                                magnification=_optionalNumber(magnification, "magnification"))
         except XrayWorldModelError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise WebInputError(userMessage(exc, "Inference settings")) from None
