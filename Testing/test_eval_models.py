@@ -441,6 +441,13 @@ def test_body_offset_measures_how_far_a_body_lies_from_its_scan_centre():
     a, b = tool.body_offset(chest), tool.body_offset(moved)
     assert b["posterior_mm"] - a["posterior_mm"] == pytest.approx(4 * step, abs=0.5)
     assert abs(b["left_mm"] - a["left_mm"]) < 0.5 and b["ap_extent_mm"] == pytest.approx(a["ap_extent_mm"])
+    # the chest's depth follows a front-to-back stretch of the grid, not a left-right one
+    for grid_axis, deeper in ((1, True), (0, False)):
+        scale = np.ones(3)
+        scale[grid_axis] = 1.2
+        stretched = Volume(chest.array, chest.affine @ np.diag([*scale, 1.0]))
+        ratio = tool.body_offset(stretched)["chest_depth_mm"] / a["chest_depth_mm"]
+        assert ratio == pytest.approx(1.2 if deeper else 1.0, abs=0.02), (grid_axis, ratio)
     si = int(np.argmax(np.abs(chest.direction[2])))             # the array axis along LPS z
     up = 3 * float(chest.affine[2, si])                          # mm moved along +z (superior)
     pad = [(6, 6) if k == si else (0, 0) for k in range(3)]      # air above and below: no apex lost
@@ -471,8 +478,9 @@ def test_body_offset_reads_lungs_where_the_chosen_training_cube_puts_them(tmp_pa
     tops = {}
     for where in ("scan", "chest"):
         assert tool.main(["--centre-on", where, str(tmp_path / "ct.nii.gz")]) == 0
-        row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
-        tops[where] = float(row[7])
+        lines = capsys.readouterr().out.strip().splitlines()
+        column = [c.strip() for c in lines[0].split("|")].index("lung top (mm)")
+        tops[where] = float(lines[-1].split("|")[column])
     assert tops["chest"] == pytest.approx(130.0, abs=7.0)
     assert abs(tops["scan"] - 130.0) > 14.0
     with pytest.raises(SystemExit) as bad:                          # a placement that does not exist

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from XrayWorldModel.config import load_config  # noqa: E402
-from XrayWorldModel.data.anatomy import body_mask, find_landmarks  # noqa: E402
+from XrayWorldModel.data.anatomy import body_mask, find_landmarks, lung_mask  # noqa: E402
 from XrayWorldModel.data.cache import CENTRE_ON, preprocess  # noqa: E402
 from XrayWorldModel.errors import InputError  # noqa: E402
 from XrayWorldModel.infer.prior import centred  # noqa: E402
@@ -46,7 +46,25 @@ def body_offset(volume: Volume) -> Dict[str, float]:
     lm = find_landmarks(vol)
     return {"left_mm": float(c[0]), "posterior_mm": float(c[1]), "superior_mm": float(c[2]),
             "lr_extent_mm": float(extent[0]), "ap_extent_mm": float(extent[1]),
+            "chest_depth_mm": chest_depth(vol, mask),
             "lung_top_mm": lm.lung_top, "lung_bottom_mm": lm.lung_bottom}
+
+
+def chest_depth(volume: Volume, body: np.ndarray) -> float:
+    """The chest's front-to-back depth (mm): the body's extent along LPS y between the lungs'
+    left and right edges, median over the middle half of the slices that hold lung. Habitus,
+    unlike ``ap_extent_mm`` (the whole body's, shoulders and abdomen included)."""
+    xyz = [int(np.argmax(np.abs(volume.direction[k]))) for k in range(3)]   # array axis of x, y, z
+    b = np.transpose(body, xyz)                     # [x (left-right), y (front-back), z]
+    lungs = np.transpose(lung_mask(volume, body), xyz)
+    slices = np.flatnonzero(lungs.any(axis=(0, 1)))
+    quarter = len(slices) // 4
+    depths = []
+    for k in slices[quarter: len(slices) - quarter]:
+        cols = np.flatnonzero(lungs[:, :, k].any(axis=1))
+        rows = np.flatnonzero(b[cols[0]: cols[-1] + 1, :, k].any(axis=0))
+        depths.append((rows[-1] - rows[0] + 1) * float(volume.spacing[xyz[1]]))
+    return float(np.median(depths))
 
 
 def main(argv=None) -> int:
@@ -59,8 +77,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     grid = replace(load_config(args.config).data.preprocessing(), centre_on=args.centre_on)
     print("| CT | left (mm) | posterior (mm) | superior (mm) | LR extent (mm) | AP extent (mm) "
-          "| lung top (mm) | lung bottom (mm) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| chest depth (mm) | lung top (mm) | lung bottom (mm) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for path in args.cts:
         try:
             o = body_offset(preprocess(read_ct(path), grid))
@@ -69,7 +87,7 @@ def main(argv=None) -> int:
             return 2
         print(f"| {Path(path).name} | {o['left_mm']:.1f} | {o['posterior_mm']:.1f} | "
               f"{o['superior_mm']:.1f} | {o['lr_extent_mm']:.1f} | {o['ap_extent_mm']:.1f} | "
-              f"{o['lung_top_mm']:.1f} | {o['lung_bottom_mm']:.1f} |")
+              f"{o['chest_depth_mm']:.1f} | {o['lung_top_mm']:.1f} | {o['lung_bottom_mm']:.1f} |")
     return 0
 
 
