@@ -359,6 +359,9 @@ def test_demo_card_names_the_real_cts_it_trained_on_with_their_licences(tmp_path
                        if line.startswith(f"| {real_cts.PATIENTS[entry['id']].file} "))
             assert entry["licence"] in row, row
     assert [e["id"] for e in real] == list(real_cts.PATIENTS)
+    # a seed offset or named ranges in the spelling name the same manifest
+    for spelling in (f"anatomy:4:7:{manifest}", f"anatomy:4:wide:{manifest}", f"anatomy:4:7:wide:{manifest}"):
+        assert build_demo.real_training_data(f"phantom:8+{spelling}") == real, spelling
     texts = build_demo.card_texts(real)
     for key in ("description", "intended_use", "disclaimer"):
         assert "3 real chest CTs" in texts[key] and "phantom" in texts[key], key

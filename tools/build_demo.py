@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))     # build with the package of this checkout, whi
 from XrayWorldModel.config import TrainConfig  # noqa: E402
 from XrayWorldModel.data import PreprocessedCache, resolve_source  # noqa: E402
 from XrayWorldModel.data.cache import VolumeProvider  # noqa: E402
+from XrayWorldModel.data.sources import is_anatomy_source, parse_anatomy_source  # noqa: E402
 from XrayWorldModel.data.views import render_views  # noqa: E402
 from XrayWorldModel.errors import XrayWorldModelError  # noqa: E402
 from XrayWorldModel.fileutil import atomic_path, sha256_file  # noqa: E402
@@ -89,12 +90,13 @@ def training_volumes(cfg: TrainConfig, n: int = 64):
 
 
 def real_training_data(source: str) -> list:
-    """Provenance (id, collection, licence) of the real CTs an ``anatomy:K:MANIFEST`` part of
-    the training ``source`` lists."""
+    """Provenance (id, collection, licence) of the real CTs an ``anatomy:...:MANIFEST`` part of
+    the training ``source`` lists (any seed offset or named ranges)."""
     ids = []
     for part in source.split("+"):
-        if part.startswith("anatomy:") and part.count(":") >= 2:
-            ids += [i for i in real_cts.manifest_ids(Path(part.split(":", 2)[2])) if i not in ids]
+        if is_anatomy_source(part):       # anatomy:K[:FIRST][:RANGES]:MANIFEST
+            manifest = Path(parse_anatomy_source(part).source)
+            ids += [i for i in real_cts.manifest_ids(manifest) if i not in ids]
     return real_cts.provenance(ids)
 
 
