@@ -842,6 +842,22 @@ def test_written_radiograph_reads_back_with_whether_its_spacing_was_assumed(tmp_
     np.testing.assert_allclose(back.image, image, atol=1e-6)
 
 
+def test_a_garbled_inference_metadata_entry_reads_as_a_plain_image(tmp_path, caplog):
+    """A header whose inference-metadata entry is not a JSON object (edited by hand, written
+    by another tool) is read as any other 2D image, with a warning, not a crash."""
+    from XrayWorldModel.io.cxr import INPUT_METADATA_KEY
+    image = np.random.default_rng(3).random((30, 40)).astype(np.float32)
+    for n, text in enumerate(("{not json", "[1.2]", '{"magnification": 1.2, "colour": "red"}')):
+        img = sitk.GetImageFromArray(image)
+        img.SetMetaData(INPUT_METADATA_KEY, text)
+        sitk.WriteImage(img, str(tmp_path / f"r{n}.nrrd"))
+        back = read_cxr(tmp_path / f"r{n}.nrrd")
+        assert back.metadata.get("units") is None and "colour" not in back.metadata
+        assert back.metadata.get("magnification") == (1.2 if n == 2 else None)
+        assert float(back.image.min()) == 0.0 and float(back.image.max()) == 1.0
+    assert any(INPUT_METADATA_KEY in r.getMessage() for r in caplog.records)
+
+
 def test_radiograph_written_elsewhere_has_measured_spacing_and_png_is_refused(tmp_path):
     from XrayWorldModel.io import write_radiograph
     from XrayWorldModel.radiograph import Radiograph

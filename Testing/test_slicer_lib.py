@@ -905,7 +905,7 @@ def test_infer_job_takes_what_the_user_knows_of_the_geometry(scene, tmp_path, ti
     assert spacing["magnification"] == pytest.approx(1.16) and spacing["magnification_source"] == "user"
     assert spacing["source"] == "user" and spacing["used_mm"] == pytest.approx([7.5, 7.5])
     for bad in ({"magnification": 1.0}, {"magnification": 2.5}, {"pixelSpacing": 0.0},
-                {"pixelSpacing": float("nan")}):
+                {"pixelSpacing": float("nan")}, {"pixelSpacing": "wide"}, {"magnification": [1.1]}):
         with pytest.raises(InputError, match="magnification|pixel spacing"):
             jobs.inferJob(path, tmp_path / "out", device="cpu", **bad)
 

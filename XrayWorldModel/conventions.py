@@ -169,13 +169,13 @@ def check_stated_geometry(pixel_spacing: Optional[float] = None,
     """:class:`InputError` for a pixel spacing (mm at the detector) or a magnification that a
     user states (``infer --pixel-spacing/--magnification``, the Slicer module's fields) and
     that cannot be right; here so that the CLI and the Slicer layer refuse the same values."""
-    if pixel_spacing is not None and not (math.isfinite(pixel_spacing) and pixel_spacing > 0):
-        raise InputError(f"a pixel spacing must be a positive number of mm, got {pixel_spacing}")
+    if pixel_spacing is not None and number_within(pixel_spacing, 0.0) is None:
+        raise InputError(f"a pixel spacing must be a positive number of mm, got {pixel_spacing!r}")
     low, high = PLAUSIBLE_MAGNIFICATION
-    if magnification is not None and not (math.isfinite(magnification) and low < magnification <= high):
+    if magnification is not None and number_within(magnification, low, high) is None:
         raise InputError(f"a magnification lies above {low:g} and at most {high:g} (a PA "
                          f"chest at 1800 mm: 1.08; a portable AP at 1000 mm: about 1.16; a "
-                         f"DRR: its SDD / SOD), got {magnification:g}")
+                         f"DRR: its SDD / SOD), got {magnification!r}")
 
 
 def number_within(value, low: float = -math.inf, high: float = math.inf) -> Optional[float]:

@@ -57,7 +57,7 @@ from ..conventions import (LATERAL_VIEW_POSITIONS, PLAUSIBLE_MAGNIFICATION, chec
                            number_within)
 from ..data import ViewSampling
 from ..errors import InputError
-from ..radiograph import LINE_INTEGRAL, Radiograph  # noqa: F401  (LINE_INTEGRAL: re-exported)
+from ..radiograph import LINE_INTEGRAL, Radiograph
 from .scale import (PA_MAGNIFICATION, PA_SOURCE_TO_DETECTOR_MM, SpacingEstimate,
                     card_reference, chest_magnification, compare_spacing, estimate_spacing,
                     lung_top_target)
