@@ -163,8 +163,10 @@ MUTATIONS = (
              ("Testing/test_probe_radiographs.py",),
              "cross-validation on a radiograph dataset never puts one patient in two folds"),
     Mutation("anatomy-seed-ignored", "XrayWorldModel/data/sources.py",
-             "                  lambda volume: augment_anatomy(volume, seed))",
-             "                  lambda volume: augment_anatomy(volume, 0))",
+             "                  {}, lambda: augment_anatomy(base.load(), seed, r), base,\n"
+             "                  lambda volume: augment_anatomy(volume, seed, r))",
+             "                  {}, lambda: augment_anatomy(base.load(), 0, r), base,\n"
+             "                  lambda volume: augment_anatomy(volume, 0, r))",
              ("Testing/test_anatomy.py",),
              "each augmented patient is made from its own seed"),
     Mutation("training-child-orphaned", "tools/child.py",
