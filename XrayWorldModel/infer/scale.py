@@ -170,7 +170,7 @@ class SpacingEstimate:
 
 
 # ------------------------------------------------------------------------------ measuring
-def _working_copy(image: np.ndarray, to_domain: Optional[Callable]):
+def working_copy(image: np.ndarray, to_domain: Optional[Callable]):
     """(image resized to about WORK_SIZE on its long side, in [0, 1] over its robust range;
     original column pixels per working pixel; original row pixels per working pixel)."""
     img = np.asarray(image)
@@ -275,7 +275,7 @@ def measure_widths(image: np.ndarray, to_domain: Optional[Callable] = None) -> A
     if img.ndim != 2 or min(img.shape) < 8 or not np.all(np.isfinite(img)):
         raise InputError(f"a 2D finite image of at least 8x8 pixels is needed, got shape "
                          f"{img.shape}")
-    small, fc, fr = _working_copy(img, to_domain)
+    small, fc, fr = working_copy(img, to_domain)
     body, lungs, why = _body_and_lungs(small)
     if lungs is None:
         return AnatomyWidths(reason=why)
