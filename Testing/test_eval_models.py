@@ -260,6 +260,24 @@ def test_lopo_folds_never_train_on_the_held_out_patient(tmp_path):
         lopo.build_folds(patients, ["nobody"])
 
 
+def test_lopo_train_on_restricts_the_training_patients_never_to_the_held_out_one(tmp_path):
+    lopo = _lopo()
+    patients = {pid: tmp_path / f"{pid}.nii.gz" for pid in lopo.PATIENTS}
+    ids = list(patients)
+    folds = lopo.build_folds(patients, train_on=ids[:2])
+    assert {f.held_out: sorted(f.train) for f in folds} == {
+        ids[0]: [ids[1]], ids[1]: [ids[0]], ids[2]: sorted(ids[:2])}
+    with pytest.raises(SystemExit, match="no real patient"):
+        lopo.build_folds(patients, [ids[0]], train_on=[ids[0]])
+    with pytest.raises(SystemExit, match="unknown training patient"):
+        lopo.build_folds(patients, train_on=["nobody"])
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "lopo.py"), "--work",
+                          str(tmp_path / "w"), "--dry-run", "--folds", ids[2], "--train-on",
+                          ids[0]], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"lists {ids[0]}=" in out.stdout and f"{ids[1]}=" not in out.stdout
+
+
 def test_lopo_dry_run_prints_each_fold_on_the_mixed_source_syntax(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "tools" / "lopo.py"), "--work",
                           str(tmp_path / "w"), "--dry-run", "--steps", "50"],

@@ -7,6 +7,7 @@ the other two (augmented) plus synthetic phantoms, then score the model on the h
     python tools/lopo.py --work DIR --skip-train --model DIR/ID/run --folds ID
                          # re-evaluate a fold's own run; its training record is kept
     python tools/lopo.py --work DIR --dry-run                               # print the plan
+    python tools/lopo.py --work DIR --folds ID --train-on OTHER_ID          # one training patient
 
 Per fold, under ``WORK/<held-out id>/``:
 
@@ -69,14 +70,23 @@ class Fold:
     train: Dict[str, Path]
 
 
-def build_folds(patients: Dict[str, Path], only: Optional[Sequence[str]] = None) -> List[Fold]:
-    """One fold per patient (or per id in ``only``): that patient held out, all others to
-    train on."""
-    unknown = sorted(set(only or ()) - set(patients))
-    if unknown:
-        raise SystemExit(f"lopo: unknown fold {', '.join(unknown)} (known: {', '.join(patients)})")
-    return [Fold(pid, Path(path), {k: Path(v) for k, v in patients.items() if k != pid})
-            for pid, path in patients.items() if not only or pid in only]
+def build_folds(patients: Dict[str, Path], only: Optional[Sequence[str]] = None,
+                train_on: Optional[Sequence[str]] = None) -> List[Fold]:
+    """One fold per patient (or per id in ``only``): that patient held out, all others (or
+    those of them in ``train_on``: how much do more patients teach?) to train on."""
+    for what, ids in (("fold", only), ("training patient", train_on)):
+        unknown = sorted(set(ids or ()) - set(patients))
+        if unknown:
+            raise SystemExit(f"lopo: unknown {what} {', '.join(unknown)} "
+                             f"(known: {', '.join(patients)})")
+    folds = [Fold(pid, Path(path), {k: Path(v) for k, v in patients.items()
+                                    if k != pid and (not train_on or k in train_on)})
+             for pid, path in patients.items() if not only or pid in only]
+    empty = [f.held_out for f in folds if not f.train]
+    if empty:
+        raise SystemExit(f"lopo: fold {', '.join(empty)} would train on no real patient "
+                         f"(--train-on lists only the held-out one)")
+    return folds
 
 
 def write_manifest(fold: Fold, folder: Path) -> Path:
@@ -249,6 +259,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="another training config override (repeatable)")
     ap.add_argument("--folds", default=None, help="comma-separated held-out ids (default: all 3)")
+    ap.add_argument("--train-on", default=None,
+                    help="comma-separated ids: train each fold on those of the other patients "
+                         "only (default: all others); the held-out one is never trained on")
     ap.add_argument("--resume", action="store_true", help="continue folds whose run exists")
     ap.add_argument("--skip-train", action="store_true", help="evaluate --model only")
     ap.add_argument("--model", default=None, help="with --skip-train: the model to evaluate")
@@ -262,7 +275,8 @@ def main(argv=None) -> int:
     missing = [str(p) for p in patients.values() if not p.is_file()]
     if missing and not args.dry_run:
         raise SystemExit(f"lopo: real CTs missing: {', '.join(missing)}")
-    folds = build_folds(patients, args.folds.split(",") if args.folds else None)
+    folds = build_folds(patients, args.folds.split(",") if args.folds else None,
+                        args.train_on.split(",") if args.train_on else None)
     work = Path(args.work)
     results = {"protocol": "leave one patient out (tools/lopo.py)", "targets_deg": list(TARGETS),
                "folds": {}}
@@ -271,7 +285,7 @@ def main(argv=None) -> int:
     for fold in folds:
         got = run_fold(fold, args)
         if got is not None:
-            settings = {"config": args.config, "steps": args.steps,
+            settings = {"config": args.config, "steps": args.steps, "train_on": args.train_on,
                         "phantoms": args.phantoms, "augment": args.augment, "set": args.set}
             got = keep_training_record(results["folds"].get(fold.held_out), got, settings)
             results["folds"][fold.held_out] = got
