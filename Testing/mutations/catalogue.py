@@ -384,4 +384,9 @@ MUTATIONS = (
              "        return self.mediastinum_over_lungs <= -NEGATIVE_MARGIN",
              ("Testing/test_polarity.py",),
              "an upright chest standing aside is never inverted"),
+    Mutation("padding-kept-as-image", "XrayWorldModel/infer/padding.py",
+             "    if kept == (h, w) or min(kept) < MIN_CONTENT_PX:",
+             "    if True:",
+             ("Testing/test_padding.py",),
+             "a letterboxed radiograph reaches the model, and is scored, as the radiograph itself"),
 )

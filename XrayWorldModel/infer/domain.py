@@ -9,7 +9,8 @@ in all of these, so :func:`to_model_input` does three things, in order:
    note; a lateral view is refused. When the model carries a reference frontal view, an image
    that matches the reference better mirrored than as is gets a warning (a flipped export),
    and a negative (lungs bright, bone dark: a MONOCHROME1 image saved without its
-   photometric interpretation) is inverted back with a note (:mod:`.polarity`).
+   photometric interpretation) is inverted back with a note (:mod:`.polarity`). Before
+   anything else, padding (edge rows and columns of one value) is cut off (:mod:`.padding`).
 2. **Geometry**: the image is resampled from its own pixel spacing at the detector (DICOM
    ImagerPixelSpacing when present, since PixelSpacing may be calibrated at the patient) to
    the model's detector pitch and placed in the model's field of view, padded with air. The
@@ -60,6 +61,7 @@ from ..conventions import (LATERAL_VIEW_POSITIONS, PLAUSIBLE_MAGNIFICATION, chec
 from ..data import ViewSampling
 from ..errors import InputError
 from ..radiograph import LINE_INTEGRAL, Radiograph
+from .padding import without_padding
 from .polarity import upright
 from .scale import (PA_MAGNIFICATION, PA_SOURCE_TO_DETECTOR_MM, SpacingEstimate,
                     card_reference, chest_magnification, compare_spacing, estimate_spacing,
@@ -68,7 +70,7 @@ from .scale import (PA_MAGNIFICATION, PA_SOURCE_TO_DETECTOR_MM, SpacingEstimate,
 #: Changes whenever the model input made from the same file changes, so that stores of what
 #: the model saw (the probe's cached radiograph features) are not reused across the change.
 #: 2: radiographs brought to the model's magnification (before, their chests were 10 % small).
-#: 3: negatives (lungs bright) inverted back (:mod:`.polarity`).
+#: 3: padding cut off (:mod:`.padding`); negatives (lungs bright) inverted back (:mod:`.polarity`).
 INPUT_PATH_VERSION = 3
 FRONTAL_POSITIONS = {"PA", "AP", "APS", "APV", ""}
 LATERAL_POSITIONS = LATERAL_VIEW_POSITIONS
@@ -414,7 +416,7 @@ def to_model_input(rad: Radiograph, sampling: ViewSampling,
         raise InputError("the radiograph holds NaN or infinite values")
     notes: list = []
     _check_orientation(rad, notes)
-    rad = upright(rad, notes)
+    rad = upright(without_padding(rad, notes), notes)
     if check_spacing or rad.spacing_is_default:
         spacing, spacing_record, estimate = choose_spacing(rad, sampling, reference, notes)
     else:
