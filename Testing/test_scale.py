@@ -392,3 +392,13 @@ def test_infer_cli_reports_the_estimate_for_the_real_cr(tmp_path, shared_data):
     assert 0.10 < prep["spacing"]["estimate"]["spacing_mm"] < 0.20
     assert any("estimated from the anatomy" in n for n in prep["notes"])
     assert "estimated from the anatomy" in proc.stdout + proc.stderr
+
+
+def test_a_radiograph_turned_by_90_degrees_is_named_as_such(held_out_drrs):
+    """Its lung fields lie one above the other: the reason says what the user can fix."""
+    for seed, views in held_out_drrs.items():
+        drr = views[1][1]
+        assert measure_widths(drr).lung_px is not None, seed
+        for turned in (np.rot90(drr), np.rot90(drr, 3)):
+            why = measure_widths(turned).reason or ""
+            assert "turned by 90 degrees" in why, (seed, why)

@@ -389,4 +389,9 @@ MUTATIONS = (
              "    if True:",
              ("Testing/test_padding.py",),
              "a letterboxed radiograph reaches the model, and is scored, as the radiograph itself"),
+    Mutation("turned-radiograph-not-named", "XrayWorldModel/infer/scale.py",
+             "        if np.nonzero(top.any(1))[0].max() < np.nonzero(low.any(1))[0].min():",
+             "        if False:",
+             ("Testing/test_scale.py",),
+             "a radiograph turned by 90 degrees is named as such, not left as 'no lung fields'"),
 )

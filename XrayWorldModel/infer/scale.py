@@ -227,6 +227,10 @@ def _half_size_masks(small: np.ndarray):
     if min(a.sum(), b.sum()) < 0.2 * max(a.sum(), b.sum()):
         return body, None, "the two darkest regions differ too much in size to be lungs"
     if np.nonzero(a.any(0))[0].max() >= np.nonzero(b.any(0))[0].min():
+        top, low = sorted(lungs, key=lambda m: np.nonzero(m.any(1))[0].mean())
+        if np.nonzero(top.any(1))[0].max() < np.nonzero(low.any(1))[0].min():
+            return body, None, ("the two darkest regions lie one above the other, not side by "
+                                "side: is the image turned by 90 degrees?")
         return body, None, "the two darkest regions are not side by side"
     return body, (a, b), None
 
