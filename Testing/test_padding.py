@@ -10,11 +10,10 @@ import warnings
 
 import numpy as np
 import pytest
+from chest_drr import frontal_drr
 
 from XrayWorldModel.data import ViewSampling
 from XrayWorldModel.data.radiograph_style import styled_display
-from XrayWorldModel.drr import DRRRenderer
-from XrayWorldModel.geometry import ProjectionGeometry
 from XrayWorldModel.infer.domain import radiograph_input
 from XrayWorldModel.infer.padding import content_box, without_padding
 from XrayWorldModel.io.cxr import read_cxr
@@ -34,10 +33,7 @@ def card():
 def display():
     """A held-out phantom's frontal view as a processed radiograph, with the noise by which
     every row and column of a recorded image varies (the display chain clips air to 0)."""
-    vol = procedural_chest(102)
-    g = ProjectionGeometry(angles=(0.0,), detector_shape=(300, 300), pixel_spacing=(1.4, 1.4),
-                           sdd=SAMPLING.sdd, sod=SAMPLING.sod, isocenter=tuple(vol.center))
-    drr = np.asarray(DRRRenderer(vol, "fast", "cpu", SAMPLING.mu_water).render(g)[0])
+    drr = frontal_drr(procedural_chest(102), 1.4, 420.0)
     rng = np.random.default_rng(0)
     shown = styled_display(drr, ("unsharp",), rng)
     return (0.98 * shown + 0.02 * rng.random(shown.shape)).astype(np.float32)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
+from chest_drr import frontal_drr
 from PIL import Image
 
 from XrayWorldModel.data import ViewSampling
 from XrayWorldModel.data.radiograph_style import draw_effects, styled_display
-from XrayWorldModel.drr import DRRRenderer
-from XrayWorldModel.geometry import ProjectionGeometry
 from XrayWorldModel.infer.domain import radiograph_input, to_model_input
 from XrayWorldModel.infer.polarity import polarity_evidence, upright
 from XrayWorldModel.io.cxr import read_cxr
@@ -32,12 +30,7 @@ STYLES = (0, 1, 2)
 
 def _frontal(seed: int, moved_mm: float = 0.0) -> np.ndarray:
     """Frontal DRR of phantom ``seed``, the beam moved ``moved_mm`` to the patient's left."""
-    vol = procedural_chest(seed)
-    n = int(WIDTH_MM / PITCH_MM)
-    centre = np.asarray(vol.center, dtype=np.float64) + np.array([moved_mm, 0.0, 0.0])
-    g = ProjectionGeometry(angles=(0.0,), detector_shape=(n, n), pixel_spacing=(PITCH_MM,) * 2,
-                           sdd=SAMPLING.sdd, sod=SAMPLING.sod, isocenter=tuple(centre))
-    return np.asarray(DRRRenderer(vol, "fast", "cpu", SAMPLING.mu_water).render(g)[0])
+    return frontal_drr(procedural_chest(seed), PITCH_MM, WIDTH_MM, (moved_mm, 0.0, 0.0))
 
 
 def _displays(moved_mm: float = 0.0):

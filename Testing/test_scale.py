@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from chest_drr import frontal_drr
 
 from XrayWorldModel.data import ViewSampling
 from XrayWorldModel.drr import DRRRenderer
@@ -30,22 +31,13 @@ SAMPLING = ViewSampling()          # the demo model's detector: SDD 1800, SOD 15
 MAGNIFICATION = SAMPLING.sdd / SAMPLING.sod
 
 
-def _drr(volume, pitch: float, width_mm: float, moved_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """The frontal DRR of ``volume``, the beam's axis ``moved_mm`` (LPS) from its centre."""
-    n = int(round(width_mm / pitch))
-    centre = np.asarray(volume.center, dtype=np.float64) + np.asarray(moved_mm, dtype=np.float64)
-    g = ProjectionGeometry(angles=(0.0,), detector_shape=(n, n), pixel_spacing=(pitch, pitch),
-                           sdd=SAMPLING.sdd, sod=SAMPLING.sod, isocenter=tuple(centre))
-    return DRRRenderer(volume, "fast", "cpu", SAMPLING.mu_water).render(g)[0]
-
-
 @pytest.fixture(scope="module")
 def held_out_drrs():
     """{seed: [(pitch, DRR)]} of held-out phantoms, rendered with the spacing then hidden."""
     out = {}
     for seed in HELD_OUT_SEEDS:
         vol = procedural_chest(seed)
-        out[seed] = [(pitch, _drr(vol, pitch, width)) for pitch, width in ACQUISITIONS]
+        out[seed] = [(pitch, frontal_drr(vol, pitch, width)) for pitch, width in ACQUISITIONS]
     return out
 
 
@@ -137,7 +129,7 @@ def test_pa_radiograph_meets_the_model_at_the_training_chests_size():
         pa_drr = DRRRenderer(vol, "fast", "cpu", SAMPLING.mu_water).render(pa)[0]
     inputs = [to_model_input(Radiograph(_display(pa_drr), (1.0, 1.0), "PA"), fine,
                              check_spacing=False, place=False),
-              to_model_input(Radiograph(_drr(vol, 1.0, float(n)), (1.0, 1.0), "PA",
+              to_model_input(Radiograph(frontal_drr(vol, 1.0, float(n)), (1.0, 1.0), "PA",
                                         {"units": LINE_INTEGRAL}), fine,
                              check_spacing=False, place=False)]
     radiograph, model_drr = (measure_widths(mi.image).lung_px for mi in inputs)
@@ -264,8 +256,8 @@ def test_midline_and_apices_follow_the_chest(held_out_drrs):
     vol = procedural_chest(seed)
     ref = anatomy_reference(*reference_frontals([vol], SAMPLING), MAGNIFICATION)
     assert abs((here.lung_top_row_px - centre) * pitch - ref["lung_top_mm"]) < 2.0
-    aside = measure_widths(_drr(vol, pitch, 470.0, (30.0, 0.0, 0.0)))
-    higher = measure_widths(_drr(vol, pitch, 470.0, (0.0, 0.0, 30.0)))
+    aside = measure_widths(frontal_drr(vol, pitch, 470.0, (30.0, 0.0, 0.0)))
+    higher = measure_widths(frontal_drr(vol, pitch, 470.0, (0.0, 0.0, 30.0)))
     assert abs(abs(aside.midline_px - here.midline_px) * pitch - 36.0) < 2.0
     assert abs((higher.lung_top_row_px - here.lung_top_row_px) * pitch - 36.0) < 2.0
 
@@ -280,7 +272,7 @@ def test_off_centre_chest_is_placed_as_the_training_chests(held_out_drrs, moved_
     own centre, 0.9 or less); the move is recorded and noted. A centred chest is not moved."""
     seed = HELD_OUT_SEEDS[1]
     pitch, drr = held_out_drrs[seed][1]
-    off = _drr(procedural_chest(seed), pitch, 470.0, moved_mm)
+    off = frontal_drr(procedural_chest(seed), pitch, 470.0, moved_mm)
     rad = lambda img: Radiograph(img, (pitch, pitch), "PA", {"units": LINE_INTEGRAL})
     centred, moved = to_model_input(rad(drr), SAMPLING), to_model_input(rad(off), SAMPLING)
     assert centred.centring["source"] == "lung fields" and centred.centring["shift_px"] == [0, 0]
@@ -322,7 +314,7 @@ def test_chest_is_never_moved_up(held_out_drrs):
     c = mi.centring
     assert c["lung_top_offset_mm"] - c["lung_top_target_mm"] > SAMPLING.pixel_spacing
     assert c["shift_px"][0] == 0, c
-    low = _drr(procedural_chest(HELD_OUT_SEEDS[1]), pitch, 470.0, (0.0, 0.0, 30.0))
+    low = frontal_drr(procedural_chest(HELD_OUT_SEEDS[1]), pitch, 470.0, (0.0, 0.0, 30.0))
     mi = to_model_input(Radiograph(low, (pitch, pitch), "PA", {"units": LINE_INTEGRAL}),
                         SAMPLING)
     assert mi.centring["shift_px"][0] == 0 and not any("chest placed" in n for n in mi.notes)
@@ -372,7 +364,7 @@ def test_real_ct_drr_scale_is_consistent_across_pitches(shared_data):
     20 % of the truth (one patient against the phantom-trained reference)."""
     from XrayWorldModel.io import read_ct
     vol = read_ct(shared_data / "chest_ct.nii.gz")
-    ratios = [estimate_spacing(_drr(vol, p, 450.0), magnification=MAGNIFICATION).spacing_mm / p
+    ratios = [estimate_spacing(frontal_drr(vol, p, 450.0), magnification=MAGNIFICATION).spacing_mm / p
               for p in (1.0, 2.0)]
     assert max(ratios) / min(ratios) < 1.03 and all(abs(r - 1) < 0.2 for r in ratios), ratios
 
