@@ -103,6 +103,11 @@ def _table() -> None:
     """The two tests' ranges over this file's images (README's figures)."""
     groups = {"upright": list(_displays()), "negative": [1.0 - d for d in _displays()],
               "upright, 15 % aside": list(_displays(moved_mm=0.15 * WIDTH_MM))}
+    from conftest import SHARED_DATA
+    cr = SHARED_DATA / "chest_cr_pa.dcm"
+    if cr.is_file():           # the real CR as read, and as a PNG saved without inverting
+        image = read_cxr(cr).image
+        groups.update({"the shared CR": [image], "the shared CR, negative": [1.0 - image]})
     print("| images | mediastinum over lungs | lower image over lungs |\n|---|---|---|")
     for name, images in groups.items():
         ev = [polarity_evidence(d) for d in images]
