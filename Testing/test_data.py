@@ -1,4 +1,5 @@
 """Training data: sources, the preprocessed-CT cache and views rendered on the fly."""
+import hashlib
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from XrayWorldModel.data import (CTItem, PreprocessedCache, Preprocessing, RenderedViewSet,
                                  ViewRenderer, ViewSampling, VolumeProvider, preprocess,
                                  render_views, resolve_source, sample_angles)
+from XrayWorldModel.data.cache import CACHE_FORMAT
 from XrayWorldModel.drr import render_drr
 from XrayWorldModel.errors import (EmptyFolderError, FileNotFoundInputError, InputError,
                                    UnreadableFileError)
@@ -275,3 +277,45 @@ def test_lung_height_is_part_of_the_cache_key_only_where_it_is_used():
     chest = [Preprocessing(centre_on="chest", lung_top_mm=h).key("d") for h in (120.0, 130.0)]
     body = [Preprocessing(centre_on="body", lung_top_mm=h).key("d") for h in (120.0, 130.0)]
     assert chest[0] != chest[1] and body[0] == body[1]
+
+
+def _on_a_table(volume: Volume, gap_vox: int = 3) -> Volume:
+    """``volume`` with a CT table under it: a 2-voxel plate of 200 HU across the whole scan,
+    ``gap_vox`` voxels of air behind the patient's back (LPS +y)."""
+    from XrayWorldModel.data.anatomy import body_mask
+    axis = int(np.argmax(np.abs(volume.direction[1])))
+    back = int(np.flatnonzero(np.moveaxis(body_mask(volume), axis, 0).any(axis=(1, 2))).max())
+    if volume.affine[1, axis] < 0:
+        raise AssertionError("the test volume runs anterior along its y axis")
+    arr = volume.array.copy()
+    plate = [slice(None)] * 3
+    plate[axis] = slice(back + gap_vox, back + gap_vox + 2)
+    arr[tuple(plate)] = 200.0
+    return Volume(arr, volume.affine.copy())
+
+
+def test_outside_body_air_clears_the_ct_table_and_keeps_the_patient():
+    """A chest on a CT table: with ``outside_body="air"`` its cube is the chest's without
+    the table (the lateral view too), since no radiograph shows a table a frontal view
+    cannot place; kept, the table stays in the lateral. The option keeps earlier cache keys
+    when it is off, and a new key when on."""
+    from XrayWorldModel.phantom import procedural_chest
+    chest = procedural_chest(3, (80, 80, 40), (6.0, 6.0, 8.0))
+    tabled = _on_a_table(chest)
+    s = ViewSampling(image_size=32, field_of_view_mm=400.0)
+    lateral = {}
+    for outside in ("keep", "air"):
+        prep = Preprocessing(size=64, spacing=6.0, outside_body=outside)
+        bare, on_table = preprocess(chest, prep), preprocess(tabled, prep)
+        views = render_views([bare, on_table], s, [90.0])[:, 0]
+        lateral[outside] = float(np.abs(views[0] - views[1]).mean() / views[0].mean())
+        if outside == "air":
+            np.testing.assert_allclose(on_table.array, bare.array, atol=1.0)
+            assert (bare.array > -500).sum() > 0.05 * bare.array.size      # the patient stays
+    assert lateral["air"] < 1e-3 and lateral["keep"] > 0.02
+    old_format = hashlib.sha256(("d|" + json.dumps(
+        {"format": CACHE_FORMAT, "size": 128, "spacing": 2.5, "hu_clip": [-1024.0, 3071.0],
+         "centre_on": "body"}, sort_keys=True)).encode()).hexdigest()[:32]
+    assert Preprocessing().key("d") == old_format != Preprocessing(outside_body="air").key("d")
+    with pytest.raises(InputError, match="outside_body"):
+        Preprocessing(outside_body="table")

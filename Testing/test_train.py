@@ -396,6 +396,8 @@ def test_resuming_a_run_recorded_before_body_centring_keeps_scan_centring(tmp_pa
     assert prepare_run(cfg, [], "auto").config.data.centre_on == "body"
     with pytest.raises(InputError, match="data.centre_on must be one of body, chest, scan"):
         load_config(str(_config(tmp_path)), ["data.centre_on=table"]).validate()
+    with pytest.raises(InputError, match="data.outside_body must be one of keep, air"):
+        load_config(str(_config(tmp_path)), ["data.outside_body=table"]).validate()
 
 
 def test_training_into_an_existing_run_needs_resume(tmp_path):

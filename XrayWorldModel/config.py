@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .data import Preprocessing, ViewSampling
-from .data.cache import CENTRE_ON
+from .data.cache import CENTRE_ON, OUTSIDE_BODY
 from .errors import InputError
 from .typed_config import build_section
 from .models import WorldModelConfig
@@ -35,11 +35,12 @@ class DataConfig:
     hu_max: float = 3071.0
     centre_on: str = "body"             # cube on the body; "chest": apices at one height too;
     #                                     "scan": the CT grid's centre (data/cache.py)
+    outside_body: str = "keep"          # "air": the CT table and all else off the body cleared
     max_volumes_in_memory: int = 512    # CT volumes, or DRR stacks in stack mode
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(self.grid_size, self.grid_spacing, (self.hu_min, self.hu_max),
-                             self.centre_on)
+                             self.centre_on, outside_body=self.outside_body)
 
 
 @dataclass
@@ -87,6 +88,9 @@ class TrainConfig:
         if self.data.centre_on not in CENTRE_ON:
             raise InputError(f"data.centre_on must be one of {', '.join(CENTRE_ON)}, "
                              f"not {self.data.centre_on!r}")
+        if self.data.outside_body not in OUTSIDE_BODY:
+            raise InputError(f"data.outside_body must be one of {', '.join(OUTSIDE_BODY)}, "
+                             f"not {self.data.outside_body!r}")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

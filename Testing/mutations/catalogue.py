@@ -394,4 +394,9 @@ MUTATIONS = (
              "        if False:",
              ("Testing/test_scale.py",),
              "a radiograph turned by 90 degrees is named as such, not left as 'no lung fields'"),
+    Mutation("ct-table-kept", "XrayWorldModel/data/cache.py",
+             "    if prep.outside_body == \"air\":",
+             "    if False:",
+             ("Testing/test_data.py",),
+             "outside_body=air clears the CT table from the training cube"),
 )

@@ -35,6 +35,10 @@ def default_cache_dir() -> Path:
 #: apices at a fixed height ("chest"), or on the scan's own grid
 CENTRE_ON = ("body", "chest", "scan")
 
+#: what becomes of everything outside the patient's body (the CT table, cables, blankets,
+#: noise in the air): kept as scanned, or set to air
+OUTSIDE_BODY = ("keep", "air")
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -47,23 +51,31 @@ class Preprocessing:
     its centre, where the procedural phantoms' apices lie (124-138 mm) and where a radiograph
     is placed by its apices (infer/domain.py): patients whose scans start at the neck or at
     the shoulders then meet the model at one height. ``"scan"`` keeps the CT grid's centre
-    (studies pinned to it)."""
+    (studies pinned to it). ``outside_body="air"`` clears all but the patient
+    (:func:`.anatomy.body_mask`): a radiograph has no CT table under the patient, and where
+    the table lies behind a patient is not something a frontal view shows."""
 
     size: int = 128
     spacing: float = 2.5
     hu_clip: Tuple[float, float] = (-1024.0, 3071.0)
     centre_on: str = "body"
     lung_top_mm: float = 130.0
+    outside_body: str = "keep"
 
     def __post_init__(self):
         if self.centre_on not in CENTRE_ON:
             raise InputError(f"centre_on must be one of {', '.join(CENTRE_ON)}, "
                              f"not {self.centre_on!r}")
+        if self.outside_body not in OUTSIDE_BODY:
+            raise InputError(f"outside_body must be one of {', '.join(OUTSIDE_BODY)}, "
+                             f"not {self.outside_body!r}")
 
     def key(self, source_digest: str) -> str:
         fields = asdict(self)
         if self.centre_on != "chest":       # only chest placement reads it: keys stay as they were
             del fields["lung_top_mm"]
+        if self.outside_body == "keep":     # as before the option: keys stay as they were
+            del fields["outside_body"]
         params = json.dumps({"format": CACHE_FORMAT, **fields}, sort_keys=True)
         return hashlib.sha256(f"{source_digest}|{params}".encode()).hexdigest()[:32]
 
@@ -101,11 +113,12 @@ def preprocess(volume: Volume, prep: Preprocessing) -> Volume:
     if max(sigma) > 0:
         img = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-3) for s in sigma])
     cube = _resample(img, volume.center, prep, volume.metadata)
-    if prep.centre_on == "scan":
-        return cube
-    offset = _placement_offset(cube, prep)
-    if np.abs(offset).max() > 0.25 * prep.spacing:
-        cube = _resample(img, volume.center + offset, prep, volume.metadata)
+    if prep.centre_on != "scan":
+        offset = _placement_offset(cube, prep)
+        if np.abs(offset).max() > 0.25 * prep.spacing:
+            cube = _resample(img, volume.center + offset, prep, volume.metadata)
+    if prep.outside_body == "air":
+        cube.array[~body_mask(cube)] = prep.hu_clip[0]
     return cube
 
 
