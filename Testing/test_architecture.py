@@ -202,16 +202,8 @@ if __name__ == "__main__":      # a readable report while restructuring
 def test_every_mutation_anchor_is_in_its_file_exactly_once():
     """The mutation check can only catch what it can apply: a refactor that rewrites an
     anchored line must move the mutation with it, or the invariant goes unguarded."""
-    import importlib.util
-    import sys
-    path = ROOT.parent / "Testing" / "mutations" / "catalogue.py"
-    spec = importlib.util.spec_from_file_location("mutation_catalogue", path)
-    catalogue = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = catalogue          # dataclasses look their module up
-    try:
-        spec.loader.exec_module(catalogue)
-    finally:
-        del sys.modules[spec.name]
-    stale = [m.id for m in catalogue.MUTATIONS
-             if (ROOT.parent / m.file).read_text().count(m.anchor) != 1]
-    assert catalogue.MUTATIONS and stale == []
+    import runpy
+    catalogue = ROOT.parent / "Testing" / "mutations" / "catalogue.py"
+    mutations = runpy.run_path(str(catalogue))["MUTATIONS"]
+    stale = [m.id for m in mutations if (ROOT.parent / m.file).read_text().count(m.anchor) != 1]
+    assert mutations and stale == []
