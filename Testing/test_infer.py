@@ -380,3 +380,70 @@ def test_consistency_leaves_the_collimator_bands_out(tiny_config):
     assert banded.bands.sum() == (views.image_size // 8) * image.shape[1]
     assert consistency_score(vol, banded, views) > 0.999
     assert consistency_score(vol, ModelInput(image, covered, 1.0, []), views) < 0.9
+
+
+def _summary(out):
+    import csv
+    with open(out / "summary.csv", newline="") as f:
+        return {row["file"]: row for row in csv.DictReader(f)}
+
+
+def test_infer_on_a_folder_goes_on_past_a_bad_file_and_resumes(tmp_path, capsys, model_file):
+    """A folder: one output folder per radiograph (distinct where stems clash), a refused
+    file recorded and not fatal, other files ignored; a rerun keeps what is done and redoes
+    what is missing or came from a file that has changed since."""
+    from PIL import Image
+    src = tmp_path / "cxrs"
+    src.mkdir()
+    _smooth_png(src / "a.png")
+    Image.open(src / "a.png").convert("L").save(src / "a.jpg", quality=95)
+    _smooth_png(src / "b.png", size=80)
+    (src / "broken.png").write_bytes((src / "a.png").read_bytes()[:40])
+    (src / "notes.txt").write_text("not a radiograph")
+    _smooth_png(src / ".hidden.png")
+    out = tmp_path / "out"
+    argv = ["infer", str(src), "--out", str(out), "--model", str(model_file),
+            "--volume-size", "24", "--uncertainty", "0", "--pixel-spacing", "5"]
+    assert main(argv) == 2                  # one file refused: the batch says so at the end
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 of 4 radiographs refused" in err
+    rows = _summary(out)
+    assert sorted(rows) == ["a.jpg", "a.png", "b.png", "broken.png"]
+    assert rows["broken.png"]["status"] == "refused" and rows["broken.png"]["reason"]
+    assert not (out / "broken").exists()
+    assert {rows[f]["output"] for f in ("a.jpg", "a.png", "b.png")} == {"a_jpg", "a_png", "b"}
+    for name in ("a.jpg", "a.png", "b.png"):
+        row = rows[name]
+        data = json.loads((out / row["output"] / "results.json").read_text())
+        jsonschema.validate(data, load_schema())
+        assert Path(data["input"]["path"]).name == name and row["status"] == "done"
+        assert float(row["consistency"]) == pytest.approx(data["consistency"]["ncc"], abs=5e-4)
+        assert row["in_distribution"] == str(data["trust"]["in_distribution"]).lower()
+    kept = (out / "a_png" / "results.json").stat().st_mtime_ns
+    import shutil
+    shutil.rmtree(out / "a_jpg")            # lost: redone
+    _smooth_png(src / "b.png", size=96)     # changed since: redone, not kept
+    (src / "broken.png").unlink()
+    assert main(argv) == 0
+    rows = _summary(out)
+    assert {f: r["status"] for f, r in rows.items()} == {"a.jpg": "done", "a.png": "kept",
+                                                         "b.png": "done"}
+    assert (out / "a_png" / "results.json").stat().st_mtime_ns == kept
+    assert json.loads((out / "b" / "results.json").read_text())["input"]["shape"] == [96, 96]
+
+
+def test_infer_on_a_folder_refuses_a_bad_model_or_no_radiographs_before_any_file(
+        tmp_path, capsys, model_file):
+    src = tmp_path / "cxrs"
+    src.mkdir()
+    (src / "notes.txt").write_text("no radiographs here")
+    out = tmp_path / "out"
+    assert main(["infer", str(src), "--out", str(out), "--model", str(model_file)]) == 2
+    assert "holds no radiograph files" in capsys.readouterr().err
+    _smooth_png(src / "a.png")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(Path(model_file).read_bytes()[:1000])
+    assert main(["infer", str(src), "--out", str(out), "--model", str(bad)]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error" in l]
+    assert len(err) == 1 and "bad.safetensors" in err[0]
+    assert not out.exists() or not any(out.iterdir())

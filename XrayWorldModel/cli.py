@@ -2,7 +2,8 @@
 family's ``add_*_parser``, runs the chosen one and reports package errors in one line.
 
 * ``demo``        a built-in phantom (or a CXR) through the default model: report.png + results.
-* ``infer``       one frontal CXR -> predicted views, a volume, scores, consistency (:mod:`.infer.cli`).
+* ``infer``       one frontal CXR (or a folder of them) -> predicted views, a volume, scores,
+  consistency (:mod:`.infer.cli`, :mod:`.infer.batch`).
 * ``drr``         CT(s) -> DRR stacks (NIfTI + JSON sidecar, optional PNG/DICOM views); many CTs
   go to a folder, resumable and shardable across processes (:mod:`.drr.cli`, :mod:`.drr.batch`).
 * ``phantom``     a synthetic chest CT (HU), or a labelled cohort (:mod:`.phantom.cli`).

@@ -1,7 +1,8 @@
-"""``xray2xray infer CXR --out DIR``, ``demo``, ``eval-views`` and ``eval-volume``: the
-command-line face of :func:`.pipeline.run_inference`, :func:`.demo.run_demo`,
-:func:`.evaluate.evaluate_model_views` and :func:`.evaluate.evaluate_model_volume`. Both
-``eval-`` commands take any ``--model`` (:func:`~XrayWorldModel.weights.loading.resolve_model_ref`).
+"""``xray2xray infer CXR --out DIR`` (CXR: a radiograph or a folder of them, :mod:`.batch`),
+``demo``, ``eval-views`` and ``eval-volume``: the command-line face of
+:func:`.pipeline.run_inference`, :func:`.demo.run_demo`, :func:`.evaluate.evaluate_model_views`
+and :func:`.evaluate.evaluate_model_volume`. Both ``eval-`` commands take any ``--model``
+(:func:`~XrayWorldModel.weights.loading.resolve_model_ref`).
 
 Only torch-free modules are imported at the top, so that building the command line stays
 fast; each command imports the inference code when it runs.
@@ -59,27 +60,35 @@ def skip_final_collection() -> None:
         skip_final_collection.registered = True
 
 
-def run_infer(args) -> int:
-    passive_openmp_waits()
-    skip_final_collection()
+def infer_file(path: Path, out: Path, args, model, progress=None):
+    """One radiograph through ``run_inference`` into ``out``; returns (result, results dict).
+    ``model``: anything :func:`~.pipeline.load_inference_model` takes, loaded or not."""
     from .domain import stated_geometry
     from .outputs import input_info, write_outputs
     from .pipeline import run_inference
-    from .trust import score_lines
-    t0 = time.perf_counter()
-    check_output_folder(args.out, "--out", OUTPUTS)     # before any work
-    path = Path(args.cxr).expanduser()
     with warnings.catch_warnings():
         if args.pixel_spacing is not None:    # a missing spacing is given: no default to warn of
             warnings.simplefilter("ignore", DefaultSpacingWarning)
         rad = read_cxr(path, check=True)  # not a radiograph at all: refused before the model
     rad = stated_geometry(rad, args.pixel_spacing, args.magnification)
+    result = run_inference(rad, model, parse_views(args.views), args.volume_size, args.device,
+                           args.sweep_step, args.refine, uncertainty=args.uncertainty,
+                           progress=progress, force_scores=args.force_scores)
+    return result, write_outputs(result, out, input_info(path, rad))
+
+
+def run_infer(args) -> int:
+    passive_openmp_waits()
+    skip_final_collection()
+    path = Path(args.cxr).expanduser()
+    if path.is_dir():
+        from .batch import run_batch
+        return run_batch(path, args, infer_file)
+    from .trust import score_lines
+    t0 = time.perf_counter()
+    check_output_folder(args.out, "--out", OUTPUTS)     # before any work
     with UncertaintyProgress(args.uncertainty) as progress:
-        result = run_inference(rad, args.model, parse_views(args.views), args.volume_size,
-                               args.device, args.sweep_step, args.refine,
-                               uncertainty=args.uncertainty, progress=progress,
-                               force_scores=args.force_scores)
-    data = write_outputs(result, args.out, input_info(path, rad))
+        result, data = infer_file(path, Path(args.out), args, args.model, progress)
     print(f"model {data['model']['name']}: consistency NCC {result.consistency:.3f} "
           f"({data['consistency']['reading']})")
     for line in score_lines(data):      # the trust verdict, then the scores or why not
@@ -99,7 +108,9 @@ def add_infer_parser(sub) -> None:
                        "predicted views, a reconstructed volume, risk and pathology scores, "
                        "and a consistency score. The scores are shown only when the trust "
                        "verdict finds the input in the model's domain (results.json: trust).")
-    p.add_argument("cxr", help="the radiograph file")
+    p.add_argument("cxr", help="the radiograph file, or a folder of them (each gets its own "
+                   "output folder in --out, listed with its verdict in summary.csv; a rerun "
+                   "keeps the results already there)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None,
                    help="registry name, model file or checkpoint (default: the built-in demo model)")
@@ -121,7 +132,7 @@ def add_infer_parser(sub) -> None:
                    "(default: the header's, else 1.08, a PA chest at 1800 mm; an AP "
                    "portable at 1000 mm is about 1.16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--json", action="store_true", help="also print results.json")
+    p.add_argument("--json", action="store_true", help="also print results.json (one file only)")
     p.set_defaults(func=run_infer)
 
 
