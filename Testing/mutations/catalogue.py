@@ -414,4 +414,9 @@ MUTATIONS = (
              "    return {p: p.stem for p in files}",
              ("Testing/test_infer.py",),
              "two radiographs sharing a stem (a.png, a.jpg) get separate output folders"),
+    Mutation("folder-of-ct-slices-loads-the-model", "XrayWorldModel/infer/batch.py",
+             "    if len(refused) == len(files):",
+             "    if False:",
+             ("Testing/test_bad_inputs.py",),
+             "a folder of CT slices given to infer is refused before any model loads"),
 )

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..console import EXIT_INPUT_ERROR, PROG, emit, emit_error, progress_bar, show_progress
-from ..errors import EmptyFolderError, InputError
+from ..errors import EmptyFolderError, InputError, NotARadiographError
 from ..fileutil import atomic_path, check_output_folder, sha256_file
 from ..io.ct import looks_like_dicom
+from ..io.cxr import screen_dicom_radiograph
 
 #: File endings taken as radiographs (besides DICOM files without one, found by content).
 RADIOGRAPH_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
@@ -48,6 +49,18 @@ def _may_be_radiograph(path: Path) -> bool:
         return path.suffix.lower() in RADIOGRAPH_SUFFIXES or looks_like_dicom(path)
     except InputError:      # unreadable: listed, so that summary.csv says why it was refused
         return True
+
+
+def screened_out(files: Sequence[Path]) -> Dict[Path, str]:
+    """Why each file refused from its header alone (a CT slice, an MR image) was, so that a
+    folder of CT slices is refused before the model loads."""
+    refused = {}
+    for path in files:
+        try:
+            screen_dicom_radiograph(path)
+        except InputError as exc:
+            refused[path] = str(exc)
+    return refused
 
 
 def output_names(files: Sequence[Path]) -> Dict[Path, str]:
@@ -99,11 +112,21 @@ def run_batch(folder: Path, args, infer_file) -> int:
     out = check_output_folder(args.out, "--out", "one output folder per radiograph and "
                               + SUMMARY)
     files = radiograph_files(folder)
+    refused = screened_out(files)
+    if len(refused) == len(files):
+        raise NotARadiographError(f"is a folder with no radiograph in it: its {len(files)} "
+                                  f"files are refused before any model loads (first: "
+                                  f"{next(iter(refused.values()))})", folder)
     from .pipeline import load_inference_model
     model = load_inference_model(args.model, args.device)
     names, rows, t0 = output_names(files), [], time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     for path in progress_bar(files, show_progress(), desc="radiographs", unit="file"):
+        if path in refused:
+            emit(f"{PROG}: refused: {refused[path]}")
+            rows.append(summary_row(path, "", "refused", None, refused[path]))
+            write_summary(out / SUMMARY, rows)
+            continue
         dest, sha = out / names[path], sha256_file(path)
         data, status = finished_results(dest, sha), "kept"
         if data is None:

@@ -195,9 +195,15 @@ def _dcmread(p: Path):
     return ds
 
 
-def _check_dicom_radiograph(ds, p: Path) -> Tuple[str, object, object]:
-    """Refuse what is not one projection image (another modality, no pixel data, several
-    frames); returns (modality, Rows, Columns) as the header has them."""
+def screen_dicom_radiograph(path: Path) -> None:
+    """Refuse, from its header alone, a DICOM file of another modality (a CT slice, an MR
+    image); a cheap check before any model loads, as for a folder of files."""
+    from .ct import looks_like_dicom, read_dicom_header
+    if looks_like_dicom(path):
+        _check_dicom_modality(read_dicom_header(path), path)
+
+
+def _check_dicom_modality(ds, p: Path) -> Tuple[str, object, object]:
     modality = str(ds.get("Modality", "") or "").upper()
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     rows, cols = ds.get("Rows"), ds.get("Columns")
@@ -210,6 +216,13 @@ def _check_dicom_radiograph(ds, p: Path) -> Tuple[str, object, object]:
         raise NotARadiographError(
             f"DICOM Modality is {modality} ({cols}x{rows} image), not a projection "
             "radiograph (CR/DX)", p)
+    return modality, rows, cols
+
+
+def _check_dicom_radiograph(ds, p: Path) -> Tuple[str, object, object]:
+    """Refuse what is not one projection image (another modality, no pixel data, several
+    frames); returns (modality, Rows, Columns) as the header has them."""
+    modality, rows, cols = _check_dicom_modality(ds, p)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if "Rows" in ds:   # the image module is there, so the pixel data was cut off
             raise UnreadableFileError("the DICOM file ends before its pixel data (truncated?)", p)
