@@ -122,22 +122,20 @@ def run_batch(folder: Path, args, infer_file) -> int:
     names, rows, t0 = output_names(files), [], time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     for path in progress_bar(files, show_progress(), desc="radiographs", unit="file"):
-        if path in refused:
-            emit(f"{PROG}: refused: {refused[path]}")
-            rows.append(summary_row(path, "", "refused", None, refused[path]))
-            write_summary(out / SUMMARY, rows)
-            continue
-        dest, sha = out / names[path], sha256_file(path)
-        data, status = finished_results(dest, sha), "kept"
-        if data is None:
-            try:
-                data, status = infer_file(path, dest, args, model)[1], "done"
-            except InputError as exc:   # this file only: the batch goes on
-                reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-                emit(f"{PROG}: refused: {reason}")
-                rows.append(summary_row(path, "", "refused", None, reason))
-        if data is not None:
+        reason = refused.get(path)
+        if reason is None:
+            dest = out / names[path]
+            data, status = finished_results(dest, sha256_file(path)), "kept"
+            if data is None:
+                try:
+                    data, status = infer_file(path, dest, args, model)[1], "done"
+                except InputError as exc:   # this file only: the batch goes on
+                    reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        if reason is None:
             rows.append(summary_row(path, names[path], status, data))
+        else:
+            emit(f"{PROG}: refused: {reason}")
+            rows.append(summary_row(path, "", "refused", None, reason))
         write_summary(out / SUMMARY, rows)     # after each file: readable while it runs
     counts = Counter(r["status"] for r in rows)
     print(f"{counts['done']} done, {counts['kept']} kept from an earlier run, "

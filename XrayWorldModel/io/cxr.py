@@ -21,7 +21,7 @@ from ..conventions import PNG_MAGNIFICATION_KEY, number_within
 from ..errors import NonFiniteDataError, NotARadiographError, PathLike, UnreadableFileError
 from ..radiograph import INPUT_METADATA_KEYS, LINE_INTEGRAL, Radiograph, check_radiograph
 from .ct import (RADIOGRAPH_MODALITIES, _first_line, dicom_failure, format_from_suffix, itk_reason,
-                 looks_like_dicom, native_output_silenced, require_exists)
+                 looks_like_dicom, native_output_silenced, read_dicom_header, require_exists)
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,6 @@ def _dcmread(p: Path):
 def screen_dicom_radiograph(path: Path) -> None:
     """Refuse, from its header alone, a DICOM file of another modality (a CT slice, an MR
     image); a cheap check before any model loads, as for a folder of files."""
-    from .ct import looks_like_dicom, read_dicom_header
     if looks_like_dicom(path):
         _check_dicom_modality(read_dicom_header(path), path)
 
