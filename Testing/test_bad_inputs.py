@@ -272,6 +272,8 @@ CASES = {
                         ["ct.nii.gz", "3D volume"]),
     "infer a folder": (["infer", "{d}/ct_series", "--out", _out("inf")],
                        ["ct_series", "folder"]),
+    "infer a folder --json": (["infer", "{d}/ct_series", "--out", _out("inf"), "--json"],
+                              ["--json", "one radiograph", "folder"]),
     "infer missing file": (["infer", "{d}/nope.png", "--out", _out("inf")],
                            ["nope.png", "no such file"]),
     "infer --out existing file": (["infer", "{d}/cr.dcm", "--out", "{d}/existing.txt"],
